@@ -1,0 +1,101 @@
+"""`stepdpo`: a thin dispatcher.
+
+Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
+The table below names them without importing them, so ``stepdpo --help`` is instant and the
+heavy half (torch, TRL) loads only when ``train`` or a local judge runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from schemas.errors import UserError
+
+# name -> (module, one-line summary). Order is the order of a typical job.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("labeler.demo", "run the whole pipeline on bundled GSM8K data, no keys, no network"),
+    "ingest": ("labeler.ingest.cli", "turn GSM8K / PRM800K / any JSONL into a responses file"),
+    "perturb": ("labeler.perturb", "make flawed variants of correct solutions (no API needed)"),
+    "label": ("labeler.label_cli", "score every step with a judge into step_scores shards"),
+    "batches": ("labeler.batch_cli", "show or cancel provider batch jobs of a labeling run"),
+    "inspect": ("labeler.inspect_cli", "summarise, compare and report on any stepdpo file"),
+    "pairs": ("labeler.pairs_cli", "build preference pairs from labeled runs"),
+    "precompute-ref": ("trainer.precompute", "write per-step reference log-probs into pair shards"),
+    "train": ("trainer.cli", "train with stepwise DPO on TRL from pair shards"),
+}
+
+EPILOG = """\
+a typical job:
+  stepdpo ingest gsm8k data/gsm8k/test_sample.jsonl -o work/responses.parquet
+  stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run
+  stepdpo inspect work/run
+  stepdpo pairs work/run -o work/pairs --strategy first-error
+  stepdpo train --pairs work/pairs --model Qwen/Qwen2.5-0.5B-Instruct --output_dir work/model
+
+run `stepdpo COMMAND --help` for a command's options.
+"""
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(len(n) for n in COMMANDS)
+    listing = "\n".join(f"  {n:<{width}}  {summary}" for n, (_, summary) in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="stepdpo",
+        description="Label math solutions step by step with a judge, then train with stepwise DPO.",
+        usage="stepdpo [-h] [--version] COMMAND [options]",
+        epilog=f"commands:\n{listing}\n\n{EPILOG}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("stepwise-dpo")
+    except Exception:  # not installed as a distribution (e.g. run from a checkout)
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"stepdpo {_version()}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        top.print_usage(sys.stderr)
+        print(f"stepdpo: error: unknown command '{name}' (choose from {', '.join(COMMANDS)})",
+              file=sys.stderr)
+        return 2
+    module_name, summary = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(
+            prog=f"stepdpo {name}",
+            description=(module.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(parser)
+        args = parser.parse_args(rest)
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"stepdpo {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stepdpo {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `stepdpo inspect ... | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

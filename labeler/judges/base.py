@@ -1,0 +1,117 @@
+"""The one interface every judge implements.
+
+A judge takes a batch of responses and returns per-step scores in [0, 1] plus token usage.
+It does no retrying, caching, rate limiting or cost accounting: the engine does those once for
+all judges. A judge only *classifies* its failures: RetryableError (429, 5xx, timeouts,
+connection resets, a malformed answer worth asking again) or FatalError (bad request, auth,
+unknown model), and the engine acts on the class.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.ids import sha256_hex
+
+
+@dataclass
+class Item:
+    """One response to judge (the fields of a `responses` row a judge may use)."""
+
+    response_id: str
+    prompt: str
+    steps: list[str]
+    gold_answer: str | None = None
+    final_answer: str | None = None
+    reference_scores: list[float | None] | None = None
+    meta: str | None = None
+
+
+@dataclass
+class Verdict:
+    """A judge's answer for one item.
+
+    ``scores`` has one entry per step (None where the judge gave none). ``error`` set means the
+    judge answered but could not score this item (e.g. it is longer than the model's context);
+    the row is written with status=error and that message, and is not retried in this run.
+    """
+
+    scores: list[float | None]
+    raw: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    error: str | None = None
+    # Provider rate-limit headers of the response, for the engine's limiter (lower-cased keys).
+    headers: Mapping[str, str] | None = None
+
+
+class JudgeError(Exception):
+    """Base of the two classes of judge failure."""
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class RetryableError(JudgeError):
+    """Worth trying again later: rate limits, server errors, timeouts, malformed output."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.retry_after = retry_after
+
+
+class FatalError(JudgeError):
+    """Trying again cannot help: bad request, authentication, unknown model."""
+
+
+class Judge(abc.ABC):
+    """Scores all steps of each response it is given."""
+
+    #: Registry name including the model, e.g. ``openai:gpt-4o-mini``; stored in each row.
+    name: str
+    #: How many items one :meth:`judge` call takes (1 for API judges: one request each).
+    batch_size: int = 1
+    #: The model whose price applies (None for free judges).
+    price_model: str | None = None
+
+    @abc.abstractmethod
+    def fingerprint_parts(self) -> dict[str, Any]:
+        """Everything that changes this judge's output: model, template text, decoding params.
+
+        Never include secrets (API keys) or transport details (base URL, timeouts).
+        """
+
+    def fingerprint(self) -> str:
+        return sha256_hex({"judge": self.name, **self.fingerprint_parts()})[:16]
+
+    @abc.abstractmethod
+    async def judge(self, items: list[Item]) -> list[Verdict]:
+        """Score ``items`` (at most :attr:`batch_size`); one Verdict per item, same order."""
+
+    def estimate_tokens(self, item: Item) -> tuple[int, int]:
+        """Rough (input, output) tokens of judging ``item``, for ``--dry-run`` and the limiter."""
+        text = item.prompt + "".join(item.steps)
+        return len(text) // 4 + 1, 16 * len(item.steps)
+
+    async def aclose(self) -> None:
+        """Release clients and models."""
+
+
+@dataclass
+class JudgeSpec:
+    """A parsed ``--judge`` value: ``PREFIX:MODEL`` (``MODEL@URL`` for openai-compatible)."""
+
+    prefix: str
+    model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

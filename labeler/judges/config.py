@@ -1,0 +1,53 @@
+"""Options of every judge, in one dataclass so `stepdpo label --help` lists them together.
+
+Fields that change a judge's output (template, temperature, style…) must go into that judge's
+``fingerprint_parts``; transport fields (timeout, base URL) must not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class JudgeConfig:
+    template: str | None = field(
+        default=None,
+        metadata={"help": "prompt template file for API judges (overrides the built-in rubric; "
+                          "its hash is part of the judge fingerprint)", "metavar": "FILE"},
+    )
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature for API judges"})
+    max_output_tokens: int = field(
+        default=2048, metadata={"help": "max tokens a judge may answer with (API judges)"}
+    )
+    logprobs: bool = field(
+        default=False,
+        metadata={"help": "openai only: calibrated per-step scores from top_logprobs of the "
+                          "verdict tokens instead of the stated score"},
+    )
+    timeout: float = field(default=120.0, metadata={"help": "seconds before one request is abandoned and retried"})
+    # Local PRM judges.
+    style: str = field(
+        default="qwen",
+        metadata={"help": "prm only: scoring convention", "choices": ["qwen", "shepherd", "yesno"]},
+    )
+    step_separator: str | None = field(
+        default=None,
+        metadata={"help": "prm only: token/text placed after each step (defaults: qwen '<extra_0>', "
+                          "shepherd ' ки', yesno the verification question)"},
+    )
+    positive_token: str | None = field(
+        default=None, metadata={"help": "prm only: token read as 'correct' (shepherd '+', yesno 'Yes')"}
+    )
+    negative_token: str | None = field(
+        default=None, metadata={"help": "prm only: token read as 'wrong' (shepherd '-', yesno 'No')"}
+    )
+    class_index: int = field(default=1, metadata={"help": "prm qwen only: class of the 2-class head meaning 'correct'"})
+    prm_batch_size: int = field(default=8, metadata={"help": "prm only: responses per forward pass"})
+    max_length: int | None = field(
+        default=None, metadata={"help": "prm only: token limit per response (default: the model's)"}
+    )
+    device: str | None = field(default=None, metadata={"help": "prm only: cuda, cpu… (default: cuda if present)"})
+    dtype: str | None = field(
+        default=None, metadata={"help": "prm only: bfloat16, float16, float32 (default: bf16 on cuda, fp32 on cpu)"}
+    )

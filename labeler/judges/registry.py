@@ -1,0 +1,49 @@
+"""Judge names → factories, imported only when a judge of that name is built.
+
+This keeps `import labeler` free of openai/anthropic/torch: a user labeling with `gsm8k-calc`
+needs none of them installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from schemas.errors import UserError
+
+if TYPE_CHECKING:
+    from labeler.judges.base import Judge
+    from labeler.judges.config import JudgeConfig
+
+# prefix -> ("module:function", what it is, extra to install)
+JUDGES: dict[str, tuple[str, str, str | None]] = {
+    "openai": ("labeler.judges.openai_judge:make_openai", "OpenAI Chat Completions, JSON-schema output", "api"),
+    "openai-compatible": (
+        "labeler.judges.openai_judge:make_openai_compatible",
+        "any OpenAI-protocol server: openai-compatible:MODEL@BASE_URL (vLLM, SGLang, llama.cpp)",
+        "api",
+    ),
+    "anthropic": ("labeler.judges.anthropic_judge:make_anthropic", "Anthropic Messages, tool output", "api"),
+    "prm": ("labeler.judges.prm:make_prm", "local process reward model: prm:PATH_OR_HUB_ID --style qwen|shepherd|yesno", "local"),
+    "gsm8k-calc": ("labeler.judges.calc:make_calc", "free rule-based check of <<expr=result>> notes and the final answer", None),
+    "reference": ("labeler.judges.reference:make_reference", "pass the source's human labels through", None),
+}
+
+
+def judge_help() -> str:
+    return "; ".join(f"{k}: {v[1]}" for k, v in JUDGES.items())
+
+
+def create_judge(spec: str, config: JudgeConfig) -> Judge:
+    """Build the judge named by ``spec`` (e.g. ``openai:gpt-4o-mini``)."""
+    prefix, _, model = spec.partition(":")
+    if prefix not in JUDGES:
+        raise UserError(f"unknown judge '{spec}'; known: {', '.join(JUDGES)}")
+    target, _, extra = JUDGES[prefix]
+    module_name, _, func = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f" (pip install 'stepwise-dpo[{extra}]')" if extra else ""
+        raise UserError(f"judge '{prefix}' needs a package that is not installed: {exc.name}{hint}") from exc
+    return getattr(module, func)(model, config)

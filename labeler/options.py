@@ -1,0 +1,76 @@
+"""Config dataclasses → argparse options, so every option is documented in one place.
+
+A field's ``metadata`` carries ``help`` (required), and optionally ``choices``, ``flag`` (a
+different option name) and ``metavar``. Booleans become ``--x/--no-x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` → int; ``list[str]`` → list."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    return tp
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, title: str | None = None
+) -> None:
+    """Add one option per field of ``cls`` (which must use ``from __future__`` free annotations
+    or resolvable ones)."""
+    hints = typing.get_type_hints(cls)
+    target = parser.add_argument_group(title) if title and hasattr(parser, "add_argument_group") else parser
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("skip_cli"):
+            continue
+        tp = _base_type(hints[field.name])
+        default = (
+            field.default
+            if field.default is not dataclasses.MISSING
+            else field.default_factory()  # type: ignore[misc]
+            if field.default_factory is not dataclasses.MISSING
+            else None
+        )
+        help_text = field.metadata.get("help", "")
+        if default not in (None, False, "", []) and "%(default)" not in help_text:
+            help_text += " (default: %(default)s)"
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
+        if "metavar" in field.metadata:
+            kwargs["metavar"] = field.metadata["metavar"]
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is list or tp is list:
+            inner = typing.get_args(tp)
+            kwargs["type"] = inner[0] if inner else str
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["type"] = tp
+            if "choices" in field.metadata:
+                kwargs["choices"] = field.metadata["choices"]
+        target.add_argument(_flag(field), **kwargs)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """Build ``cls`` from parsed args (fields absent from ``args`` keep their defaults)."""
+    values = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif hasattr(args, field.name):
+            values[field.name] = getattr(args, field.name)
+    return cls(**values)

@@ -1,0 +1,259 @@
+"""The Arrow schemas of every file we write, and the read/write/validate helpers.
+
+Each file carries ``stepdpo.schema = NAME/VERSION`` in its Arrow schema metadata. Readers check
+it, so a trainer box never silently trains on a file of the wrong kind or from an older layout.
+Steps are stored as ``list<string>``: they are the unit of work and are never re-split.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.errors import UserError
+
+SCHEMA_KEY = b"stepdpo.schema"
+
+_str = pa.string()
+_steps = pa.list_(pa.string())
+_scores = pa.list_(pa.float64())  # items nullable: a step may have no score
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A named, versioned file layout."""
+
+    name: str
+    version: int
+    schema: pa.Schema
+    optional: frozenset[str] = frozenset()
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def stamped(self) -> pa.Schema:
+        meta = dict(self.schema.metadata or {})
+        meta[SCHEMA_KEY] = self.tag.encode()
+        return self.schema.with_metadata(meta)
+
+
+_RESPONSE_FIELDS = [
+    pa.field("response_id", _str, nullable=False),
+    pa.field("problem_id", _str),
+    pa.field("source", _str),
+    pa.field("prompt", _str, nullable=False),
+    pa.field("steps", _steps, nullable=False),
+    pa.field("final_answer", _str),
+    pa.field("gold_answer", _str),
+    pa.field("reference_scores", _scores),
+    pa.field("meta", _str),  # JSON object as text: source-specific extras
+]
+
+RESPONSES = Kind("responses", 1, pa.schema(_RESPONSE_FIELDS))
+
+STEP_SCORES = Kind(
+    "step_scores",
+    1,
+    pa.schema(
+        _RESPONSE_FIELDS
+        + [
+            pa.field("judge", _str, nullable=False),
+            pa.field("judge_fingerprint", _str, nullable=False),
+            pa.field("scores", _scores),  # one per step, in [0, 1], null where none given
+            pa.field("raw", _str),
+            pa.field("status", _str, nullable=False),  # ok | error
+            pa.field("error", _str),
+            pa.field("attempts", pa.int32()),
+            pa.field("input_tokens", pa.int64()),
+            pa.field("output_tokens", pa.int64()),
+            pa.field("cached_tokens", pa.int64()),
+            pa.field("cost_usd", pa.float64()),
+            pa.field("latency_s", pa.float64()),
+            pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+)
+
+PAIRS = Kind(
+    "pairs",
+    1,
+    pa.schema(
+        [
+            pa.field("pair_id", _str, nullable=False),
+            pa.field("problem_id", _str),
+            pa.field("prompt", _str, nullable=False),
+            pa.field("prefix_steps", _steps, nullable=False),
+            pa.field("chosen_steps", _steps, nullable=False),
+            pa.field("rejected_steps", _steps, nullable=False),
+            pa.field("chosen_scores", _scores),
+            pa.field("rejected_scores", _scores),
+            pa.field("chosen_reward", pa.float64()),
+            pa.field("rejected_reward", pa.float64()),
+            pa.field("strategy", _str, nullable=False),
+            pa.field("judge_fingerprint", _str),
+            pa.field("chosen_response_id", _str),
+            pa.field("rejected_response_id", _str),
+            # Per-step reference log-probs written by `stepdpo precompute-ref`; null until then.
+            pa.field("ref_chosen_step_logps", _scores),
+            pa.field("ref_rejected_step_logps", _scores),
+        ]
+    ),
+    optional=frozenset({"ref_chosen_step_logps", "ref_rejected_step_logps"}),
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in (RESPONSES, STEP_SCORES, PAIRS)}
+
+
+def kind_of_schema(schema: pa.Schema) -> str | None:
+    """The ``NAME/VERSION`` tag stamped in a schema, or None for a foreign file."""
+    meta = schema.metadata or {}
+    tag = meta.get(SCHEMA_KEY)
+    return tag.decode() if tag else None
+
+
+def _describe(path: str | os.PathLike | None) -> str:
+    return f"{path}: " if path is not None else ""
+
+
+def validate(table: pa.Table, kind: Kind, path: str | os.PathLike | None = None) -> pa.Table:
+    """Check ``table`` against ``kind`` and return it in canonical column order and types.
+
+    Raises UserError naming the file and the first problem: a wrong kind or version stamp,
+    a missing column, a column of the wrong type, or a null in a required column.
+    """
+    where = _describe(path)
+    tag = kind_of_schema(table.schema)
+    if tag is not None and tag != kind.tag:
+        name, _, version = tag.partition("/")
+        if name != kind.name:
+            raise UserError(f"{where}this is a '{name}' file, but a '{kind.name}' file is needed here")
+        raise UserError(
+            f"{where}'{kind.name}' schema version {version} is not supported by this stepdpo "
+            f"(it reads version {kind.version}); re-create the file with this version"
+        )
+    columns = []
+    for field in kind.schema:
+        if field.name not in table.column_names:
+            if field.name in kind.optional:
+                columns.append(pa.nulls(table.num_rows, field.type))
+                continue
+            raise UserError(f"{where}'{kind.name}' file is missing the column '{field.name}'")
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise UserError(
+                    f"{where}column '{field.name}' has type {col.type}, expected {field.type}"
+                ) from exc
+        if not field.nullable and col.null_count:
+            raise UserError(f"{where}column '{field.name}' has {col.null_count} null value(s); it is required")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=kind.stamped)
+
+
+def from_rows(rows: Sequence[dict[str, Any]], kind: Kind) -> pa.Table:
+    """Build a stamped table from dicts; missing optional/nullable keys become null."""
+    data = {f.name: [r.get(f.name) for r in rows] for f in kind.schema}
+    try:
+        table = pa.Table.from_pydict(data, schema=kind.schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise UserError(f"cannot build a '{kind.name}' table: {exc}") from exc
+    return validate(table, kind)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, kind: Kind) -> Path:
+    """Validate and write ``table`` atomically: a reader never sees a half-written file.
+
+    The data goes to a temporary file in the same folder, is fsynced, then renamed over
+    ``path``; a crash leaves either the old file or the new one.
+    """
+    path = Path(path)
+    table = validate(table, kind, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def parquet_files(path: str | os.PathLike) -> list[Path]:
+    """The Parquet files behind ``path``: the file itself, or a folder's ``*.parquet`` sorted.
+
+    Hidden and temporary files (a crashed writer's leftovers) are ignored.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise UserError(f"{path}: folder has no .parquet files")
+        return files
+    return [path]
+
+
+def read_kind(path: str | os.PathLike) -> str:
+    """The kind name stamped in a Parquet file (or a folder's first file)."""
+    first = parquet_files(path)[0]
+    try:
+        schema = pq.read_schema(first)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{first}: not a readable Parquet file ({exc})") from exc
+    tag = kind_of_schema(schema)
+    if tag is None:
+        raise UserError(f"{first}: not a stepdpo file (no '{SCHEMA_KEY.decode()}' metadata)")
+    return tag.partition("/")[0]
+
+
+def read_table(
+    path: str | os.PathLike, kind: Kind, columns: Iterable[str] | None = None
+) -> pa.Table:
+    """Read one file or a folder of shards of ``kind``, checked, optionally only some columns."""
+    files = parquet_files(path)
+    cols = list(columns) if columns is not None else None
+    tables = []
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{f}: not a readable Parquet file ({exc})") from exc
+        tag = kind_of_schema(schema)
+        if tag is None:
+            raise UserError(f"{f}: not a stepdpo file (no '{SCHEMA_KEY.decode()}' metadata)")
+        if cols is None:
+            tables.append(validate(pq.read_table(f), kind, f))
+        else:
+            unknown = [c for c in cols if c not in kind.schema.names]
+            if unknown:
+                raise UserError(f"'{kind.name}' files have no column(s) {', '.join(unknown)}")
+            partial = Kind(
+                kind.name,
+                kind.version,
+                pa.schema([kind.schema.field(c) for c in cols]),
+                kind.optional,
+            )
+            present = [c for c in cols if c in schema.names]
+            tables.append(validate(pq.read_table(f, columns=present), partial, f))
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables)
