@@ -1,0 +1,101 @@
+"""Anthropic Message Batches transport, through the official SDK.
+
+All requests of a batch go in one create call (each with its ``custom_id`` and the exact
+``/v1/messages`` params); the batch is polled until ``ended`` and the results are streamed
+line by line (constant memory) and joined by ``custom_id``. ``errored``, ``expired`` and
+``canceled`` results become errors on their rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from labeler.batch.base import Limits, Poll, Result, Transport, error_text
+from labeler.batch.state import BatchRecord
+from schemas.errors import UserError
+
+LIMITS = Limits(max_requests=100_000, max_bytes=256 * 1024 * 1024)
+
+
+class AnthropicBatchTransport(Transport):
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        limits: Limits = LIMITS,
+        timeout: float = 600.0,
+    ) -> None:
+        import anthropic
+
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not key:
+            raise UserError("ANTHROPIC_API_KEY is not set; batch mode needs it to submit and poll batches")
+        self.limits = limits
+        self.client = anthropic.Anthropic(
+            api_key=key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"), max_retries=3, timeout=timeout
+        )
+
+    def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:
+        req = {"custom_id": custom_id, "params": body}
+        return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def submit(self, record: BatchRecord, lines: list[bytes], save: Callable[[BatchRecord], Any]) -> None:
+        requests = [json.loads(line) for line in lines]
+        batch = self.client.messages.batches.create(requests=requests)
+        record.batch_id = batch.id
+        record.status = batch.processing_status
+        record.phase = "submitted"
+        save(record)
+
+    def find_orphan(self, record: BatchRecord, claimed: set[str]) -> str | None:
+        # No metadata on Message Batches: match by size and creation time after our intent.
+        # Only an unambiguous match is taken; otherwise a new batch is submitted.
+        after = _dt.datetime.fromtimestamp(record.created_at - 5, tz=_dt.timezone.utc)
+        matches = []
+        for batch in self.client.messages.batches.list(limit=100):
+            if batch.created_at < after:
+                break
+            c = batch.request_counts
+            total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+            if batch.id not in claimed and total == record.n_requests:
+                matches.append(batch.id)
+        return matches[0] if len(matches) == 1 else None
+
+    def _poll(self, batch: Any) -> Poll:
+        counts = batch.request_counts.model_dump() if batch.request_counts else {}
+        return Poll(batch.processing_status, counts, self.is_final(batch.processing_status))
+
+    def poll(self, batch_id: str) -> Poll:
+        return self._poll(self.client.messages.batches.retrieve(batch_id))
+
+    def cancel(self, batch_id: str) -> Poll:
+        return self._poll(self.client.messages.batches.cancel(batch_id))
+
+    def results(self, batch_id: str) -> Iterator[Result]:
+        with self.client.messages.batches.with_streaming_response.results(batch_id) as resp:
+            for raw in resp.iter_lines():
+                if raw.strip():
+                    yield _result(json.loads(raw))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _result(line: dict[str, Any]) -> Result:
+    cid = line["custom_id"]
+    result = line.get("result") or {}
+    kind = result.get("type")
+    if kind == "succeeded":
+        return Result(cid, body=result.get("message"))
+    if kind == "errored":
+        return Result(cid, error=f"batch errored: {error_text(result.get('error'))}", kind="errored")
+    if kind in ("expired", "canceled"):
+        return Result(cid, error=f"batch {kind}: request not processed", kind=kind)
+    return Result(cid, error=f"batch errored: unknown result type {kind!r}", kind="errored")

@@ -1,0 +1,111 @@
+"""What the runner needs from a provider's batch service, and how jobs are cut to its limits.
+
+Transports are synchronous on purpose: batch control calls are few (upload, create, a poll
+every minute, one download), so there is nothing to overlap, and the SDK's own retries
+(``max_retries``) are enough for them.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from labeler.batch.state import FINAL_STATUSES, BatchRecord
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-batch limits of a provider (requests and bytes of the request payload)."""
+
+    max_requests: int
+    max_bytes: int
+
+
+@dataclass
+class Poll:
+    """One look at a batch: provider status, request counts, and whether it is over."""
+
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+    final: bool = False
+
+
+@dataclass
+class Result:
+    """One request's outcome: the response body exactly as the online endpoint returns it,
+    or an error message (errored, expired, canceled)."""
+
+    custom_id: str
+    body: dict[str, Any] | None = None
+    error: str | None = None
+    kind: str = "succeeded"  # succeeded | errored | expired | canceled
+
+
+class Transport(abc.ABC):
+    provider: str
+    limits: Limits
+
+    @abc.abstractmethod
+    def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:
+        """One request as the provider's batch format, for sizing and submission."""
+
+    @abc.abstractmethod
+    def submit(self, record: BatchRecord, lines: list[bytes], save: Callable[[BatchRecord], Any]) -> None:
+        """Send one batch, filling ``record.file_id`` / ``record.batch_id`` and calling
+        ``save(record)`` after each id arrives (the crash-safety contract)."""
+
+    @abc.abstractmethod
+    def find_orphan(self, record: BatchRecord, claimed: set[str]) -> str | None:
+        """The batch id of a batch created for ``record`` whose id we never wrote down."""
+
+    @abc.abstractmethod
+    def poll(self, batch_id: str) -> Poll: ...
+
+    @abc.abstractmethod
+    def results(self, batch_id: str) -> Iterator[Result]:
+        """Every request's outcome (any order; missing ones are reported by the runner)."""
+
+    @abc.abstractmethod
+    def cancel(self, batch_id: str) -> Poll: ...
+
+    def is_final(self, status: str) -> bool:
+        return status in FINAL_STATUSES[self.provider]
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the HTTP client."""
+
+
+def chunk(encoded: Iterable[tuple[str, bytes]], limits: Limits, overhead: int = 0) -> list[list[tuple[str, bytes]]]:
+    """Cut (custom_id, encoded request) pairs into batches within ``limits``, in order.
+
+    A single request larger than the byte limit gets a batch of its own (the provider will
+    reject it, and that error is then recorded on its row rather than blocking the others).
+    """
+    batches: list[list[tuple[str, bytes]]] = []
+    current: list[tuple[str, bytes]] = []
+    size = overhead
+    for cid, line in encoded:
+        n = len(line) + 1
+        if current and (len(current) >= limits.max_requests or size + n > limits.max_bytes):
+            batches.append(current)
+            current, size = [], overhead
+        current.append((cid, line))
+        size += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+def error_text(obj: Any) -> str:
+    """A one-line message from a provider error object (dict or str)."""
+    if isinstance(obj, dict):
+        inner = obj.get("error", obj)
+        if isinstance(inner, dict):
+            msg = inner.get("message") or inner.get("type") or json.dumps(inner)
+            kind = inner.get("type") or inner.get("code")
+            return f"{kind}: {msg}" if kind and kind != msg else str(msg)
+        return str(inner)
+    return str(obj)
