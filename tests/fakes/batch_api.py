@@ -268,9 +268,15 @@ class BatchAPI:
                     "status_code": 500, "request_id": f"req_{n}",
                     "body": {"error": {"message": "fake server error", "type": "server_error"}}}})
             else:
+                try:
+                    answer = self.answer_openai(line["body"])
+                except _Failed as exc:
+                    err.append({"id": rid, "custom_id": cid, "error": None, "response": {
+                        "status_code": exc.code, "request_id": f"req_{n}", "body": exc.body}})
+                    continue
                 self.requests_answered["openai"] += 1
                 out.append({"id": rid, "custom_id": cid, "error": None, "response": {
-                    "status_code": 200, "request_id": f"req_{n}", "body": self.answer_openai(line["body"])}})
+                    "status_code": 200, "request_id": f"req_{n}", "body": answer}})
         self._rng.shuffle(out)
         self._rng.shuffle(err)
         b.counts.update(completed=len(out), failed=len(err))
@@ -346,8 +352,11 @@ class BatchAPI:
             elif fault in ("expired", "canceled"):
                 result = {"type": fault}
             else:
-                self.requests_answered["anthropic"] += 1
-                result = {"type": "succeeded", "message": self.answer_anthropic(r["params"])}
+                try:
+                    result = {"type": "succeeded", "message": self.answer_anthropic(r["params"])}
+                    self.requests_answered["anthropic"] += 1
+                except _Failed as exc:
+                    result = {"type": "errored", "error": exc.body}
             results.append({"custom_id": cid, "result": result})
         self._rng.shuffle(results)
         b.results = results
@@ -381,6 +390,53 @@ class BatchAPI:
             b.status = "canceling"
             b.cancel_at = time.time()
         return _json(self._anthropic_obj(b, req.headers.get("host", "127.0.0.1")))
+
+
+# ---------------------------------------------------------------------- host server glue
+class _Capture:
+    """Stands in for the HTTP handler the online fake answers through, keeping the answer."""
+
+    def __init__(self) -> None:
+        self.code = 0
+        self.body: Any = None
+
+    def send_json(self, code: int, body: Any, headers: dict[str, str]) -> None:
+        self.code, self.body = code, body
+
+
+def _online_answer(fake: Any, method: Callable[..., None]) -> Answer:
+    """The online fake's answer to ``body`` as a function: same scores, same fault draws.
+
+    A non-200 online answer (an injected 429/500) becomes an error body; the batch then
+    reports that request as failed, as a provider does.
+    """
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        cap = _Capture()
+        method(fake, cap, body)
+        if cap.code != 200:
+            raise _Failed(cap.code, cap.body)
+        return cap.body
+
+    return answer
+
+
+class _Failed(Exception):
+    def __init__(self, code: int, body: Any) -> None:
+        super().__init__(f"HTTP {code}")
+        self.code, self.body = code, body
+
+
+def attach(fake: Any, **kwargs: Any) -> BatchAPI:
+    """Serve batch endpoints from the online fake ``fake`` (tests/fakes/llm_server.py).
+
+    Requests inside a batch are answered by the fake's own ``chat_completions`` / ``messages``
+    handlers, so batch and online scores agree by construction.
+    """
+    api = BatchAPI(_online_answer(fake, type(fake).chat_completions),
+                   _online_answer(fake, type(fake).messages), **kwargs)
+    fake.batch_api = api
+    return api
 
 
 # ---------------------------------------------------------------------- standalone server
