@@ -1,0 +1,55 @@
+"""Build preference pairs from labeled runs (`step_scores` shards) into `pairs` shards.
+
+strategies:
+  first-error           Step-DPO: a wrong solution and a solution of the same problem that shares
+                        its steps up to the first error; the shared steps become prefix_steps and
+                        chosen/rejected hold the diverging step (--continuation step, default) or
+                        everything from it on (--continuation rest, chosen must be all correct)
+  best-worst            per problem, the highest vs the lowest aggregated reward (whole solutions)
+  prm800k-alternatives  PRM800K's rated alternatives at the same step: rating 1 vs rating -1
+                        (reads meta of a reference-labeled run or of an ingested responses file)
+
+Rows with status other than ok are skipped and counted; runs scored by different judge
+fingerprints are refused unless --allow-mixed-judges. Output: PAIRS_DIR/part-NNNNN.parquet and
+PAIRS_DIR/pairs.json (config and counts).
+
+examples:
+  stepdpo pairs work/run -o work/pairs --strategy first-error
+  stepdpo pairs work/run_a work/run_b -o work/pairs --strategy best-worst --aggregate min --min-margin 0.3
+  stepdpo pairs work/prm800k_ref -o work/pairs --strategy prm800k-alternatives
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from labeler.options import add_dataclass_arguments, dataclass_from_args
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from labeler.pairs import PairsConfig
+
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="labeled run folders or step_scores Parquet files"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="PAIRS_DIR", help="folder for the pair shards"
+    )
+    add_dataclass_arguments(parser, PairsConfig, "pairs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from labeler.pairs import PairsConfig, make_pairs
+
+    cfg = dataclass_from_args(PairsConfig, args)
+    manifest = make_pairs(args.runs, args.output, cfg)
+    counts = manifest["counts"]
+    print(
+        f"pairs: {counts.get('pairs', 0)} {cfg.strategy} pairs from {counts.get('input_rows', 0)} "
+        f"rows of {counts.get('problems', 0)} problems -> {args.output} "
+        f"({len(manifest['shards'])} shard(s))"
+    )
+    dropped = {k: v for k, v in counts.items() if k not in ("pairs", "input_rows", "problems") and v}
+    if dropped:
+        print("pairs: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    return 0
