@@ -37,3 +37,12 @@ def gsm8k_test_full() -> Path:
     if not path.exists():
         pytest.skip("../shared/data/gsm8k is not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_train_full() -> Path:
+    """The full GSM8K train set from ../shared (skips where the shared folder is absent)."""
+    path = SHARED_GSM8K / "train.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data/gsm8k is not present")
+    return path
