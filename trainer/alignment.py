@@ -1,0 +1,162 @@
+"""Step-token alignment: which step every completion token belongs to.
+
+The token ids are TRL's own (the same calls as `DPOTrainer._prepare_dataset` for plain text:
+tokenize the prompt and prompt+completion, the completion starts where they diverge), so the
+policy sees exactly what plain TRL would feed it. Step boundaries come from tokenizing the
+prompt plus the completion cut at each step end: the boundary is the length of the common
+prefix with the full tokenization. This works for any tokenizer (no offset mapping needed);
+a token that straddles a boundary belongs to the later step, so every token has exactly one
+step and step ids never decrease.
+
+The collator then lays step ids out exactly like `DataCollatorForPreference` lays out tokens
+(chosen rows then rejected rows, ``[2B, L]``, same truncation slice, right padding), so a step
+id always sits on the token it was computed for; prompt and padding positions get -1.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
+
+from schemas.aggregate import aggregate
+from schemas.convert import format_completion, step_char_spans
+
+NO_STEP = -1
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    # The same call TRL's `_tokenize` makes for non-conversational text.
+    return list(tokenizer(text=text)["input_ids"])
+
+
+def step_boundaries(tokenizer, prompt: str, steps: Sequence[str], sep: str, full_ids: Sequence[int],
+                    suffix: str = "") -> list[int]:
+    """Absolute token index where each step but the last ends in ``full_ids``."""
+    spans = step_char_spans(steps, sep)
+    completion = format_completion(steps, sep) + suffix
+    bounds = []
+    for _, end in spans[:-1]:
+        bounds.append(common_prefix_length(_ids(tokenizer, prompt + completion[:end]), full_ids))
+    return bounds
+
+
+def completion_step_ids(
+    full_ids: Sequence[int], prompt_len: int, bounds: Sequence[int], num_steps: int
+) -> list[int]:
+    """Step id of every completion token (tokens ``full_ids[prompt_len:]``)."""
+    last = max(num_steps - 1, 0)
+    return [min(bisect_right(bounds, i), last) for i in range(prompt_len, len(full_ids))]
+
+
+def wants_eos(mode: str, steps: Sequence[str], strategy: str | None) -> bool:
+    """Step-DPO rule: a single-step continuation (or any first-error pair) gets no EOS, so the
+    model does not learn to stop after one step; a whole solution ends with EOS as in TRL."""
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return len(steps) > 1 and strategy != "first-error"
+
+
+def tokenize_pair(
+    tokenizer,
+    prompt: str,
+    chosen_steps: Sequence[str],
+    rejected_steps: Sequence[str],
+    sep: str = "\n",
+    add_eos: str = "auto",
+    strategy: str | None = None,
+) -> dict[str, list[int]]:
+    """TRL's prompt/chosen/rejected ids plus per-token step ids for both completions."""
+    eos = tokenizer.eos_token or ""
+    suffix_w = eos if wants_eos(add_eos, chosen_steps, strategy) else ""
+    suffix_l = eos if wants_eos(add_eos, rejected_steps, strategy) else ""
+    prompt_ids = _ids(tokenizer, prompt)
+    full_w = _ids(tokenizer, prompt + format_completion(chosen_steps, sep) + suffix_w)
+    full_l = _ids(tokenizer, prompt + format_completion(rejected_steps, sep) + suffix_l)
+    prompt_len = min(common_prefix_length(prompt_ids, full_w), common_prefix_length(prompt_ids, full_l))
+    bounds_w = step_boundaries(tokenizer, prompt, chosen_steps, sep, full_w, suffix_w)
+    bounds_l = step_boundaries(tokenizer, prompt, rejected_steps, sep, full_l, suffix_l)
+    return {
+        "prompt_ids": prompt_ids[:prompt_len],
+        "chosen_ids": full_w[prompt_len:],
+        "rejected_ids": full_l[prompt_len:],
+        "chosen_step_ids": completion_step_ids(full_w, prompt_len, bounds_w, len(chosen_steps)),
+        "rejected_step_ids": completion_step_ids(full_l, prompt_len, bounds_l, len(rejected_steps)),
+    }
+
+
+def _truncate(rows: list[list[int]], max_length: int | None, mode: str) -> list[list[int]]:
+    if max_length is None:
+        return rows
+    sl = slice(None, max_length) if mode == "keep_start" else slice(-max_length, None)
+    return [r[sl] for r in rows]
+
+
+def _pad(rows: list[list[Any]], width: int, value: Any) -> list[list[Any]]:
+    return [r + [value] * (width - len(r)) for r in rows]
+
+
+def collate_step_ids(
+    examples: Sequence[dict[str, Any]], width: int, max_length: int | None, truncation_mode: str
+):
+    """``[2B, width]`` step ids laid out like `DataCollatorForPreference` lays out tokens."""
+    import torch
+
+    rows = [[NO_STEP] * len(e["prompt_ids"]) + list(e["chosen_step_ids"]) for e in examples]
+    rows += [[NO_STEP] * len(e["prompt_ids"]) + list(e["rejected_step_ids"]) for e in examples]
+    rows = _truncate(rows, max_length, truncation_mode)
+    return torch.tensor(_pad(rows, width, NO_STEP), dtype=torch.long)
+
+
+def _scores(raw: Sequence[float | None] | None, n: int, floor: float, null: float) -> list[float]:
+    raw = list(raw) if raw is not None else []
+    out = []
+    for k in range(n):
+        s = raw[k] if k < len(raw) else None
+        if s is None or (isinstance(s, float) and math.isnan(s)):
+            s = null
+        out.append(min(max(float(s), floor), 1.0 - floor) if floor > 0 else float(s))
+    return out
+
+
+def collate_step_fields(examples: Sequence[dict[str, Any]], cfg) -> dict[str, Any]:
+    """Scores, step masks, rewards and optional precomputed reference step log-probs, ``[B, K]``.
+
+    A step's presence is carried by the mask (its index < the number of steps), never by its
+    score, so a step scored 0 is weighted like any other.
+    """
+    import torch
+
+    k_max = max(max(len(e["chosen_steps"]), len(e["rejected_steps"])) for e in examples)
+    out: dict[str, Any] = {}
+    for side in ("chosen", "rejected"):
+        n = [len(e[f"{side}_steps"]) for e in examples]
+        q = [_scores(e.get(f"{side}_scores"), k, cfg.score_floor, cfg.null_score) for e, k in zip(examples, n, strict=True)]
+        out[f"{side}_step_scores"] = torch.tensor(_pad(q, k_max, 0.0), dtype=torch.float32)
+        out[f"{side}_num_steps"] = torch.tensor(n, dtype=torch.long)
+        rewards = []
+        for e in examples:
+            r = aggregate(e.get(f"{side}_scores"), cfg.aggregation, cfg.score_floor)
+            if r is None:
+                r = e.get(f"{side}_reward")
+            rewards.append(float(r) if r is not None else 0.0)
+        out[f"{side}_rewards"] = torch.tensor(rewards, dtype=torch.float32)
+        ref_key = f"ref_{side}_step_logps"
+        if all(e.get(ref_key) is not None for e in examples):
+            refs = [list(map(float, e[ref_key])) for e in examples]
+            for r, k in zip(refs, n, strict=True):
+                if len(r) != k:
+                    raise ValueError(f"{ref_key} has {len(r)} values for {k} steps")
+            out[ref_key] = torch.tensor(_pad(refs, k_max, 0.0), dtype=torch.float32)
+    return out
