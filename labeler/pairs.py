@@ -19,7 +19,8 @@ id is missing):
 ``prm800k-alternatives``
     PRM800K rates several alternative steps at the same prefix; each alternative rated 1 is
     paired with each rated -1 at that step, the response's steps before it being the prefix.
-    Read from ``meta.alternatives`` of the ingested rows (see :func:`alternatives_of`).
+    The step the response took counts as one of the options (its rating is its reference
+    score). Read from ``meta.alternatives`` of ingested rows (see :func:`alternatives_of`).
 
 Rewards (``chosen_reward`` / ``rejected_reward``) aggregate the scores stored in the same row
 (``chosen_scores`` / ``rejected_scores``), so a row is self-consistent: a trainer can recompute
@@ -57,6 +58,7 @@ CONTINUATIONS = ("step", "rest")
 MANIFEST = "pairs.json"
 # PRM800K's human ratings on the [0, 1] scale of step scores (as ingest maps them).
 RATING_SCORE = {-1: 0.0, 0: 0.5, 1: 1.0}
+SCORE_RATING = {v: k for k, v in RATING_SCORE.items()}
 
 
 @dataclass
@@ -282,40 +284,52 @@ def first_error_pairs(
 
 
 def alternatives_of(row: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """The rated alternatives at each step, from the row's meta.
+    """Every rated option at each step: the step the response took plus its alternatives.
 
-    Ingest stores PRM800K's ``label.steps[i].completions`` as ``meta["alternatives"][i]``: a
-    list of ``{"text": ..., "rating": -1|0|1|null}`` (PRM800K's own field names). A flat list of
-    ``{"step": i, "text": ..., "rating": ...}`` is accepted too.
+    `stepdpo ingest prm800k` stores the completions NOT taken at step k as
+    ``meta["alternatives"] = [{"step": k, "text": ..., "rating": -1|0|1|null, "flagged": ...}]``
+    (PRM800K's own field names); the taken step is ``steps[k]`` with its rating in
+    ``reference_scores[k]`` (1.0 / 0.5 / 0.0). A per-step list of lists is accepted too.
+    Flagged completions are left out: PRM800K's labelers marked them as questionable.
     """
+    steps = list(row["steps"])
+    per_step: list[list[dict[str, Any]]] = [[] for _ in steps]
+    refs = list(row.get("reference_scores") or [])
+    for k, step in enumerate(steps):
+        rating = SCORE_RATING.get(refs[k]) if k < len(refs) else None
+        if rating is not None:
+            per_step[k].append({"text": step, "rating": rating})
     try:
         meta = json.loads(row.get("meta") or "{}")
     except json.JSONDecodeError:
-        return []
+        return per_step
     alts = meta.get("alternatives") if isinstance(meta, dict) else None
     if not isinstance(alts, list):
-        return []
-    if alts and all(isinstance(a, dict) and "step" in a for a in alts):
-        per_step: list[list[dict[str, Any]]] = [[] for _ in row["steps"]]
-        for a in alts:
-            if isinstance(a["step"], int) and 0 <= a["step"] < len(per_step):
-                per_step[a["step"]].append(a)
         return per_step
-    return [a if isinstance(a, list) else [] for a in alts]
+    for k, item in enumerate(alts):
+        options = item if isinstance(item, list) else [item]
+        for a in options:
+            if not isinstance(a, dict) or a.get("flagged"):
+                continue
+            step = a.get("step", k if isinstance(item, list) else None)
+            if isinstance(step, int) and 0 <= step < len(steps):
+                per_step[step].append(a)
+    return per_step
 
 
 def prm800k_pairs(group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter) -> list[dict[str, Any]]:
+    """Rating 1 vs rating -1 among the options at the same step of the same response."""
     out = []
     for row in group:
-        alts = alternatives_of(row)
-        if not alts:
-            stats["skipped_no_alternatives"] += 1
-            continue
-        for i, options in enumerate(alts[: len(row["steps"])]):
-            good = [a for a in options if isinstance(a, dict) and a.get("rating") == 1 and a.get("text")]
-            bad = [a for a in options if isinstance(a, dict) and a.get("rating") == -1 and a.get("text")]
+        made = 0
+        for i, options in enumerate(alternatives_of(row)):
+            good = [a for a in options if a.get("rating") == 1 and isinstance(a.get("text"), str)]
+            bad = [a for a in options if a.get("rating") == -1 and isinstance(a.get("text"), str)]
             for g in good:
                 for b in bad:
+                    if g["text"] == b["text"]:
+                        continue
+                    made += 1
                     out.append(
                         _pair(
                             "prm800k-alternatives", row, row, list(row["steps"][:i]),
@@ -323,6 +337,8 @@ def prm800k_pairs(group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter)
                             cfg, row.get("judge_fingerprint"),
                         )
                     )
+        if not made:
+            stats["no_rated_alternatives"] += 1
     return out
 
 

@@ -249,15 +249,24 @@ def _wrong_value(old: float, written: str, rng: random.Random) -> tuple[float, s
         else:
             new = old * 10 if (rng.random() < 0.5 or old % 10) else old / 10
         new = round(new, decimals)
-        if new != old and (new >= 0 or old < 0):
+        if new != old and new != 0 and (new > 0 or old < 0):
             return new, kind
     return old + 1, "offset"
 
 
 def perturb_once(
-    steps: list[str], final_answer: str | None, rng: random.Random, propagate: bool
+    steps: list[str],
+    final_answer: str | None,
+    rng: random.Random,
+    propagate: bool,
+    given: frozenset[float] = frozenset(),
 ) -> tuple[list[str], str | None, dict[str, Any]] | None:
-    """Corrupt one randomly chosen note; None when the solution has no usable note."""
+    """Corrupt one randomly chosen note; None when that try gave no usable variant.
+
+    ``given`` holds the numbers of the problem text: a value that is also one of the problem's
+    own numbers is never carried, because a later "3" is then as likely the problem's 3 as the
+    computed one.
+    """
     parsed = [_split_step(s) for s in steps]
     sites = [
         (k, j)
@@ -277,8 +286,8 @@ def perturb_once(
     texts[j + 1] = _set_leading(texts[j + 1], old_text, new_text)
 
     carried_steps: list[int] = []
-    carry: dict[float, float] = {old: new} if propagate else {}
-    if propagate:
+    carry: dict[float, float] = {old: new} if propagate and old not in given else {}
+    if carry:
         # Everything after the corrupted note sees the wrong value.
         texts[j + 1] = _after_note(texts[j + 1], new_text, new_text, carry)
         for kk in range(k, len(parsed)):
@@ -291,10 +300,11 @@ def perturb_once(
                 if expr != n[jj].expr:
                     value = evaluate(expr)
                     old_r = parse_number(result)
-                    if value is not None and old_r is not None:
-                        result = format_like(value, result.strip())
-                        if parse_number(result) != old_r:
-                            carry[old_r] = parse_number(result)
+                    if value is None or old_r is None:
+                        return None  # e.g. the carried value made a division by zero
+                    result = format_like(value, result.strip())
+                    if parse_number(result) != old_r and old_r not in given:
+                        carry[old_r] = parse_number(result)
                 t[jj + 1] = _after_note(t[jj + 1], n[jj].result, result, carry)
                 n[jj] = _Note(expr, result)
             if kk != k and _join_step(t, n) != before:
@@ -303,11 +313,12 @@ def perturb_once(
     new_steps = [_join_step(t, n) for t, n in parsed]
     new_final = final_answer
     if new_steps[-1] != steps[-1] and final_answer is not None:
-        changes = carry if propagate else {old: new}
+        changes = {old: new, **carry}
         value = parse_number(final_answer)
         if value in changes:
             new_final = format_like(changes[value], final_answer)
     info = {
+        "carried": bool(carry),
         "step": k,
         "note": j,
         "expr": notes[j].expr,
@@ -350,13 +361,14 @@ def perturb_rows(rows: list[dict[str, Any]], cfg: PerturbConfig) -> tuple[list[d
             stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
             continue
         made = 0
+        given = frozenset(parse_number(m.group(0)) for m in NUMBER.finditer(row["prompt"]))
         for attempt in range(max(10 * cfg.variants, 10)):
             if made >= cfg.variants:
                 break
             rng = random.Random(int(sha256_hex([cfg.seed, row["response_id"], attempt])[:16], 16))
-            result = perturb_once(steps, row.get("final_answer"), rng, cfg.propagate)
+            result = perturb_once(steps, row.get("final_answer"), rng, cfg.propagate, given)
             if result is None:
-                break
+                continue
             new_steps, new_final, info = result
             rid = response_id(row["prompt"], new_steps)
             if rid in seen or new_steps == steps:
