@@ -41,6 +41,7 @@ class AnthropicBatchTransport(Transport):
         self.client = anthropic.Anthropic(
             api_key=key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"), max_retries=3, timeout=timeout
         )
+        self.base_url = str(self.client.base_url).rstrip("/")
 
     def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:
         req = {"custom_id": custom_id, "params": body}

@@ -47,6 +47,7 @@ class Result:
 class Transport(abc.ABC):
     provider: str
     limits: Limits
+    base_url: str | None = None
 
     @abc.abstractmethod
     def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:

@@ -42,6 +42,7 @@ class OpenAIBatchTransport(Transport):
         self.client = openai.OpenAI(
             api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), max_retries=3, timeout=timeout
         )
+        self.base_url = str(self.client.base_url).rstrip("/")
 
     def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:
         line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}

@@ -193,6 +193,8 @@ def run_batch_label(
                 key=state.new_key(transport.provider, fingerprint, [c for c, _ in part]),
                 provider=transport.provider, judge=judge.name, fingerprint=fingerprint,
                 manifest={cid: cid for cid, _ in part}, request_bytes=sum(len(x) + 1 for _, x in part),
+                base_url=transport.base_url,
+                estimated_cost_usd=_estimate(judge, sink, [todo[c] for c, _ in part]),
             )
             state.save(run_dir, rec)  # intent first: a crash from here on is recoverable
             transport.submit(rec, [x for _, x in part], lambda r: state.save(run_dir, r))
@@ -231,6 +233,16 @@ def run_batch_label(
         if own:
             transport.close()
     return summary
+
+
+def _estimate(judge: Judge, sink: Sink, responses: list[Mapping[str, Any]]) -> float | None:
+    """Batch-price cost of ``responses`` from the judge's own token estimate."""
+    total_in = total_out = 0
+    for r in responses:
+        i, o = judge.estimate_tokens(item_of(r))
+        total_in, total_out = total_in + i, total_out + o
+    online = sink.cost(Verdict([], input_tokens=total_in, output_tokens=total_out))
+    return None if online is None else online * BATCH_DISCOUNT
 
 
 def _ingest(

@@ -49,6 +49,8 @@ class BatchRecord:
     phase: str = "intent"
     created_at: float = field(default_factory=time.time)
     request_bytes: int = 0
+    base_url: str | None = None  # where the batch lives (never a key); `stepdpo batches` polls it
+    estimated_cost_usd: float | None = None  # at batch price, from the judge's token estimate
     file_id: str | None = None
     batch_id: str | None = None
     submitted_at: float | None = None

@@ -1,0 +1,135 @@
+"""Show (or cancel) the provider batches of a labeling run made with `stepdpo label --batch`.
+
+For each batch recorded in RUN_DIR/batches/: its provider id, where it stands (our phase and
+the provider's status), request counts, rows written, and cost so far at batch price (the
+estimate, pro rata, while it runs). Statuses are refreshed from the provider unless --offline.
+--cancel asks the provider to cancel every batch still running; rerun `stepdpo label` on the
+same folder afterwards to write their rows (canceled requests become error rows, retried by
+the run after that).
+
+examples:
+  stepdpo batches work/run
+  stepdpo batches work/run --cancel
+  stepdpo batches work/run --offline --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from labeler.batch import state
+from labeler.batch.state import BatchRecord
+from schemas.errors import UserError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the -o folder of a `stepdpo label --batch` run")
+    parser.add_argument("--cancel", action="store_true", help="cancel every batch of the run that is still running")
+    parser.add_argument("--offline", action="store_true",
+                        help="show what the run folder recorded; do not ask the provider (no key needed)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _transport(rec: BatchRecord, cache: dict[tuple[str, str | None], Any]) -> Any:
+    key = (rec.provider, rec.base_url)
+    if key not in cache:
+        if rec.provider == "openai":
+            from labeler.batch.openai_batch import OpenAIBatchTransport
+
+            cache[key] = OpenAIBatchTransport(base_url=rec.base_url)
+        elif rec.provider == "anthropic":
+            from labeler.batch.anthropic_batch import AnthropicBatchTransport
+
+            cache[key] = AnthropicBatchTransport(base_url=rec.base_url)
+        else:
+            raise UserError(f"batch record {rec.key}: unknown provider '{rec.provider}'")
+    return cache[key]
+
+
+def cost_so_far(rec: BatchRecord) -> tuple[float | None, bool]:
+    """(USD, is_estimate): the joined cost once ingested, else the estimate pro rata."""
+    if rec.done:
+        return rec.cost_usd, False
+    if rec.estimated_cost_usd is None:
+        return None, True
+    total = rec.n_requests or 1
+    c = rec.counts
+    finished = c.get("completed", 0) + c.get("succeeded", 0)
+    return rec.estimated_cost_usd * finished / total, True
+
+
+def _done_requests(rec: BatchRecord) -> int:
+    c = rec.counts
+    if rec.provider == "openai":
+        return c.get("completed", 0) + c.get("failed", 0)
+    return sum(v for k, v in c.items() if k != "processing")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    records = state.load_all(run_dir)
+    if not records:
+        raise UserError(f"{run_dir}: no provider batches recorded (was it labeled with --batch?)")
+    transports: dict[tuple[str, str | None], Any] = {}
+    try:
+        for rec in records:
+            if rec.done or rec.batch_id is None or args.offline:
+                continue
+            t = _transport(rec, transports)
+            poll = t.cancel(rec.batch_id) if args.cancel else t.poll(rec.batch_id)
+            if args.cancel:
+                rec.cancel_requested = True
+            rec.status, rec.counts = poll.status, poll.counts
+            if poll.final and rec.phase == "submitted":
+                rec.phase = "ended"
+            state.save(run_dir, rec)
+    finally:
+        for t in transports.values():
+            t.close()
+    if args.json:
+        out = []
+        for rec in records:
+            d = asdict(rec)
+            d.pop("manifest")
+            d["n_requests"] = rec.n_requests
+            d["cost_so_far_usd"], d["cost_is_estimate"] = cost_so_far(rec)
+            out.append(d)
+        print(json.dumps({"run_dir": str(run_dir), "batches": out}, indent=2, sort_keys=True))
+        return 0
+    print(render(records))
+    running = [r for r in records if not r.done]
+    if args.cancel and running:
+        print(f"cancel requested for {len(running)} batch(es); rerun `stepdpo label` on {run_dir} to collect them")
+    elif running:
+        print(f"{len(running)} batch(es) not collected yet; rerun `stepdpo label ... --batch` on {run_dir} to collect")
+    return 0
+
+
+def render(records: list[BatchRecord]) -> str:
+    """A plain table, one line per batch, and a total line."""
+    head = ("batch", "provider id", "phase", "status", "requests", "done", "ok", "error", "cost so far", "age")
+    lines = [head]
+    total_cost, est = 0.0, False
+    now = time.time()
+    for rec in records:
+        cost, is_est = cost_so_far(rec)
+        if cost is not None:
+            total_cost += cost
+        est = est or (is_est and cost is not None)
+        cost_s = "?" if cost is None else f"{'~' if is_est else ''}${cost:.4f}"
+        age = now - rec.created_at
+        age_s = f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m"
+        lines.append((rec.key, rec.batch_id or "-", rec.phase, rec.status or "-", str(rec.n_requests),
+                      str(_done_requests(rec)), str(rec.rows.get("ok", 0)), str(rec.rows.get("error", 0)),
+                      cost_s, age_s))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines)
+    n_req = sum(r.n_requests for r in records)
+    return text + f"\ntotal: {len(records)} batch(es), {n_req} requests, {'~' if est else ''}${total_cost:.4f} at batch price"
