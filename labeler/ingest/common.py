@@ -63,7 +63,7 @@ def _iter_jsonl(path: Path) -> Iterator[Record | tuple[str, RecordError]]:
                 if not text.strip():
                     continue  # blank lines (e.g. a trailing newline) are not records
                 try:
-                    value = json.loads(text)
+                    value = json.loads(text.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     raise RecordError(f"malformed JSON ({exc.msg} at column {exc.colno})") from exc
             except RecordError as exc:
