@@ -5,7 +5,10 @@ Only the transport differs from the online engine: the same judge builds each re
 rows, cache entries and shards go through a :class:`Sink` that the label command builds from
 the engine's own pieces. So a batch run and an online run of the same job give the same rows.
 
-Flow of :func:`run_batch_label`:
+:func:`run_batch_label` is the whole job (what ``stepdpo label --batch`` calls): the engine's
+plan (repair the folder, skip done rows, answer cached ones), then rows that failed inside an
+earlier batch retried online (``--batch-retry online``) through the engine itself, then the
+rest through :func:`submit_and_collect`, then ``run.json``. Flow of :func:`submit_and_collect`:
 1. attach to every batch of this judge fingerprint that an earlier run left short of
    ``ingested`` (see :mod:`labeler.batch.state`); a record killed before its id was written is
    matched to the provider's batch list; rows in those batches are not submitted again;
@@ -138,7 +141,7 @@ def _say(msg: str) -> None:
     print(f"stepdpo batch: {msg}", file=sys.stderr, flush=True)
 
 
-def run_batch_label(
+def submit_and_collect(
     judge: Judge,
     rows: Sequence[Mapping[str, Any]],
     run_dir: str,
@@ -277,6 +280,8 @@ def _ingest(
             except Exception as exc:  # an unusable answer is this row's error, not the batch's
                 error = f"batch answer unusable: {exc}"
             if verdict is not None:
+                if verdict.error is None and len(verdict.scores) != len(response["steps"]):
+                    verdict.error = f"judge gave {len(verdict.scores)} score(s) for {len(response['steps'])} step(s)"
                 online = sink.cost(verdict)
                 cost = None if online is None else online * BATCH_DISCOUNT
                 tokens[0] += verdict.input_tokens
@@ -304,3 +309,119 @@ def _ingest(
     summary.cached_tokens += tokens[2]
     log(f"{rec.provider} batch {rec.batch_id} {rec.status}: "
         + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f", ${cost_total:.4f} at batch price")
+
+
+# -- the whole job ---------------------------------------------------------------------------------
+
+def batch_error_ids(run_dir: Any) -> set[str]:
+    """Responses whose row in the folder is an error that happened inside a provider batch."""
+    table = run_dir.read_rows(status="error")
+    if table is None:
+        return set()
+    return {rid for rid, err in zip(table.column("response_id").to_pylist(),
+                                    table.column("error").to_pylist(), strict=True)
+            if (err or "").startswith("batch ")}
+
+
+def batch_costs(estimate: Mapping[str, Any]) -> dict[str, Any]:
+    """``--dry-run`` side by side: the online estimate and the same job at batch price."""
+    online = estimate.get("cost_usd")
+    return {"online_cost_usd": online,
+            "batch_cost_usd": None if online is None else round(online * BATCH_DISCOUNT, 4),
+            "batch_discount": BATCH_DISCOUNT}
+
+
+def run_batch_label(
+    judge: Judge,
+    rows: Sequence[dict[str, Any]],
+    run_dir: Any,
+    *,
+    cache: Any = None,
+    prices: Mapping[str, Any] | None = None,
+    options: BatchOptions | None = None,
+    engine_config: Any = None,
+    manifest: Mapping[str, Any] | None = None,
+    transport: Transport | None = None,
+    after_submit: Callable[[BatchRecord], None] | None = None,
+    log: Callable[[str], None] = _say,
+) -> dict[str, Any]:
+    """Label ``rows`` (responses dicts, as :func:`labeler.engine.load_rows` gives) into the
+    :class:`labeler.rundir.RunDir` ``run_dir`` through the provider's batch API; returns the
+    ``run.json`` it wrote.
+
+    Same cache, same rows, same shards and same resume rule as the online engine: only the
+    transport differs. Rows that failed inside an earlier batch are retried online (through the
+    engine, with its retries and rate limits) when ``options.batch_retry == "online"``.
+    """
+    import asyncio
+    import datetime as dt
+
+    from labeler.batch.sink import RunSink
+    from labeler.engine import RUN_SCHEMA, Engine, EngineConfig, summarize
+    from labeler.pricing import price_for
+
+    options = options or BatchOptions()
+    provider_of(judge.name)
+    config = engine_config or EngineConfig()
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    engine = Engine(judge, run_dir, config, cache, dict(prices or {}))
+    price = price_for(judge.price_model, dict(prices or {}))
+    todo = engine.plan(rows)  # repairs the folder, skips done rows, answers cached ones
+    engine._flush()  # the cached answers' rows, before anything else can go wrong
+    hits, skipped = engine.stats.cache_hits, engine.stats.skipped
+
+    online: list[dict[str, Any]] = []
+    if options.batch_retry == "online":
+        failed = batch_error_ids(run_dir)
+        covered = {rid for rec in state.in_flight(run_dir.path, judge.fingerprint())
+                   for rid in rec.manifest.values()}
+        online = [r for r in todo if r["response_id"] in failed and r["response_id"] not in covered]
+        ids = {r["response_id"] for r in online}
+        todo = [r for r in todo if r["response_id"] not in ids]
+
+    info = {
+        **dict(manifest or {}),
+        "mode": "batch",
+        "batch_provider": provider_of(judge.name),
+        "batch_discount": BATCH_DISCOUNT,
+        "batch_price_per_mtok": None if price is None else
+        {k: v * BATCH_DISCOUNT for k, v in vars(price).items()},
+        "batch_retry": options.batch_retry,
+    }
+    if online:
+        log(f"retrying {len(online)} row(s) that failed inside a batch online (--batch-retry online)")
+        asyncio.run(Engine(judge, run_dir, config, cache, dict(prices or {})).run(online, info))
+
+    sink = RunSink(run_dir, judge, cache, price)
+    summary = submit_and_collect(judge, todo, str(run_dir.path), sink, options, transport=transport,
+                                 after_submit=after_submit, log=log)
+    run_dir.compact()
+    previous = run_dir.read_manifest() or {}
+    records = [r for r in state.load_all(run_dir.path) if r.fingerprint == judge.fingerprint()]
+    run_state = "pending" if summary.pending else "finished"
+    this_run = {
+        "started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "mode": "batch", "state": run_state, "rows_skipped_done": skipped, "cache_hits": hits,
+        "retried_online": len(online), "batches_submitted": summary.submitted,
+        "batches_attached": summary.attached, "batches_pending": summary.pending,
+        "ok": summary.rows.get("ok", 0), "error": summary.rows.get("error", 0),
+        "input_tokens": summary.input_tokens, "output_tokens": summary.output_tokens,
+        "cached_tokens": summary.cached_tokens, "cost_usd": round(summary.cost_usd, 6),
+        "shards_written": engine.shards_written + sink.shards,
+    }
+    out = {
+        "schema": RUN_SCHEMA,
+        **info,
+        "judge": judge.name,
+        "judge_fingerprint": judge.fingerprint(),
+        "judge_parts": judge.fingerprint_parts(),
+        "price_per_mtok": None if price is None else vars(price),
+        "state": run_state,
+        "totals": summarize(run_dir),
+        "batches": [{"key": r.key, "batch_id": r.batch_id, "phase": r.phase, "status": r.status,
+                     "requests": r.n_requests, "rows": r.rows, "cost_usd": round(r.cost_usd, 6)}
+                    for r in records],
+        "runs": list(previous.get("runs", [])) + [this_run],
+    }
+    run_dir.write_manifest(out)
+    return out
