@@ -20,7 +20,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
 
     t = Table(title=escape(title), title_justify="left", show_edge=False)
     for c in columns:
-        text = c in ("judge", "fingerprint", "error", "response_id")
+        text = c in ("judge", "fp", "error", "response_id")
         t.add_column(c, justify="left" if text else "right", overflow="fold", min_width=8 if text else None)
     for r in rows:
         t.add_row(*[Text(_f(x)) for x in r])
@@ -55,7 +55,7 @@ def print_summary(console: Any, rep: dict[str, Any]) -> None:
     for err in rep.get("top_errors", []):
         console.print(f"[red]error[/] x{err['count']}: {escape(str(err['error']))}")
     if rep.get("judges"):
-        console.print(_table("judges", ["judge", "fingerprint", "rows", "ok", "err", "steps", "tokens",
+        console.print(_table("judges", ["judge", "fp", "rows", "ok", "err", "steps", "tokens",
                                         "cost $", "$/1k steps"],
                              [[j["judge"], j["judge_fingerprint"][:8], j["rows"], j["ok"], j["error"],
                                j["steps"], j["input_tokens"] + j["output_tokens"], j["cost_usd"],
@@ -73,7 +73,7 @@ def print_summary(console: Any, rep: dict[str, Any]) -> None:
         keys = sorted(set(hj) | set(hr), key=int)
         rows = [["none", (fe or {}).get("none", "-"), (ref or {}).get("none", "-")]]
         rows += [[k, hj.get(k, 0) if fe else "-", hr.get(k, 0) if ref else "-"] for k in keys]
-        console.print(_table("first error position", ["step", "judge", "reference"], rows))
+        console.print(_table("first error position", ["step", "by judge", "by reference"], rows))
     for judge, agr in (rep.get("agreement") or {}).items():
         pb = agr["processbench"]
         console.print(_table(
