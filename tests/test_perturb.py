@@ -242,3 +242,36 @@ def test_wrong_file_kind_is_a_clear_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(UserError, match="--variants must be 0 or more"):
         perturb_rows([SPRINT], PerturbConfig(variants=-1))
     assert not re.search(r"Traceback", err)
+
+
+def _calc_first_errors(rows: list[dict]) -> list[tuple[int, int]]:
+    """(gsm8k-calc's first error, corrupted step) for every variant; originals must be clean."""
+    from labeler.judges.base import Item
+    from labeler.judges.calc import check_response
+    from schemas.aggregate import first_error
+
+    got = []
+    for r in rows:
+        item = Item(r["response_id"], r["prompt"], r["steps"], r["gold_answer"], r["final_answer"])
+        fe = first_error(check_response(item)[0])
+        meta = json.loads(r["meta"] or "{}")
+        if "perturbation" in meta:
+            got.append((fe, meta["perturbation"]["step"]))
+        elif r.get("reference_scores"):  # a verified original
+            assert fe == -1, r["steps"]
+    return got
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_gsm8k_calc_flags_exactly_the_corrupted_step(sample_rows: list[dict], propagate: bool) -> None:
+    out, _ = perturb_rows(sample_rows, PerturbConfig(variants=2, seed=0, propagate=propagate))
+    got = _calc_first_errors(out)
+    assert len(got) > 300
+    assert [fe for fe, _ in got] == [step for _, step in got]
+
+
+def test_gsm8k_calc_agrees_on_the_full_test_set(gsm8k_test_full: Path) -> None:
+    out, stats = perturb_rows(gsm8k_rows(gsm8k_test_full), PerturbConfig(variants=1, seed=1))
+    got = _calc_first_errors(out)
+    assert stats["variants"] == len(got) > 1290
+    assert [fe for fe, _ in got] == [step for _, step in got]
