@@ -52,4 +52,12 @@ def run(args: argparse.Namespace) -> int:
     dropped = {k: v for k, v in counts.items() if k not in ("pairs", "input_rows", "problems") and v}
     if dropped:
         print("pairs: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    if not counts.get("pairs"):
+        hint = {
+            "first-error": "it needs a wrong and a right solution of one problem sharing the steps "
+            "before the error (`stepdpo perturb` makes such variants of correct solutions)",
+            "best-worst": "it needs two solutions of one problem whose rewards differ by --min-margin",
+            "prm800k-alternatives": "it needs PRM800K rows with alternatives rated 1 and -1 at one step",
+        }[cfg.strategy]
+        print(f"pairs: no pairs were made: {hint}")
     return 0
