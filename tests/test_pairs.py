@@ -317,3 +317,11 @@ def test_wrong_inputs_are_clear_errors(tmp_path: Path, capsys) -> None:
         make_pairs([run, resp], tmp_path / "p3", PairsConfig(strategy="prm800k-alternatives"))
     assert main(["pairs", str(tmp_path / "nope"), "-o", str(tmp_path / "p4")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_no_pairs_says_why_and_writes_an_empty_shard(tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "run", [row([S0, S1], [1.0, 1.0])])
+    out = tmp_path / "pairs"
+    assert main(["pairs", str(run), "-o", str(out)]) == 0
+    assert "pairs: no pairs were made: it needs a wrong and a right solution" in capsys.readouterr().out
+    assert read_table(out, PAIRS).num_rows == 0
