@@ -69,3 +69,10 @@ def write_pairs(folder: Path, rows: list[dict], per_shard: int = 0) -> Path:
     for k in range(0, len(rows), per_shard):
         write_table(from_rows(rows[k:k + per_shard], PAIRS), folder / f"part-{k // per_shard:05d}.parquet", PAIRS)
     return folder
+
+
+def preference_rows(rows: list[dict], sep: str = "\n") -> list[dict]:
+    """Pairs rows as the streaming loader yields them (prompt/chosen/rejected + step columns)."""
+    from trainer.data import to_example
+
+    return [to_example(r, sep) for r in rows]
