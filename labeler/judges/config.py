@@ -51,3 +51,8 @@ class JudgeConfig:
     dtype: str | None = field(
         default=None, metadata={"help": "prm only: bfloat16, float16, float32 (default: bf16 on cuda, fp32 on cpu)"}
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "prm only: run the model repo's own modelling code (Qwen2.5-Math-PRM "
+                          "needs it; only for repos you trust)"},
+    )
