@@ -1,0 +1,326 @@
+"""The labeling engine: every response of the input scored once, cheaply, and resumably.
+
+One asyncio loop runs ``concurrency`` workers. Each takes the next batch of responses
+(``judge.batch_size`` of them; 1 for API judges, where all steps of a response go in ONE
+request), waits for the rate limiter, calls the judge, retries what is retryable
+(:mod:`labeler.retry`), and turns each answer into a ``step_scores`` row. Answers are cached
+(:mod:`labeler.cache`) the moment they arrive; rows are written in shards of ``shard_size``
+(:mod:`labeler.rundir`). A run killed at any point loses at most the rows of its unwritten
+shard, and those come back from the cache for free on the rerun.
+
+Reusing the pieces (the provider-batch mode does):
+
+* input:   ``load_rows(path, limit, num_shards, shard_index)`` → response dicts
+* resume:  ``RunDir(out).done_ids()``; ``RunDir.write_shard(rows)``; ``RunDir.compact()``;
+           ``RunDir.write_manifest(d)`` / ``summarize(run_dir)`` for the counts
+* cache:   ``JudgeCache(dir)``, ``cache_key(judge.fingerprint(), prompt, steps)``, ``get``/``put``
+* rows:    ``build_row(row, judge, verdict=..., attempts=..., cost=..., latency=...)`` for an
+           answer, ``build_row(row, judge, error="...", attempts=...)`` for a failure;
+           ``verdict_cost(verdict, price)`` with ``price_for(judge.price_model, load_prices())``
+* judges:  API judges expose ``request_body(item)`` and ``parse_body(item, body, headers)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from labeler.cache import JudgeCache, cache_key
+from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.pricing import Price, price_for
+from labeler.progress import Progress, Stats
+from labeler.ratelimit import RateLimiter
+from labeler.retry import RetryPolicy, call_with_retries
+from labeler.rundir import RunDir
+from schemas.ids import shard_of
+from schemas.tables import RESPONSES, read_table
+
+RUN_SCHEMA = "stepdpo.run/1"
+
+
+@dataclass
+class EngineConfig:
+    concurrency: int = 32
+    rpm: float | None = None
+    tpm: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    shard_size: int = 1000
+    progress: str = "auto"
+    log_interval: float = 10.0
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+def load_rows(path: str | Path, limit: int | None = None, num_shards: int = 1,
+              shard_index: int = 0) -> list[dict[str, Any]]:
+    """The responses this job owns: this machine's hash shard, the first ``limit``, no duplicates.
+
+    Two rows with one response_id are the same solution (the id hashes problem + steps) and are
+    labeled once.
+    """
+    rows = read_table(path, RESPONSES).to_pylist()
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        rid = row["response_id"]
+        if rid in seen or (num_shards > 1 and shard_of(rid, num_shards) != shard_index):
+            continue
+        seen.add(rid)
+        out.append(row)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def item_of(row: dict[str, Any]) -> Item:
+    return Item(
+        response_id=row["response_id"], prompt=row["prompt"], steps=list(row["steps"]),
+        gold_answer=row.get("gold_answer"), final_answer=row.get("final_answer"),
+        reference_scores=row.get("reference_scores"), meta=row.get("meta"),
+    )
+
+
+def verdict_cost(verdict: Verdict, price: Price | None) -> float | None:
+    if price is None:
+        return None
+    return price.cost(verdict.input_tokens, verdict.cached_tokens, verdict.output_tokens)
+
+
+def build_row(row: dict[str, Any], judge: Judge, *, verdict: Verdict | None = None,
+              error: str | None = None, attempts: int = 1, cost: float | None = None,
+              latency: float | None = None) -> dict[str, Any]:
+    """A ``step_scores`` row: the response's columns plus the judge's answer or the error."""
+    out = {name: row.get(name) for name in RESPONSES.schema.names}
+    ok = verdict is not None and error is None and verdict.error is None
+    v = verdict or Verdict(scores=[])
+    out.update(
+        judge=judge.name,
+        judge_fingerprint=judge.fingerprint(),
+        scores=[None if s is None else float(s) for s in v.scores] if ok else None,
+        raw=v.raw or None,
+        status="ok" if ok else "error",
+        error=None if ok else (error or v.error),
+        attempts=attempts,
+        input_tokens=v.input_tokens,
+        output_tokens=v.output_tokens,
+        cached_tokens=v.cached_tokens,
+        cost_usd=cost,
+        latency_s=latency,
+        created_at=dt.datetime.now(dt.timezone.utc),
+    )
+    return out
+
+
+def summarize(run_dir: RunDir) -> dict[str, Any]:
+    """Counts, tokens and cost over every row now in the folder."""
+    parts = run_dir.parts()
+    totals = {"rows": 0, "ok": 0, "error": 0, "input_tokens": 0, "output_tokens": 0,
+              "cached_tokens": 0, "cost_usd": 0.0, "shards": len(parts)}
+    for part in parts:
+        t = pq.read_table(part, columns=["status", "input_tokens", "output_tokens", "cached_tokens", "cost_usd"])
+        totals["rows"] += t.num_rows
+        totals["ok"] += pc.sum(pc.equal(t.column("status"), "ok")).as_py() or 0
+        for col in ("input_tokens", "output_tokens", "cached_tokens"):
+            totals[col] += pc.sum(t.column(col)).as_py() or 0
+        totals["cost_usd"] += pc.sum(t.column("cost_usd")).as_py() or 0.0
+    totals["error"] = totals["rows"] - totals["ok"]
+    totals["cost_usd"] = round(totals["cost_usd"], 6)
+    return totals
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+class Engine:
+    """``await Engine(judge, run_dir, config, cache, prices).run(rows, manifest)``."""
+
+    def __init__(self, judge: Judge, run_dir: RunDir, config: EngineConfig,
+                 cache: JudgeCache | None = None, prices: dict[str, Price] | None = None) -> None:
+        self.judge = judge
+        self.run_dir = run_dir
+        self.config = config
+        self.cache = cache
+        self.price = price_for(judge.price_model, prices or {})
+        self.fingerprint = judge.fingerprint()
+        self.stats = Stats()
+        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self._buffer: list[dict[str, Any]] = []
+        self._abort: BaseException | None = None
+        self.shards_written: list[str] = []
+
+    # rows ---------------------------------------------------------------------------------
+    def _emit(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        s = self.stats
+        s.done += 1
+        if row["status"] == "ok":
+            s.ok += 1
+        else:
+            s.error += 1
+        if len(self._buffer) >= self.config.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            path = self.run_dir.write_shard(rows)
+            if path is not None:
+                self.shards_written.append(path.name)
+
+    # one batch ----------------------------------------------------------------------------
+    async def _label(self, batch: list[dict[str, Any]]) -> None:
+        items = [item_of(r) for r in batch]
+        estimate = sum(sum(self.judge.estimate_tokens(i)) for i in items)
+        stats, limiter = self.stats, self.limiter
+        start = time.monotonic()
+
+        async def attempt() -> list[Verdict]:
+            await limiter.acquire(estimate)
+            stats.requests += 1
+            try:
+                verdicts = await self.judge.judge(items)
+            except RetryableError as exc:
+                limiter.update(exc.headers)
+                if exc.retry_after:
+                    limiter.pause(exc.retry_after)
+                raise
+            except FatalError as exc:
+                limiter.update(exc.headers)
+                raise
+            used = 0
+            for v in verdicts:
+                limiter.update(v.headers)
+                used += v.input_tokens + v.output_tokens
+            limiter.correct_tokens(used - estimate)
+            return verdicts
+
+        def on_retry(exc: BaseException, sleep: float) -> None:
+            stats.retries += 1
+
+        try:
+            verdicts, attempts = await call_with_retries(attempt, self.config.retry, on_retry)
+        except (RetryableError, FatalError) as exc:
+            attempts = getattr(exc, "attempts", 1)
+            kind = "gave up after retries" if isinstance(exc, RetryableError) else "not retryable"
+            for row in batch:
+                self._emit(build_row(row, self.judge, error=f"{kind}: {_error_text(exc)}", attempts=attempts,
+                                     latency=time.monotonic() - start))
+            if getattr(exc, "abort", False) and self._abort is None:
+                self._abort = exc
+            return
+        if len(verdicts) != len(batch):
+            raise RuntimeError(f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(batch)} items")
+        latency = (time.monotonic() - start) / len(batch)
+        for row, item, v in zip(batch, items, verdicts):
+            cost = verdict_cost(v, self.price)
+            stats.input_tokens += v.input_tokens
+            stats.output_tokens += v.output_tokens
+            stats.cached_tokens += v.cached_tokens
+            stats.cost_usd += cost or 0.0
+            if v.error is None and len(v.scores) != len(item.steps):
+                v.error = f"judge gave {len(v.scores)} score(s) for {len(item.steps)} step(s)"
+            if v.error is None and self.cache is not None:
+                self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps), v)
+            self._emit(build_row(row, self.judge, verdict=v, attempts=attempts, cost=cost, latency=latency))
+
+    async def _worker(self, batches: Iterator[list[dict[str, Any]]]) -> None:
+        for batch in batches:
+            if self._abort is not None:
+                return
+            await self._label(batch)
+
+    # the run ------------------------------------------------------------------------------
+    def plan(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Repair the folder, then return the rows still to label (answering cached ones)."""
+        self.run_dir.remove_temp_files()
+        self.run_dir.check_judge(self.judge.name, self.fingerprint)
+        self.run_dir.compact()
+        done = self.run_dir.done_ids()
+        todo = [r for r in rows if r["response_id"] not in done]
+        self.stats.skipped = len(rows) - len(todo)
+        self.stats.total = len(todo)
+        if self.cache is None:
+            return todo
+        misses = []
+        for row in todo:
+            hit = self.cache.get(cache_key(self.fingerprint, row["prompt"], row["steps"]))
+            if hit is not None and len(hit.scores) == len(row["steps"]):
+                self.stats.cache_hits += 1
+                self._emit(build_row(row, self.judge, verdict=hit, attempts=0,
+                                     cost=verdict_cost(hit, self.price), latency=0.0))
+            else:
+                misses.append(row)
+        return misses
+
+    async def run(self, rows: Sequence[dict[str, Any]], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Label ``rows`` into the run folder; returns the manifest it wrote."""
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        info = dict(manifest or {})
+        previous = self.run_dir.read_manifest() or {}
+        runs = list(previous.get("runs", []))
+        state = "interrupted"
+        self.stats = Stats()
+        try:
+            todo = self.plan(rows)
+            size = max(1, self.judge.batch_size)
+            batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
+            async with Progress(self.stats, self.config.progress, self.config.log_interval):
+                workers = [asyncio.create_task(self._worker(batches))
+                           for _ in range(max(1, min(self.config.concurrency, len(todo))))]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    for w in workers:
+                        w.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+            state = "aborted" if self._abort is not None else "finished"
+        finally:
+            self._flush()
+            self.run_dir.compact()
+            this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                        "state": state, "shards_written": self.shards_written, **self.stats.as_dict()}
+            out = {
+                "schema": RUN_SCHEMA,
+                **info,
+                "judge": self.judge.name,
+                "judge_fingerprint": self.fingerprint,
+                "judge_parts": self.judge.fingerprint_parts(),
+                "price_per_mtok": None if self.price is None else vars(self.price),
+                "state": state,
+                "totals": summarize(self.run_dir),
+                "runs": runs + [this_run],
+            }
+            self.run_dir.write_manifest(out)
+        if self._abort is not None:
+            from schemas.errors import UserError
+
+            raise UserError(f"stopped: {_error_text(self._abort)}")
+        return out
+
+
+def estimate(rows: Sequence[dict[str, Any]], judge: Judge, price: Price | None) -> dict[str, Any]:
+    """``--dry-run``: tokens and dollars to label ``rows``, without a single request.
+
+    An upper bound: provider prompt caching of the shared rubric + problem prefix lowers it.
+    """
+    inp = out = 0
+    steps = 0
+    for row in rows:
+        i, o = judge.estimate_tokens(item_of(row))
+        inp, out, steps = inp + i, out + o, steps + len(row["steps"])
+    cost = None if price is None else price.cost(inp, 0, out)
+    return {"rows": len(rows), "steps": steps, "requests": -(-len(rows) // max(1, judge.batch_size)),
+            "input_tokens": inp, "output_tokens": out, "cost_usd": None if cost is None else round(cost, 4),
+            "judge": judge.name, "judge_fingerprint": judge.fingerprint(),
+            "price_per_mtok": None if price is None else vars(price)}

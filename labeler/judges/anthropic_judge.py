@@ -1,0 +1,182 @@
+"""``anthropic:MODEL``: Claude through the Messages API with forced tool output.
+
+The answer schema is the ``input_schema`` of one tool and ``tool_choice`` forces the model to
+call it, so the reply is JSON of the right shape. ``cache_control`` marks the shared prefix: the
+rubric (shared by every request) and the problem (shared by all solutions of a problem) are
+cached by Anthropic and billed at the cache-read rate on the next request; the numbered steps
+follow in a separate block. 529 ``overloaded_error`` is retryable, like 429 and other 5xx.
+There are no logprobs on this API, so scores are the stated ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.judges.config import JudgeConfig
+from labeler.judges.openai_judge import (
+    ABORT_STATUS,
+    RETRYABLE_STATUS,
+    body_text,
+    lower_headers,
+    scrub,
+)
+from labeler.judges.prompting import (
+    ANSWER_SCHEMA,
+    TOOL_NAME,
+    AnswerError,
+    load_template,
+    parse_answer,
+)
+from labeler.retry import parse_retry_after
+from schemas.errors import UserError
+from schemas.ids import sha256_hex
+
+ANTHROPIC_VERSION_NOTE = "messages/tool_use"
+
+
+class AnthropicJudge(Judge):
+    batch_size = 1
+
+    def __init__(self, model: str, config: JudgeConfig, *, api_key: str, base_url: str | None) -> None:
+        if not model:
+            raise UserError("judge 'anthropic' needs a model name, e.g. anthropic:claude-haiku-4-5")
+        if config.logprobs:
+            raise UserError("--logprobs is not available for anthropic judges (the API returns none)")
+        self.name = f"anthropic:{model}"
+        self.model = model
+        self.price_model = model
+        self.config = config
+        self.template = load_template(config.template)
+        self._api_key = api_key
+        self._base_url = base_url
+        self._client: Any = None
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "protocol": ANTHROPIC_VERSION_NOTE,
+            "template": self.template.name,
+            "template_sha": self.template.sha,
+            "schema_sha": sha256_hex(ANSWER_SCHEMA)[:16],
+            "temperature": self.config.temperature,
+            "max_output_tokens": self.config.max_output_tokens,
+        }
+
+    def request_body(self, item: Item) -> dict[str, Any]:
+        """The exact JSON body POSTed to ``/v1/messages`` for ``item``."""
+        r = self.template.render(item.prompt, item.steps, item.gold_answer)
+        ephemeral = {"type": "ephemeral"}
+        return {
+            "model": self.model,
+            "max_tokens": self.config.max_output_tokens,
+            "temperature": self.config.temperature,
+            "system": [{"type": "text", "text": r.system, "cache_control": ephemeral}],
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": r.prefix, "cache_control": ephemeral},
+                {"type": "text", "text": r.steps + r.suffix},
+            ]}],
+            "tools": [{"name": TOOL_NAME,
+                       "description": "Record the verdict and score of every solution step, in order.",
+                       "input_schema": ANSWER_SCHEMA}],
+            "tool_choice": {"type": "tool", "name": TOOL_NAME},
+        }
+
+    def parse_body(self, item: Item, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Verdict:
+        """A Verdict from a Messages response body; RetryableError for a bad answer."""
+        usage = body.get("usage") or {}
+        read = int(usage.get("cache_read_input_tokens") or 0)
+        written = int(usage.get("cache_creation_input_tokens") or 0)
+        tokens = {"input_tokens": int(usage.get("input_tokens") or 0) + read + written,
+                  "output_tokens": int(usage.get("output_tokens") or 0), "cached_tokens": read}
+        try:
+            call = next((b for b in body.get("content") or []
+                         if b.get("type") == "tool_use" and b.get("name") == TOOL_NAME), None)
+            if call is None:
+                if body.get("stop_reason") == "max_tokens":
+                    raise AnswerError("answer cut off at max tokens (raise --max-output-tokens)")
+                raise AnswerError(f"no {TOOL_NAME} tool call in the answer")
+            scores, _ = parse_answer(call.get("input"), len(item.steps))
+        except AnswerError as exc:
+            raise RetryableError(f"malformed answer: {exc}", headers=headers) from None
+        return Verdict(scores=scores, raw=json.dumps(call.get("input"), ensure_ascii=False), headers=headers, **tokens)
+
+    def estimate_tokens(self, item: Item) -> tuple[int, int]:
+        r = self.template.render(item.prompt, item.steps, item.gold_answer)
+        return (len(r.system) + len(r.user)) // 4 + 400, 40 + 18 * len(item.steps)  # +tool definition
+
+    def _classify(self, exc: Exception) -> Exception:
+        import anthropic
+
+        if isinstance(exc, anthropic.APITimeoutError):
+            return RetryableError(f"timeout after {self.config.timeout:g}s")
+        if isinstance(exc, anthropic.APIConnectionError):
+            return RetryableError(scrub(f"connection error: {exc}", self._api_key))
+        if isinstance(exc, anthropic.APIStatusError):
+            headers = lower_headers(exc.response.headers)
+            code = exc.status_code
+            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
+            if code in RETRYABLE_STATUS or code >= 500:  # 529 overloaded included
+                return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
+            fatal = FatalError(text, headers=headers)
+            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
+            return fatal
+        if isinstance(exc, anthropic.APIResponseValidationError):
+            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
+        return exc
+
+    def _ensure_client(self) -> Any:
+        if self._client is None:
+            import anthropic
+
+            self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url,
+                                                    max_retries=0, timeout=self.config.timeout)
+        return self._client
+
+    def _sdk_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Body fields the SDK has no keyword for (e.g. ``temperature`` in anthropic 2.x) travel in
+        ``extra_body``, so the wire body equals :meth:`request_body` exactly."""
+        import inspect
+
+        import anthropic
+
+        known = set(inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters)
+        kwargs = {k: v for k, v in body.items() if k in known}
+        extra = {k: v for k, v in body.items() if k not in known}
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
+
+    async def judge(self, items: list[Item]) -> list[Verdict]:
+        client = self._ensure_client()
+        out = []
+        for item in items:
+            try:
+                raw = await client.messages.with_raw_response.create(**self._sdk_kwargs(self.request_body(item)))
+            except Exception as exc:
+                classified = self._classify(exc)
+                if classified is exc:
+                    raise
+                raise classified from None
+            headers = lower_headers(raw.headers)
+            try:
+                body = json.loads(await body_text(raw))
+            except json.JSONDecodeError:
+                raise RetryableError("malformed answer: response body is not JSON", headers=headers) from None
+            out.append(self.parse_body(item, body, headers))
+        return out
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def make_anthropic(model: str, config: JudgeConfig) -> AnthropicJudge:
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if not key:
+        raise UserError(f"judge anthropic:{model} needs an API key: set the ANTHROPIC_API_KEY environment variable")
+    return AnthropicJudge(model, config, api_key=key, base_url=os.environ.get("ANTHROPIC_BASE_URL"))

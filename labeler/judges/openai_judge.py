@@ -1,0 +1,257 @@
+"""Judges over the OpenAI Chat Completions protocol: ``openai:MODEL`` and
+``openai-compatible:MODEL@BASE_URL`` (vLLM, SGLang, llama.cpp, any server speaking it).
+
+All steps of a response are judged in ONE request whose answer is forced into
+:data:`~labeler.judges.prompting.ANSWER_SCHEMA` by ``response_format={"type": "json_schema",
+"strict": true}``. The rubric and problem come first, the numbered steps last, so OpenAI's
+automatic prompt caching bills the shared prefix at the cached rate. With ``--logprobs`` the
+score of a step is calibrated from ``top_logprobs`` at its verdict token:
+(P(correct) + ½·P(neutral)) / (P(correct) + P(neutral) + P(incorrect)), which ranks steps far
+better than the model's stated number.
+
+The SDK's own retries are off (``max_retries=0``): the engine retries, once, visibly.
+``request_body`` / ``parse_body`` are the whole wire format, so the provider-batch mode sends and
+reads exactly what the online path does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.judges.config import JudgeConfig
+from labeler.judges.prompting import (
+    ANSWER_SCHEMA,
+    VERDICT_SCORE,
+    AnswerError,
+    load_template,
+    parse_answer,
+)
+from labeler.retry import parse_retry_after
+from schemas.errors import UserError
+from schemas.ids import sha256_hex
+
+RETRYABLE_STATUS = {408, 409, 429}
+ABORT_STATUS = {401, 403, 404}  # every later request would fail the same way: stop the run
+_KEYLIKE = re.compile(r"\b(sk|key|sess)-[A-Za-z0-9_\-*]{4,}")
+
+
+def scrub(message: str, secret: str | None) -> str:
+    """Remove the API key (and key-like strings such as OpenAI's masked ``sk-abc***xyz``)."""
+    if secret:
+        message = message.replace(secret, "***")
+    return _KEYLIKE.sub(r"\1-***", message)
+
+
+async def body_text(raw: Any) -> str:
+    """The body of an SDK raw response (a property on openai's, a coroutine on anthropic's)."""
+    text = raw.text
+    if callable(text):
+        text = text()
+    if inspect.isawaitable(text):
+        text = await text
+    return text
+
+
+def lower_headers(headers: Any) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+
+
+def calibrated_scores(text: str, tokens: list[dict[str, Any]], n_steps: int) -> list[float] | None:
+    """Per-step scores from the top_logprobs at each verdict value, or None if they can't be read.
+
+    Works on any tokenizer: it finds the character where each verdict value starts, the token
+    covering it, and reads each alternative token from that offset on.
+    """
+    pieces = [t.get("token", "") for t in tokens]
+    if "".join(pieces) != text:
+        return None
+    starts, pos = [], 0
+    for piece in pieces:
+        starts.append(pos)
+        pos += len(piece)
+    scores = []
+    for m in re.finditer(r'"verdict"\s*:\s*"', text):
+        at = m.end()
+        k = next((i for i in range(len(pieces)) if starts[i] <= at < starts[i] + len(pieces[i])), None)
+        if k is None:
+            return None
+        offset = at - starts[k]
+        mass = dict.fromkeys(VERDICT_SCORE, 0.0)
+        for alt in tokens[k].get("top_logprobs") or []:
+            cand = alt.get("token", "")[offset:]
+            if not cand:
+                continue
+            fits = [v for v in VERDICT_SCORE if v.startswith(cand) or cand.startswith(v)]
+            if len(fits) == 1:
+                mass[fits[0]] += math.exp(alt.get("logprob", -math.inf))
+        total = sum(mass.values())
+        if total <= 0:
+            return None
+        scores.append(sum(VERDICT_SCORE[v] * p for v, p in mass.items()) / total)
+    return scores if len(scores) == n_steps else None
+
+
+class OpenAIJudge(Judge):
+    batch_size = 1
+
+    def __init__(self, model: str, config: JudgeConfig, *, name: str, api_key: str,
+                 base_url: str | None, price_model: str | None, token_field: str = "max_completion_tokens") -> None:
+        if not model:
+            raise UserError(f"judge '{name}' needs a model name, e.g. openai:gpt-4o-mini")
+        self.name = name
+        self.model = model
+        self.config = config
+        self.template = load_template(config.template)
+        self.price_model = price_model
+        self.token_field = token_field
+        self._api_key = api_key
+        self._base_url = base_url
+        self._client: Any = None
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "protocol": "chat.completions/json_schema",
+            "template": self.template.name,
+            "template_sha": self.template.sha,
+            "schema_sha": sha256_hex(ANSWER_SCHEMA)[:16],
+            "temperature": self.config.temperature,
+            "max_output_tokens": self.config.max_output_tokens,
+            "logprobs": bool(self.config.logprobs),
+        }
+
+    def request_body(self, item: Item) -> dict[str, Any]:
+        """The exact JSON body POSTed to ``/v1/chat/completions`` for ``item``."""
+        r = self.template.render(item.prompt, item.steps, item.gold_answer)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": r.system}, {"role": "user", "content": r.user}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "step_verdicts", "strict": True, "schema": ANSWER_SCHEMA}},
+            "temperature": self.config.temperature,
+            self.token_field: self.config.max_output_tokens,
+        }
+        if self.config.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 5
+        return body
+
+    def parse_body(self, item: Item, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Verdict:
+        """A Verdict from a Chat Completions response body; RetryableError for a bad answer."""
+        usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        tokens = {"input_tokens": int(usage.get("prompt_tokens") or 0),
+                  "output_tokens": int(usage.get("completion_tokens") or 0),
+                  "cached_tokens": int(details.get("cached_tokens") or 0)}
+        try:
+            choice = (body.get("choices") or [])[0]
+            message = choice.get("message") or {}
+            if message.get("refusal"):
+                raise AnswerError(f"the model refused: {message['refusal'][:200]}")
+            text = message.get("content") or ""
+            if choice.get("finish_reason") == "length":
+                raise AnswerError("answer cut off at max tokens (raise --max-output-tokens)")
+            try:
+                answer = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise AnswerError(f"answer is not JSON ({exc.msg} at char {exc.pos})") from exc
+            scores, _ = parse_answer(answer, len(item.steps))
+        except (AnswerError, IndexError, AttributeError) as exc:
+            raise RetryableError(f"malformed answer: {exc}", headers=headers) from None
+        if self.config.logprobs:
+            content = ((choice.get("logprobs") or {}).get("content")) or []
+            calibrated = calibrated_scores(text, content, len(item.steps))
+            if calibrated is None:
+                raise RetryableError("malformed answer: no usable top_logprobs at the verdicts", headers=headers)
+            scores = calibrated
+        return Verdict(scores=scores, raw=text, headers=headers, **tokens)
+
+    def estimate_tokens(self, item: Item) -> tuple[int, int]:
+        r = self.template.render(item.prompt, item.steps, item.gold_answer)
+        return (len(r.system) + len(r.user)) // 4 + 12, 8 + 18 * len(item.steps)
+
+    def _classify(self, exc: Exception) -> Exception:
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            return RetryableError(f"timeout after {self.config.timeout:g}s")
+        if isinstance(exc, openai.APIConnectionError):
+            return RetryableError(scrub(f"connection error: {exc}", self._api_key))
+        if isinstance(exc, openai.APIStatusError):
+            headers = lower_headers(exc.response.headers)
+            code = exc.status_code
+            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
+            if code in RETRYABLE_STATUS or code >= 500:
+                return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
+            fatal = FatalError(text, headers=headers)
+            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
+            return fatal
+        if isinstance(exc, openai.APIResponseValidationError):
+            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
+        return exc
+
+    def _ensure_client(self) -> Any:
+        if self._client is None:
+            import openai
+
+            self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
+                                              max_retries=0, timeout=self.config.timeout)
+        return self._client
+
+    async def judge(self, items: list[Item]) -> list[Verdict]:
+        client = self._ensure_client()
+        out = []
+        for item in items:
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**self.request_body(item))
+            except Exception as exc:  # classified below; anything unknown propagates as a bug
+                classified = self._classify(exc)
+                if classified is exc:
+                    raise
+                raise classified from None
+            headers = lower_headers(raw.headers)
+            try:
+                body = json.loads(await body_text(raw))
+            except json.JSONDecodeError:
+                raise RetryableError("malformed answer: response body is not JSON", headers=headers) from None
+            out.append(self.parse_body(item, body, headers))
+        return out
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _key(env: str, judge: str, required: bool = True) -> str | None:
+    key = os.environ.get(env)
+    if not key and required:
+        raise UserError(f"judge {judge} needs an API key: set the {env} environment variable")
+    return key
+
+
+def make_openai(model: str, config: JudgeConfig) -> OpenAIJudge:
+    name = f"openai:{model}"
+    key = _key("OPENAI_API_KEY", name)
+    return OpenAIJudge(model, config, name=name, api_key=key or "", base_url=os.environ.get("OPENAI_BASE_URL"),
+                       price_model=model)
+
+
+def make_openai_compatible(spec: str, config: JudgeConfig) -> OpenAIJudge:
+    """``MODEL@BASE_URL``; a key is optional (local servers rarely check one)."""
+    model, sep, url = spec.rpartition("@")
+    if not sep or not model or not url.startswith(("http://", "https://")):
+        raise UserError(f"judge 'openai-compatible:{spec}': expected openai-compatible:MODEL@BASE_URL, "
+                        "e.g. openai-compatible:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1")
+    key = _key("OPENAI_API_KEY", spec, required=False) or "unused"
+    # The base URL is transport, not output: it stays out of the name and the fingerprint, so the
+    # same model behind another host reuses the cache.
+    return OpenAIJudge(model, config, name=f"openai-compatible:{model}", api_key=key, base_url=url,
+                       price_model=model, token_field="max_tokens")

@@ -1,0 +1,154 @@
+"""Score every step of every response with a judge, into step_scores shards.
+
+Reads a responses file (or folder of them) and writes RUN_DIR/part-NNNNN.parquet plus
+RUN_DIR/run.json (config, judge fingerprint, counts, tokens, cost, timings). Rerunning the same
+command resumes: rows already done are skipped, cached answers cost no request, and rows that
+ended in status=error are tried again and replace their old row.
+
+API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY (base URLs from OPENAI_BASE_URL /
+ANTHROPIC_BASE_URL) and are never written anywhere.
+
+examples:
+  stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --dry-run
+  stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --rpm 5000
+  stepdpo label work/responses.parquet --judge anthropic:claude-haiku-4-5 -o work/run-claude
+  stepdpo label work/responses.parquet --judge openai-compatible:Qwen/Qwen2.5-72B-Instruct@http://gpu:8000/v1 -o work/run-qwen
+  stepdpo label big.parquet --judge openai:gpt-4o -o run --num-shards 4 --shard-index 0   # machine 0 of 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+
+from labeler.options import add_dataclass_arguments, dataclass_from_args
+from schemas.errors import UserError
+
+
+@dataclass
+class LabelConfig:
+    concurrency: int = field(default=32, metadata={"help": "requests (judge calls) in flight at once"})
+    rpm: float | None = field(
+        default=None, metadata={"help": "client-side requests/min limit (default: none until the provider's "
+                                        "rate-limit headers say)"})
+    tpm: float | None = field(
+        default=None, metadata={"help": "client-side tokens/min limit (default: none until the provider's "
+                                        "rate-limit headers say)"})
+    max_attempts: int = field(
+        default=6, metadata={"help": "tries per response before it is written with status=error (a rerun "
+                                     "tries it again)"})
+    backoff: float = field(
+        default=1.0, metadata={"help": "first retry wait in seconds; doubles per attempt, plus jitter; a "
+                                       "server's retry-after wins"})
+    max_backoff: float = field(default=60.0, metadata={"help": "longest single retry wait in seconds"})
+    shard_size: int = field(
+        default=1000, metadata={"help": "rows per output shard (a killed run loses at most one unwritten "
+                                        "shard, which the cache refills for free)"})
+    cache: bool = field(
+        default=True, metadata={"help": "reuse and store judge answers in the on-disk cache (--no-cache: "
+                                        "neither read nor write it)"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "judge cache folder (default: $STEPDPO_CACHE_DIR or "
+                                        "~/.cache/stepdpo/judge)", "metavar": "DIR"})
+    num_shards: int = field(default=1, metadata={"help": "split the job across this many machines (by hash "
+                                                         "of response_id)"})
+    shard_index: int = field(default=0, metadata={"help": "which of --num-shards this machine labels (0-based)"})
+    limit: int | None = field(default=None, metadata={"help": "label only the first N responses (after "
+                                                                 "sharding)", "metavar": "N"})
+    dry_run: bool = field(default=False, metadata={"help": "print the token and cost estimate, send nothing, "
+                                                           "write nothing"})
+    prices: str | None = field(
+        default=None, metadata={"help": "JSON/YAML file of model → {input, cached_input, output} USD per 1M "
+                                        "tokens, overriding the built-in price table", "metavar": "FILE"})
+    progress: str = field(default="auto", metadata={"help": "progress display: auto (live on a terminal, log "
+                                                            "lines otherwise), rich, log, none",
+                                                    "choices": ["auto", "rich", "log", "none"]})
+    log_interval: float = field(default=10.0, metadata={"help": "seconds between progress log lines"})
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from labeler.judges.config import JudgeConfig
+    from labeler.judges.registry import judge_help
+
+    parser.add_argument("input", metavar="INPUT", help="responses Parquet file or folder (stepdpo ingest)")
+    parser.add_argument("--judge", required=True, metavar="NAME", help=f"judge to score with; {judge_help()}")
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder for shards and run.json")
+    add_dataclass_arguments(parser, LabelConfig, "labeling")
+    add_dataclass_arguments(parser, JudgeConfig, "judge")
+
+
+def _check(cfg: LabelConfig) -> None:
+    if cfg.concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    if cfg.max_attempts < 1:
+        raise UserError("--max-attempts must be at least 1")
+    if cfg.shard_size < 1:
+        raise UserError("--shard-size must be at least 1")
+    if cfg.num_shards < 1 or not 0 <= cfg.shard_index < cfg.num_shards:
+        raise UserError(f"--shard-index must be in 0..{cfg.num_shards - 1} for --num-shards {cfg.num_shards}")
+    for name in ("rpm", "tpm"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive")
+
+
+def run(args: argparse.Namespace) -> int:
+    from labeler.cache import JudgeCache
+    from labeler.engine import Engine, EngineConfig, estimate, load_rows
+    from labeler.judges.config import JudgeConfig
+    from labeler.judges.registry import create_judge
+    from labeler.pricing import load_prices, price_for
+    from labeler.retry import RetryPolicy
+    from labeler.rundir import RunDir
+
+    cfg = dataclass_from_args(LabelConfig, args)
+    _check(cfg)
+    judge_cfg = dataclass_from_args(JudgeConfig, args)
+    prices = load_prices(cfg.prices)
+    judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
+    rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index)
+    if cfg.dry_run:
+        est = estimate(rows, judge, price_for(judge.price_model, prices))
+        print(json.dumps(est, indent=2))
+        cost = "unknown (no price for this model; pass --prices FILE)" if est["cost_usd"] is None \
+            else f"${est['cost_usd']:.4f}"
+        print(f"dry run: {est['rows']} responses, {est['steps']} steps, {est['requests']} requests, "
+              f"~{est['input_tokens']} input + ~{est['output_tokens']} output tokens, cost ≤ {cost}",
+              file=sys.stderr)
+        return 0
+
+    run_dir = RunDir(args.output, cfg.shard_index, cfg.num_shards)
+    engine_cfg = EngineConfig(
+        concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
+        retry=RetryPolicy(max_attempts=cfg.max_attempts, initial=cfg.backoff, max_wait=cfg.max_backoff),
+        shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval,
+    )
+    cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
+    info = {"input": str(args.input), "config": dataclasses.asdict(cfg),
+            "judge_config": dataclasses.asdict(judge_cfg)}
+    engine = Engine(judge, run_dir, engine_cfg, cache, prices)
+
+    async def go() -> dict:
+        try:
+            return await engine.run(rows, info)
+        finally:
+            await judge.aclose()
+
+    try:
+        manifest = asyncio.run(go())
+    finally:
+        if cache is not None:
+            cache.close()
+    totals = manifest["totals"]
+    s = engine.stats
+    print(f"label: {totals['rows']} rows in {args.output} (ok {totals['ok']}, error {totals['error']}); "
+          f"this run: {s.done} labeled, {s.skipped} already done, {s.cache_hits} from cache, "
+          f"{s.requests} requests, ${s.cost_usd:.4f}", file=sys.stderr)
+    if totals["error"]:
+        print(f"label: {totals['error']} response(s) ended in error; rerun the same command to retry them",
+              file=sys.stderr)
+    return 0

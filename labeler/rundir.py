@@ -1,0 +1,168 @@
+"""The run folder: step_scores shards plus a ``run.json`` manifest, and the resume rule.
+
+Layout: ``RUN_DIR/part-NNNNN.parquet`` (``part-kK-of-N-NNNNN.parquet`` when the job is split
+across machines with ``--num-shards``, so machines sharing a folder never write the same name)
+and ``run.json`` (``run-kK-of-N.json``). Shards are written whole and atomically
+(temp + rename), so a killed process leaves only complete shards and a hidden temp file that
+the next run deletes.
+
+Resume rule: a response with an ``ok`` row is done. A response with only ``error`` rows is
+labeled again, and its new row supersedes the old: :meth:`RunDir.compact` rewrites shards so
+each response appears exactly once (an ok row wins over an error row, a later shard over an
+earlier one). Compaction runs at the start of a run (repairing whatever a crash left) and at
+its end, so the folder always converges to one row per response.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.errors import UserError
+from schemas.tables import STEP_SCORES, from_rows, validate, write_table
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike, shard_index: int = 0, num_shards: int = 1) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"-o {self.path}: exists and is not a folder")
+        self.tag = f"k{shard_index}-of-{num_shards}-" if num_shards > 1 else ""
+        self.manifest_path = self.path / (f"run-k{shard_index}-of-{num_shards}.json" if num_shards > 1 else "run.json")
+        self._part_re = re.compile(rf"^part-{re.escape(self.tag)}(\d{{5,}})\.parquet$")
+
+    # -- shards ------------------------------------------------------------------------------
+    def parts(self) -> list[Path]:
+        """This job's finished shards, oldest first."""
+        if not self.path.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := self._part_re.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def next_part(self) -> Path:
+        parts = self.parts()
+        n = int(self._part_re.match(parts[-1].name).group(1)) + 1 if parts else 0  # type: ignore[union-attr]
+        return self.path / f"part-{self.tag}{n:05d}.parquet"
+
+    def write_shard(self, rows: Sequence[dict[str, Any]]) -> Path | None:
+        """Write ``rows`` (step_scores dicts) as the next shard, atomically."""
+        if not rows:
+            return None
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.next_part()
+        write_table(from_rows(list(rows), STEP_SCORES), path, STEP_SCORES)
+        return path
+
+    def remove_temp_files(self) -> int:
+        """Delete temp files of writers that were killed mid-write."""
+        if not self.path.is_dir():
+            return 0
+        n = 0
+        for p in self.path.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp") and ("parquet" in p.name or "json" in p.name):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def _read_status(self, part: Path) -> pa.Table:
+        try:
+            return pq.read_table(part, columns=["response_id", "status"])
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{part}: unreadable shard ({exc}); move it away and rerun") from exc
+
+    def statuses(self) -> dict[str, str]:
+        """response_id → status of its winning row (ok beats error; later beats earlier)."""
+        best: dict[str, str] = {}
+        for part in self.parts():
+            t = self._read_status(part)
+            for rid, status in zip(t.column("response_id").to_pylist(), t.column("status").to_pylist()):
+                if best.get(rid) != "ok":
+                    best[rid] = status
+        return best
+
+    def done_ids(self) -> set[str]:
+        return {rid for rid, s in self.statuses().items() if s == "ok"}
+
+    def compact(self) -> int:
+        """Drop superseded rows so each response_id appears once; returns rows dropped."""
+        parts = self.parts()
+        winner: dict[str, tuple[int, int, str]] = {}  # rid -> (part index, row index, status)
+        tables = []
+        for i, part in enumerate(parts):
+            t = self._read_status(part)
+            tables.append(t)
+            for j, (rid, status) in enumerate(zip(t.column("response_id").to_pylist(),
+                                                  t.column("status").to_pylist())):
+                prev = winner.get(rid)
+                if prev is None or status == "ok" or prev[2] != "ok":
+                    winner[rid] = (i, j, status)
+        dropped = 0
+        for i, (part, t) in enumerate(zip(parts, tables)):
+            rids = t.column("response_id").to_pylist()
+            keep = [winner[rid][:2] == (i, j) for j, rid in enumerate(rids)]
+            if all(keep):
+                continue
+            dropped += keep.count(False)
+            if not any(keep):
+                part.unlink()
+                continue
+            full = validate(pq.read_table(part), STEP_SCORES, part)
+            write_table(full.filter(pa.array(keep)), part, STEP_SCORES)
+        return dropped
+
+    def read_rows(self, status: str | None = None) -> pa.Table | None:
+        """All rows of this job (optionally of one status), or None when there are none."""
+        parts = self.parts()
+        if not parts:
+            return None
+        table = pa.concat_tables([validate(pq.read_table(p), STEP_SCORES, p) for p in parts])
+        if status is not None:
+            table = table.filter(pc.equal(table.column("status"), status))
+        return table
+
+    # -- manifest ----------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            return json.loads(self.manifest_path.read_text("utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{self.manifest_path}: not valid JSON ({exc})") from exc
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.manifest_path.name}.", suffix=".tmp", dir=self.path)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.manifest_path)
+
+    def check_judge(self, judge: str, fingerprint: str) -> None:
+        """Refuse to mix two judges' rows in one folder (resume would skip the wrong rows)."""
+        manifest = self.read_manifest()
+        if manifest and manifest.get("judge_fingerprint") not in (None, fingerprint):
+            raise UserError(
+                f"{self.path} holds labels from judge {manifest.get('judge')} "
+                f"(fingerprint {manifest.get('judge_fingerprint')}), not {judge} ({fingerprint}); "
+                "the model, template or decoding options differ: write to a new -o folder"
+            )
+        parts = self.parts()
+        if parts:
+            t = pq.read_table(parts[0], columns=["judge_fingerprint"])
+            found = set(t.column("judge_fingerprint").to_pylist())
+            if found - {fingerprint}:
+                raise UserError(
+                    f"{parts[0]}: rows from judge fingerprint {sorted(found)[0]}, not {fingerprint}; "
+                    "write to a new -o folder"
+                )

@@ -1,0 +1,471 @@
+"""A loopback fake of the OpenAI Chat Completions and Anthropic Messages HTTP APIs.
+
+The real ``openai`` / ``anthropic`` SDKs talk to it over real HTTP (respx cannot intercept the
+httpx2 transport of openai ≥ 3), so tests exercise the exact code paths a paid run uses.
+
+* Answers follow the JSON schema the request carries (``response_format.json_schema.schema`` or
+  the forced tool's ``input_schema``): one array item per ``Step N:`` line of the prompt, with a
+  deterministic score derived from the step text (:func:`score_of`), so tests assert exact values.
+* Sends OpenAI ``x-ratelimit-*`` / Anthropic ``anthropic-ratelimit-*`` headers; an optional
+  server-side requests/min limit (token bucket) answers 429 with ``retry-after`` beyond it.
+* Injects faults on demand: a scripted sequence first, then seeded probabilities — ``429``,
+  ``500``, ``529``, ``slow`` (sleeps past the client's timeout), ``malformed`` (not JSON),
+  ``schema`` (valid JSON that violates the schema).
+* Counts requests per route and records request bodies and headers.
+
+Routes live in :attr:`FakeLLMServer.routes` (``(method, path) -> handler``) so batch endpoints can
+be added next to these. Run ``python -m tests.fakes.llm_server --latency 0.1`` to serve from a
+separate process (benchmarks), it prints ``PORT <n>`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "529", "slow", "malformed", "schema", "401", "400")
+STEP_RE = re.compile(r"^Step (\d+): ", re.M)
+
+
+def score_of(step: str) -> float:
+    """The fake judge's score of one step: a stable function of its text, in [0, 1]."""
+    return int(hashlib.sha256(step.encode("utf-8")).hexdigest()[:8], 16) % 1001 / 1000
+
+
+def verdict_of(step: str) -> str:
+    return "correct" if score_of(step) >= 0.5 else "incorrect"
+
+
+def split_steps(text: str) -> list[str]:
+    """Recover the step texts from a prompt that numbers them ``Step N: ...`` on their own lines."""
+    marks = list(STEP_RE.finditer(text))
+    steps = []
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        steps.append(text[m.end():end].rstrip("\n"))
+    if steps:  # the last step runs to the end of the prompt: cut any trailing instructions
+        steps[-1] = steps[-1].split("\n\n")[0]
+    return steps
+
+
+def ntokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+@dataclass
+class FaultConfig:
+    """What the server does besides answering; change fields at any time (guarded by a lock)."""
+
+    p429: float = 0.0
+    p500: float = 0.0
+    p529: float = 0.0
+    p_slow: float = 0.0
+    p_malformed: float = 0.0
+    p_schema: float = 0.0
+    seed: int = 0
+    #: Faults to inject first, in order, one per request (``None`` entries answer normally).
+    script: list[str | None] = field(default_factory=list)
+    retry_after: float = 0.05
+    slow_s: float = 2.0
+    latency_s: float = 0.0
+    #: Server-side limit (requests per minute); None = unlimited.
+    rpm_limit: float | None = None
+    #: Bucket size of the server-side limit in seconds of traffic.
+    burst_s: float = 2.0
+    #: Advertised in rate-limit headers when no rpm_limit is set.
+    advertised_rpm: int = 10_000
+    advertised_tpm: int = 10_000_000
+
+
+class _Bucket:
+    def __init__(self, rate_per_s: float, capacity: float) -> None:
+        self.rate, self.capacity = rate_per_s, capacity
+        self.level, self.t = capacity, time.monotonic()
+
+    def take(self) -> float:
+        """0 if a request may pass now, else the seconds until one may."""
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+        self.t = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
+Handler = Callable[["FakeLLMServer", "_RequestHandler", dict], None]
+
+
+class FakeLLMServer:
+    """Start with :meth:`start` (or as a context manager); ``url`` is ``http://127.0.0.1:PORT``."""
+
+    def __init__(self, faults: FaultConfig | None = None) -> None:
+        self.faults = faults or FaultConfig()
+        self.lock = threading.Lock()
+        self.rng = random.Random(self.faults.seed)
+        self.counts: Counter[str] = Counter()
+        self.fault_counts: Counter[str] = Counter()
+        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body"}
+        self.record = True  # keep request bodies (benchmarks turn it off)
+        self.seen_prefixes: set[str] = set()
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): FakeLLMServer.chat_completions,
+            ("POST", "/v1/messages"): FakeLLMServer.messages,
+        }
+        self._bucket: _Bucket | None = None
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, port: int = 0) -> FakeLLMServer:
+        server = self
+
+        class Bound(_RequestHandler):
+            fake = server
+
+        self._httpd = _Server(("127.0.0.1", port), Bound)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start() if self._httpd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.counts.clear()
+            self.fault_counts.clear()
+            self.requests.clear()
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.counts.values())
+
+    # -- fault and limit decisions ---------------------------------------------------------
+    def _draw_fault(self) -> str | None:
+        f = self.faults
+        with self.lock:
+            if f.script:
+                return f.script.pop(0)
+            r = self.rng.random()
+            for name, p in (("429", f.p429), ("500", f.p500), ("529", f.p529), ("slow", f.p_slow),
+                            ("malformed", f.p_malformed), ("schema", f.p_schema)):
+                if r < p:
+                    return name
+                r -= p
+        return None
+
+    def _over_limit(self) -> float:
+        f = self.faults
+        if not f.rpm_limit:
+            return 0.0
+        with self.lock:
+            rate = f.rpm_limit / 60
+            if self._bucket is None or self._bucket.rate != rate:
+                self._bucket = _Bucket(rate, max(1.0, rate * f.burst_s))
+            return self._bucket.take()
+
+    def _limit_numbers(self) -> tuple[int, int]:
+        rpm = int(self.faults.rpm_limit or self.faults.advertised_rpm)
+        level = int(self._bucket.level) if self._bucket else rpm
+        return rpm, max(0, level)
+
+    # -- answers -----------------------------------------------------------------------------
+    @staticmethod
+    def fill(schema: dict, steps: list[str], index: int | None = None) -> Any:
+        """A value matching ``schema``; arrays get one item per step, numbers the step's score."""
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next(k for k in kind if k != "null")
+        step = steps[index] if index is not None and index < len(steps) else ""
+        if kind == "object":
+            return {k: FakeLLMServer.fill(v, steps, index) for k, v in schema.get("properties", {}).items()}
+        if kind == "array":
+            return [FakeLLMServer.fill(schema.get("items", {}), steps, i) for i in range(len(steps))]
+        if kind == "integer":
+            return (index or 0) + 1
+        if kind == "number":
+            return score_of(step)
+        if kind == "boolean":
+            return score_of(step) >= 0.5
+        if "enum" in schema:
+            options = schema["enum"]
+            if "correct" in options and "incorrect" in options:
+                return verdict_of(step)
+            return options[0]
+        return "ok"
+
+    @staticmethod
+    def violate(schema: dict, steps: list[str]) -> Any:
+        """Valid JSON that breaks the schema: one step short and a score out of range."""
+        good = FakeLLMServer.fill(schema, steps)
+        for value in good.values():
+            if isinstance(value, list) and value:
+                value.pop()
+                if value and isinstance(value[0], dict):
+                    for k, v in value[0].items():
+                        if isinstance(v, float):
+                            value[0][k] = 7.5
+        return good
+
+    def _common_fault(self, h: _RequestHandler, fault: str | None, anthropic: bool) -> bool:
+        """Send a transport-level fault; True if the request is answered."""
+        rpm, remaining = self._limit_numbers()
+        wait = self._over_limit()
+        if wait or fault == "429":
+            after = max(wait, self.faults.retry_after)
+            self._send_error(h, 429, "rate_limit_error", "Rate limit reached (fake)", anthropic,
+                             {"retry-after": f"{after:.3f}", **self._rl_headers(anthropic, rpm, 0)})
+            return True
+        if fault in ("401", "400"):
+            # A real 401 echoes (part of) the key it got: the client must scrub it from its errors.
+            auth = h.headers.get("authorization", "") or h.headers.get("x-api-key", "")
+            message = f"Incorrect API key provided: {auth.removeprefix('Bearer ')}" if fault == "401" \
+                else "Invalid request (fake)"
+            etype = "authentication_error" if fault == "401" else "invalid_request_error"
+            self._send_error(h, int(fault), etype, message, anthropic, {})
+            return True
+        if fault == "500":
+            self._send_error(h, 500, "api_error", "Internal server error (fake)", anthropic, {})
+            return True
+        if fault == "529":
+            self._send_error(h, 529, "overloaded_error", "Overloaded (fake)", anthropic, {})
+            return True
+        if fault == "slow":
+            time.sleep(self.faults.slow_s)
+        if self.faults.latency_s:
+            time.sleep(self.faults.latency_s)
+        return False
+
+    def _rl_headers(self, anthropic: bool, rpm: int, remaining: int) -> dict[str, str]:
+        tpm = self.faults.advertised_tpm
+        if anthropic:
+            reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+            return {"anthropic-ratelimit-requests-limit": str(rpm),
+                    "anthropic-ratelimit-requests-remaining": str(remaining),
+                    "anthropic-ratelimit-requests-reset": reset,
+                    "anthropic-ratelimit-tokens-limit": str(tpm),
+                    "anthropic-ratelimit-tokens-remaining": str(tpm)}
+        return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
+                "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": str(tpm),
+                "x-ratelimit-remaining-tokens": str(tpm), "x-ratelimit-reset-tokens": "0s"}
+
+    def _send_error(self, h: _RequestHandler, code: int, etype: str, message: str, anthropic: bool,
+                    headers: dict[str, str]) -> None:
+        with self.lock:
+            self.fault_counts[str(code)] += 1
+        if anthropic:
+            body = {"type": "error", "error": {"type": etype, "message": message}}
+        else:
+            body = {"error": {"message": message, "type": etype, "param": None, "code": None}}
+        h.send_json(code, body, headers)
+
+    def _cached_tokens(self, prefix: str) -> int:
+        with self.lock:
+            hit = prefix in self.seen_prefixes
+            self.seen_prefixes.add(prefix)
+        return ntokens(prefix) if hit else 0
+
+    def chat_completions(self, h: _RequestHandler, body: dict) -> None:
+        fault = self._draw_fault()
+        if fault in ("malformed", "schema", "slow"):
+            with self.lock:
+                self.fault_counts[fault] += 1
+        if self._common_fault(h, fault, anthropic=False):
+            return
+        messages = body.get("messages", [])
+        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        if isinstance(user, list):
+            user = "".join(part.get("text", "") for part in user)
+        prompt = "".join(m["content"] if isinstance(m["content"], str) else "" for m in messages)
+        steps = split_steps(user)
+        fmt = body.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object", "properties": {}}
+        if fault == "malformed":
+            text = '{"steps": [{"step": 1, "verdict": "corr'
+        elif fault == "schema":
+            text = json.dumps(self.violate(schema, steps))
+        else:
+            text = json.dumps(self.fill(schema, steps))
+        first = STEP_RE.search(prompt)
+        cached = self._cached_tokens(prompt[: first.start()] if first else prompt)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None,
+                                  "message": {"role": "assistant", "content": text, "refusal": None}}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": self._logprobs(text, steps, body.get("top_logprobs") or 0),
+                                  "refusal": None}
+        out_tokens = ntokens(text)
+        in_tokens = ntokens(prompt)
+        rpm, remaining = self._limit_numbers()
+        h.send_json(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model", "fake"), "choices": [choice],
+            "usage": {"prompt_tokens": in_tokens, "completion_tokens": out_tokens,
+                      "total_tokens": in_tokens + out_tokens,
+                      "prompt_tokens_details": {"cached_tokens": min(cached, in_tokens)}},
+        }, {"x-request-id": uuid.uuid4().hex, **self._rl_headers(False, rpm, remaining)})
+
+    @staticmethod
+    def _logprobs(text: str, steps: list[str], top: int) -> list[dict[str, Any]]:
+        """Tokens of ``text`` with top_logprobs at each verdict: P(correct) = 0.2 + 0.6·score."""
+        pieces = re.findall(r'"(?:correct|incorrect)|[A-Za-z_]+|\d+(?:\.\d+)?|\s+|.', text)
+        out, k = [], 0
+        for piece in pieces:
+            entry: dict[str, Any] = {"token": piece, "logprob": 0.0, "bytes": list(piece.encode()),
+                                     "top_logprobs": []}
+            if piece in ('"correct', '"incorrect') and k < len(steps):
+                import math
+
+                p = 0.2 + 0.6 * score_of(steps[k])
+                alts = [('"correct', p), ('"incorrect', 1 - p)][: max(top, 1)]
+                entry["logprob"] = math.log(p if piece == '"correct' else 1 - p)
+                entry["top_logprobs"] = [{"token": t, "logprob": math.log(q), "bytes": list(t.encode())}
+                                         for t, q in alts]
+                k += 1
+            out.append(entry)
+        return out
+
+    def messages(self, h: _RequestHandler, body: dict) -> None:
+        fault = self._draw_fault()
+        if fault in ("malformed", "schema", "slow"):
+            with self.lock:
+                self.fault_counts[fault] += 1
+        if self._common_fault(h, fault, anthropic=True):
+            return
+        system = body.get("system") or ""
+        if isinstance(system, list):
+            system = "".join(b.get("text", "") for b in system)
+        prefix, user = "", ""
+        for m in body.get("messages", []):
+            content = m.get("content")
+            if isinstance(content, str):
+                user += content
+                continue
+            for block in content:
+                user += block.get("text", "")
+                if block.get("cache_control"):
+                    prefix = system + user
+        steps = split_steps(user)
+        tools = body.get("tools") or []
+        choice = body.get("tool_choice") or {}
+        tool = next((t for t in tools if t.get("name") == choice.get("name")), tools[0] if tools else None)
+        if tool is None:
+            h.send_json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                         "message": "fake needs a tool"}}, {})
+            return
+        schema = tool["input_schema"]
+        if fault == "malformed":
+            content = [{"type": "text", "text": "I think step 1 is corr"}]
+        elif fault == "schema":
+            content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": tool["name"],
+                        "input": self.violate(schema, steps)}]
+        else:
+            content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": tool["name"],
+                        "input": self.fill(schema, steps)}]
+        read = self._cached_tokens(prefix) if prefix else 0
+        total = ntokens(system + user)
+        rpm, remaining = self._limit_numbers()
+        h.send_json(200, {
+            "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
+            "model": body.get("model", "fake"), "content": content, "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": max(1, total - read), "output_tokens": ntokens(json.dumps(content)),
+                      "cache_creation_input_tokens": 0 if read or not prefix else ntokens(prefix),
+                      "cache_read_input_tokens": read},
+        }, {"request-id": uuid.uuid4().hex, **self._rl_headers(True, rpm, remaining)})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the default backlog of 5 refuses bursts of concurrent clients
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    fake: FakeLLMServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
+        pass
+
+    def send_json(self, code: int, body: Any, headers: dict[str, str]) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            pass
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?")[0]
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        batch = getattr(self.fake, "batch_api", None)  # provider batch endpoints: tests/fakes/batch_api.py
+        if batch is not None and batch.handle_http(self, method, path, raw):
+            return
+        handler = self.fake.routes.get((method, path))
+        with self.fake.lock:
+            self.fake.counts[path] += 1
+            body = json.loads(raw) if raw else {}
+            if self.fake.record:
+                self.fake.requests.append({"path": path, "headers": dict(self.headers.items()), "body": body})
+        if handler is None:
+            self.send_json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, {})
+            return
+        handler(self.fake, self, body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rpm-limit", type=float, default=None)
+    args = parser.parse_args()
+    server = FakeLLMServer(FaultConfig(latency_s=args.latency, rpm_limit=args.rpm_limit)).start(args.port)
+    server.record = False
+    print(f"PORT {server.port}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
