@@ -1,0 +1,96 @@
+"""The HTML report: self-contained, escaped, and it renders with every plot in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from labeler.cli import main
+from tests.inspect_fixtures import score_rows, write_rows, write_run
+
+PLOTS = ["score_by_position", "first_error", "calibration", "cost_per_1k_steps"]
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--virtual-time-budget=5000",
+]
+# Runs in the page after load: counts decoded images and exercises the example filter.
+PROBE = """<script>window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  var first = document.querySelector('#examples tbody tr code').textContent;
+  document.getElementById('filter').value = first; filterExamples();
+  var d = document.createElement('div'); d.id = 'probe';
+  d.textContent = 'images ' + ok + '/' + imgs.length + ' filter ' + document.getElementById('shown').textContent;
+  document.body.appendChild(d);
+});</script>"""
+
+
+@pytest.fixture(scope="module")
+def report_1000(tmp_path_factory):
+    d = tmp_path_factory.mktemp("html")
+    run = d / "run"
+    write_run(run / "part-00000.parquet", 600, seed=21, error_rate=0.02)
+    write_run(run / "part-00001.parquet", 400, seed=22, error_rate=0.02)
+    (run / "run.json").write_text('{"judge": "fake:judge", "rows": 1000}')
+    out = d / "report.html"
+    assert main(["inspect", str(run), "--html", str(out), "--examples", "50", "--where", "flagged"]) == 0
+    return out
+
+
+def test_report_is_self_contained(report_1000):
+    text = report_1000.read_text(encoding="utf-8")
+    assert not re.search(r"https?://|ftp://|wss?://", text, re.I), "no network URLs in the report"
+    assert not re.search(r"(src|href)\s*=\s*['\"](?!data:image/png;base64,)", text, re.I)
+    assert "<link" not in text and "@import" not in text and "url(" not in text
+    images = re.findall(r"<img class='plot' alt='([a-z_0-9]+)' src='data:image/png;base64,([^']+)'>", text)
+    assert [name for name, _ in images] == PLOTS
+    for _, b64 in images:
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(re.findall(r"<tr><td>\d+</td><td><code>r\d{7}</code>", text)) == 50
+    assert "rows</th><td>1000<" in text and "ProcessBench F1" in text and "run.json" in text
+    assert "50 of 50" in text
+
+
+def test_report_escapes_user_text(tmp_path):
+    rows = score_rows([("x1", [1, 0], [0.9, 0.1])])
+    rows[0]["steps"] = ["<script>alert(1)</script>", "a & b <b>"]
+    path = write_rows(tmp_path / "s.parquet", rows)
+    out = tmp_path / "r.html"
+    assert main(["inspect", str(path), "--html", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "a &amp; b &lt;b&gt;" in text
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the browser check runs on Linux CI")
+def test_report_renders_in_headless_chromium(report_1000, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (make test installs it with apt-get where it can)")
+    page = tmp_path / "probe.html"
+    page.write_text(report_1000.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
+                    encoding="utf-8")
+    proc = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    match = re.search(r"<div id=\"probe\">images (\d+)/(\d+) filter (\d+) of (\d+)</div>", proc.stdout)
+    assert match, f"probe missing; chromium rc={proc.returncode} stderr tail: {proc.stderr[-800:]}"
+    ok, total, shown, rows = map(int, match.groups())
+    assert total == len(PLOTS) and ok == total, "every plot must decode and have a size"
+    assert (shown, rows) == (1, 50), "the example filter narrows the table to one response"
