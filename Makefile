@@ -14,7 +14,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/stepdpo demo --workdir runs/demo
 
-test: $(STAMP)
+# The HTML report test opens the report in headless Chromium: install it where apt-get can
+# (root on Debian/Ubuntu CI); elsewhere that one test skips with its reason.
+$(VENV)/.chromium: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "could not install chromium; the HTML report browser test will skip"
+	@if command -v chromium >/dev/null 2>&1; then touch $@; fi
+
+test: $(STAMP) $(VENV)/.chromium
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
 
 lint: $(STAMP)
