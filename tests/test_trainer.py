@@ -1,0 +1,189 @@
+"""StepwiseDPOTrainer against TRL's own DPOTrainer, every reference source, gradients."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+from tests.trainer_util import gsm8k_pair_rows, preference_rows, write_pairs  # noqa: E402
+from trainer import losses  # noqa: E402
+from trainer.config import StepwiseDPOConfig  # noqa: E402
+from trainer.data import has_precomputed_ref, load_pairs  # noqa: E402
+from trainer.precompute import load_reference, reference_step_logps  # noqa: E402
+from trainer.stepwise_trainer import StepwiseDPOTrainer  # noqa: E402
+from trainer.tiny_model import build_tiny_model  # noqa: E402
+
+B = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=64, layers=2)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return gsm8k_pair_rows(8)
+
+
+def _common(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], bf16=False, use_cpu=True,
+                per_device_train_batch_size=B, max_length=160, gradient_checkpointing=False,
+                save_strategy="no", logging_steps=1, beta=0.1, seed=0)
+    base.update(kw)
+    return base
+
+
+def _ours(tiny, rows, tmp_path, model=None, **kw):
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = model if model is not None else AutoModelForCausalLM.from_pretrained(tiny)
+    args = StepwiseDPOConfig(**_common(tmp_path, **kw))
+    ds = Dataset.from_list(preference_rows(rows)) if not isinstance(rows, Path) else load_pairs(rows)
+    return StepwiseDPOTrainer(model, args=args, train_dataset=ds, processing_class=tok)
+
+
+def _batch(trainer, n=B):
+    examples = [trainer.train_dataset[i] for i in range(n)]
+    return trainer.data_collator(examples)
+
+
+def _loss(trainer, batch):
+    trainer.model.train()
+    return trainer.compute_loss(trainer.model, dict(batch))
+
+
+def test_sigmoid_equals_trls_own_dpo_loss(tiny, rows, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny)
+    prefs = [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in preference_rows(rows)]
+    trl = DPOTrainer(AutoModelForCausalLM.from_pretrained(tiny), args=DPOConfig(**_common(tmp_path)),
+                     train_dataset=Dataset.from_list(prefs), processing_class=tok)
+    ours = _ours(tiny, rows, tmp_path, stepwise_loss="sigmoid", add_eos="always")  # TRL always adds EOS
+    # the same batch: identical token tensors from both collators
+    trl_batch, our_batch = _batch(trl), _batch(ours)
+    for key in ("input_ids", "attention_mask", "completion_mask"):
+        assert torch.equal(trl_batch[key], our_batch[key])
+    with torch.no_grad():
+        # perturb the policies identically so the loss is not the trivial log 2
+        for m in (trl.model, ours.model):
+            torch.manual_seed(1)
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        expected = _loss(trl, trl_batch).item()
+        got = _loss(ours, our_batch).item()
+    assert not math.isclose(expected, math.log(2), abs_tol=1e-4)
+    assert abs(got - expected) <= 1e-5
+    assert ours._metrics["train"]["rewards/margins"][-1] == pytest.approx(
+        trl._metrics["train"]["rewards/margins"][-1], abs=1e-5)
+    # step_weighted with τ = 0 is exactly the same loss on the same batch
+    ours.args.stepwise_loss, ours.args.step_temperature = "step_weighted", 0.0
+    with torch.no_grad():
+        assert abs(_loss(ours, our_batch).item() - expected) <= 1e-5
+        ours.args.step_temperature = 3.0
+        assert abs(_loss(ours, our_batch).item() - expected) > 1e-4  # τ > 0 does change it
+
+
+@pytest.mark.parametrize("kind", losses.LOSSES)
+def test_policy_gets_a_gradient_from_every_loss(tiny, rows, tmp_path, kind):
+    tr = _ours(tiny, rows, tmp_path, stepwise_loss=kind)
+    batch = _batch(tr)
+    tr.model.zero_grad()
+    loss = _loss(tr, batch)
+    assert loss.requires_grad and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad.abs().sum().item() for p in tr.model.parameters() if p.grad is not None]
+    assert grads and sum(grads) > 0
+    ref_grads = [p.grad for p in tr.ref_model.parameters() if p.grad is not None]
+    assert not ref_grads  # the frozen reference never gets one
+
+
+def test_in_memory_model_without_a_path_gets_a_frozen_copy_as_reference(tiny, rows, tmp_path):
+    config = AutoConfig.from_pretrained(tiny)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)  # no _name_or_path: TRL alone would try to reload it
+    tr = _ours(tiny, rows, tmp_path, model=model)
+    assert tr.ref_model is not None and tr.ref_model is not tr.model
+    assert not any(p.requires_grad for p in tr.ref_model.parameters())
+    with torch.no_grad():
+        assert _loss(tr, _batch(tr)).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_peft_adapter_switched_off_is_the_reference(tiny, rows, tmp_path):
+    from peft import LoraConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    args = StepwiseDPOConfig(**_common(tmp_path, max_steps=3, learning_rate=5e-2))
+    tr = StepwiseDPOTrainer(AutoModelForCausalLM.from_pretrained(tiny), args=args,
+                            train_dataset=Dataset.from_list(preference_rows(rows)), processing_class=tok,
+                            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert tr.ref_model is None
+    with torch.no_grad():  # a fresh LoRA adapter is a no-op: policy == reference
+        assert _loss(tr, _batch(tr)).item() == pytest.approx(math.log(2), abs=1e-6)
+    tr.train()
+    logged = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    assert len(logged) == 3 and all(math.isfinite(v) for v in logged)
+    assert logged[-1] != pytest.approx(math.log(2), abs=1e-6)  # the adapter moved away from the reference
+
+
+def test_precomputed_reference_equals_reference_model(tiny, rows, tmp_path):
+    ref, tok = load_reference(str(tiny))
+    chosen, rejected = reference_step_logps(ref, tok, rows, max_length=160, batch_size=3)
+    filled = [dict(r, ref_chosen_step_logps=c, ref_rejected_step_logps=x)
+              for r, c, x in zip(rows, chosen, rejected, strict=True)]
+    assert [len(c) for c in chosen] == [len(r["chosen_steps"]) for r in rows]
+    pre = _ours(tiny, filled, tmp_path, stepwise_loss="step_weighted", step_temperature=2.0)
+    live = _ours(tiny, rows, tmp_path, stepwise_loss="step_weighted", step_temperature=2.0)
+    assert pre.uses_precomputed_ref and pre.ref_model is None
+    assert not live.uses_precomputed_ref and live.ref_model is not None
+    batch_pre, batch_live = _batch(pre), _batch(live)
+    assert "ref_chosen_step_logps" in batch_pre and "ref_chosen_step_logps" not in batch_live
+    with torch.no_grad():
+        for m in (pre.model, live.model):
+            torch.manual_seed(2)
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        a, b = _loss(pre, batch_pre).item(), _loss(live, batch_live).item()
+    assert abs(a - b) <= 1e-5
+    assert not math.isclose(a, math.log(2), abs_tol=1e-4)
+
+
+def test_streaming_shards_train_a_few_steps(tiny, tmp_path):
+    pairs = write_pairs(tmp_path / "pairs", gsm8k_pair_rows(24, strategy="first-error"), per_shard=10)
+    assert not has_precomputed_ref(pairs)
+    ds = load_pairs(pairs)
+    assert type(ds).__name__ == "IterableDataset"
+    tok = AutoTokenizer.from_pretrained(tiny)
+    args = StepwiseDPOConfig(**_common(tmp_path, max_steps=4, learning_rate=1e-2,
+                                       stepwise_loss="combined", step_temperature=1.0))
+    tr = StepwiseDPOTrainer(AutoModelForCausalLM.from_pretrained(tiny), args=args, train_dataset=ds,
+                            processing_class=tok)
+    tr.train()
+    logs = [h for h in tr.state.log_history if "loss" in h]
+    assert len(logs) == 4
+    for h in logs:
+        assert math.isfinite(h["loss"])
+        for key in ("rewards/accuracies", "rewards/margins", "step/margin", "step/first_error_weight",
+                    "step/step_loss", "step/outcome_loss"):
+            assert key in h
+
+
+def test_trainer_never_imports_labeler():
+    root = Path(__file__).resolve().parent.parent / "trainer"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n == "labeler" or n.startswith("labeler.") for n in names), path
