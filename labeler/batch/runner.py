@@ -115,7 +115,10 @@ def make_transport(judge: Judge, options: BatchOptions | None = None) -> Transpo
     """The batch transport for ``judge``'s provider, at the judge's base URL."""
     options = options or BatchOptions()
     provider = provider_of(judge.name)
-    base_url = getattr(judge, "base_url", None)
+    # The judge's own endpoint and key (from the same environment variables), so batch and
+    # online requests go to the same place.
+    base_url = getattr(judge, "base_url", None) or getattr(judge, "_base_url", None)
+    api_key = getattr(judge, "_api_key", None) or None
     if provider == "openai":
         from labeler.batch.openai_batch import LIMITS
         from labeler.batch.openai_batch import OpenAIBatchTransport as cls
@@ -126,7 +129,7 @@ def make_transport(judge: Judge, options: BatchOptions | None = None) -> Transpo
         min(options.batch_max_requests or LIMITS.max_requests, LIMITS.max_requests),
         min(int((options.batch_max_mb or 1e9) * 1024 * 1024), LIMITS.max_bytes),
     )
-    return cls(base_url=base_url, limits=limits)
+    return cls(api_key=api_key, base_url=base_url, limits=limits)
 
 
 def item_of(row: Mapping[str, Any]) -> Item:

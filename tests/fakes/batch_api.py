@@ -166,6 +166,15 @@ class BatchAPI:
                     return handler(req, **m.groupdict())
         return None
 
+    def handle_http(self, h: BaseHTTPRequestHandler, method: str, path: str, raw: bytes) -> bool:
+        """Answer a host server's request if it is a batch endpoint; False leaves it to the host."""
+        req = Request(method, path, {k.lower(): v for k, v in h.headers.items()}, raw)
+        resp = self.dispatch(req)
+        if resp is None:
+            return False
+        _send(h, resp)
+        return True
+
     # ------------------------------------------------------------------ OpenAI
     def openai_upload(self, req: Request) -> Response:
         ctype = req.headers.get("content-type", "")
@@ -440,6 +449,19 @@ def attach(fake: Any, **kwargs: Any) -> BatchAPI:
 
 
 # ---------------------------------------------------------------------- standalone server
+def _send(h: BaseHTTPRequestHandler, resp: Response) -> None:
+    try:
+        h.send_response(resp.status)
+        h.send_header("content-type", resp.content_type)
+        h.send_header("content-length", str(len(resp.body)))
+        for k, v in resp.headers.items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(resp.body)
+    except (BrokenPipeError, ConnectionResetError):  # the client gave up
+        pass
+
+
 def _handler_class(api: BatchAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -453,13 +475,7 @@ def _handler_class(api: BatchAPI) -> type[BaseHTTPRequestHandler]:
             req = Request(self.command, self.path.split("?", 1)[0],
                           {k.lower(): v for k, v in self.headers.items()}, body)
             resp = api.dispatch(req) or _error(404, f"no route {req.method} {req.path}", "not_found_error")
-            self.send_response(resp.status)
-            self.send_header("content-type", resp.content_type)
-            self.send_header("content-length", str(len(resp.body)))
-            for k, v in resp.headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(resp.body)
+            _send(self, resp)
 
         do_GET = do_POST = do_DELETE = _do
 
