@@ -222,7 +222,7 @@ class Engine:
         if len(verdicts) != len(batch):
             raise RuntimeError(f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(batch)} items")
         latency = (time.monotonic() - start) / len(batch)
-        for row, item, v in zip(batch, items, verdicts):
+        for row, item, v in zip(batch, items, verdicts, strict=True):
             cost = verdict_cost(v, self.price)
             stats.input_tokens += v.input_tokens
             stats.output_tokens += v.output_tokens

@@ -84,7 +84,7 @@ class RunDir:
         best: dict[str, str] = {}
         for part in self.parts():
             t = self._read_status(part)
-            for rid, status in zip(t.column("response_id").to_pylist(), t.column("status").to_pylist()):
+            for rid, status in zip(t.column("response_id").to_pylist(), t.column("status").to_pylist(), strict=True):
                 if best.get(rid) != "ok":
                     best[rid] = status
         return best
@@ -101,12 +101,12 @@ class RunDir:
             t = self._read_status(part)
             tables.append(t)
             for j, (rid, status) in enumerate(zip(t.column("response_id").to_pylist(),
-                                                  t.column("status").to_pylist())):
+                                                  t.column("status").to_pylist(), strict=True)):
                 prev = winner.get(rid)
                 if prev is None or status == "ok" or prev[2] != "ok":
                     winner[rid] = (i, j, status)
         dropped = 0
-        for i, (part, t) in enumerate(zip(parts, tables)):
+        for i, (part, t) in enumerate(zip(parts, tables, strict=True)):
             rids = t.column("response_id").to_pylist()
             keep = [winner[rid][:2] == (i, j) for j, rid in enumerate(rids)]
             if all(keep):

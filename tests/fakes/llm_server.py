@@ -438,7 +438,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.fake.counts[path] += 1
             body = json.loads(raw) if raw else {}
             if self.fake.record:
-                self.fake.requests.append({"path": path, "headers": dict(self.headers.items()), "body": body})
+                self.fake.requests.append({"path": path, "body": body,
+                                           "headers": {k.lower(): v for k, v in self.headers.items()}})
         if handler is None:
             self.send_json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, {})
             return

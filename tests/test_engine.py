@@ -1,0 +1,267 @@
+"""`stepdpo label` end to end: the real SDKs over real HTTP to the loopback fake server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from labeler.cli import main
+from schemas.tables import STEP_SCORES, read_table
+from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
+from tests.fakes.responses import gsm8k_rows, write_responses
+
+REPO = Path(__file__).resolve().parent.parent
+GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl", REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
+KEY = "sk-test-7f3a9c2e5b1d-THIS-IS-THE-SECRET-KEY"
+ANTHROPIC_KEY = "sk-ant-test-0a1b2c3d-ANTHROPIC-SECRET"
+FAST = ["--backoff", "0.01", "--max-backoff", "0.05", "--timeout", "0.5", "--progress", "log",
+        "--log-interval", "0.5"]
+
+
+@pytest.fixture
+def fake():
+    with FakeLLMServer(FaultConfig(retry_after=0.01)) as server:
+        yield server
+
+
+@pytest.fixture
+def env(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+    monkeypatch.setenv("STEPDPO_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def responses(tmp_path: Path, n: int, name: str = "responses.parquet") -> tuple[Path, list[dict]]:
+    rows = gsm8k_rows(GSM8K, n)
+    if len(rows) < n:
+        pytest.skip("not enough GSM8K rows (../shared/data/gsm8k missing)")
+    return write_responses(rows, tmp_path / name), rows
+
+
+def label(capsys, inp: Path, out: Path, *extra: str, judge: str = "openai:gpt-4o-mini") -> tuple[int, str]:
+    rc = main(["label", str(inp), "--judge", judge, "-o", str(out), *FAST, *extra])
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def output(run: Path):
+    return read_table(run, STEP_SCORES).to_pylist()
+
+
+def assert_exact_set(run: Path, rows: list[dict]) -> list[dict]:
+    out = output(run)
+    ids = [r["response_id"] for r in out]
+    assert len(ids) == len(set(ids)), "a response appears twice"
+    assert set(ids) == {r["response_id"] for r in rows}
+    return out
+
+
+@pytest.mark.slow
+def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
+    inp, rows = responses(env, 500)
+    fake.faults = FaultConfig(p429=0.20, p500=0.05, p_slow=0.02, p_malformed=0.03, p_schema=0.02,
+                              slow_s=1.5, retry_after=0.01, seed=7)
+    rc, log = label(capsys, inp, env / "run", "--max-attempts", "3", "--shard-size", "64")
+    assert rc == 0
+    for fault in ("429", "500", "slow", "malformed", "schema"):
+        assert fake.fault_counts[fault] > 0, fault
+    out = assert_exact_set(env / "run", rows)
+    by_status = {s: [r for r in out if r["status"] == s] for s in ("ok", "error")}
+    assert len(by_status["ok"]) + len(by_status["error"]) == 500
+    assert by_status["error"], "with ~30% failing attempts and 3 tries some rows must end in error"
+    for r in by_status["ok"]:
+        assert r["scores"] == [score_of(s) for s in r["steps"]]
+        assert 1 <= r["attempts"] <= 3 and r["input_tokens"] > 0 and r["cost_usd"] > 0
+    for r in by_status["error"]:
+        assert r["scores"] is None and r["attempts"] == 3
+        assert r["error"].startswith("gave up after retries: RetryableError: ")
+    assert "rows/s" in log and "retries" in log
+    manifest = json.loads((env / "run" / "run.json").read_text())
+    assert manifest["totals"]["rows"] == 500 and manifest["totals"]["error"] == len(by_status["error"])
+    assert manifest["runs"][-1]["retries"] > 0
+
+    # Second run, healthy server: only the error rows are requested, and they replace their rows.
+    fake.faults = FaultConfig()
+    fake.reset_counts()
+    rc, _ = label(capsys, inp, env / "run", "--max-attempts", "3")
+    assert rc == 0
+    assert fake.total_requests == len(by_status["error"])
+    out = assert_exact_set(env / "run", rows)
+    assert all(r["status"] == "ok" for r in out)
+    assert all(r["scores"] == [score_of(s) for s in r["steps"]] for r in out)
+
+    # Third run of a finished job: zero requests.
+    fake.reset_counts()
+    rc, log = label(capsys, inp, env / "run")
+    assert rc == 0 and fake.total_requests == 0
+    assert "0 requests" in log
+    manifest = json.loads((env / "run" / "run.json").read_text())
+    assert [r["state"] for r in manifest["runs"]] == ["finished"] * 3
+    assert manifest["totals"] == {**manifest["totals"], "rows": 500, "ok": 500, "error": 0}
+
+
+def test_sigkill_mid_run_then_rerun_gives_exact_set(env, fake, capsys):
+    inp, rows = responses(env, 200)
+    fake.faults = FaultConfig(latency_s=0.05)
+    run = env / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
+         "--concurrency", "2", "--shard-size", "10", "--progress", "none"],
+        cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(run.glob("part-*.parquet"))) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    shards = list(run.glob("part-*.parquet"))
+    assert shards, "the run should have written shards before it was killed"
+    rows_at_kill = sum(pq.read_table(p).num_rows for p in shards)
+    assert rows_at_kill < 200
+    requested_before = fake.total_requests
+
+    fake.faults = FaultConfig()
+    fake.reset_counts()
+    rc, _ = label(capsys, inp, run, "--shard-size", "10")
+    assert rc == 0
+    out = assert_exact_set(run, rows)
+    assert all(r["status"] == "ok" for r in out)
+    for p in run.glob("*.parquet"):
+        assert pq.read_table(p).num_rows > 0  # every shard readable
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    # Answers received before the kill but not yet in a shard came back from the cache.
+    assert fake.total_requests <= 200 - rows_at_kill
+    assert fake.total_requests + requested_before >= 200
+
+
+def test_fingerprint_and_cache(env, fake, capsys, tmp_path):
+    inp, rows = responses(env, 20)
+    rc, _ = label(capsys, inp, env / "a")
+    assert rc == 0 and fake.total_requests == 20
+    fp = json.loads((env / "a" / "run.json").read_text())["judge_fingerprint"]
+
+    fake.reset_counts()  # same command, new folder: every answer from the cache
+    rc, log = label(capsys, inp, env / "b")
+    assert rc == 0 and fake.total_requests == 0 and "20 from cache" in log
+    assert [r["scores"] for r in output(env / "b")] == [r["scores"] for r in output(env / "a")]
+    assert json.loads((env / "b" / "run.json").read_text())["judge_fingerprint"] == fp
+
+    template = tmp_path / "my_rubric.txt"
+    default = (REPO / "labeler" / "templates" / "step_judge_v1.txt").read_text()
+    template.write_text(default.replace("meticulous", "strict"))
+    fake.reset_counts()
+    rc, _ = label(capsys, inp, env / "c", "--template", str(template))
+    assert rc == 0 and fake.total_requests == 20
+    fp_c = json.loads((env / "c" / "run.json").read_text())["judge_fingerprint"]
+    assert fp_c != fp
+    assert "strict grader" in fake.requests[0]["body"]["messages"][0]["content"]
+
+    fake.reset_counts()
+    rc, _ = label(capsys, inp, env / "d", judge="openai:gpt-4o")
+    assert rc == 0 and fake.total_requests == 20
+    assert json.loads((env / "d" / "run.json").read_text())["judge_fingerprint"] not in (fp, fp_c)
+
+    fake.reset_counts()
+    rc, _ = label(capsys, inp, env / "e", "--no-cache")
+    assert rc == 0 and fake.total_requests == 20
+
+    # A folder labeled by one judge refuses another judge's rows.
+    rc, log = label(capsys, inp, env / "a", judge="openai:gpt-4o")
+    assert rc == 2 and "write to a new -o folder" in log
+
+
+def _files_contain(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_api_keys_never_written(env, fake, capsys):
+    inp, rows = responses(env, 30)
+    fake.faults = FaultConfig(p429=0.2, p500=0.1, retry_after=0.01, seed=3)
+    rc, log1 = label(capsys, inp, env / "run-openai")
+    assert rc == 0
+    rc, log2 = label(capsys, inp, env / "run-claude", judge="anthropic:claude-haiku-4-5")
+    assert rc == 0
+    # A 401 whose message echoes the key the server got: the run stops with one clear line.
+    fake.faults = FaultConfig(script=["401"], retry_after=0.01)
+    rc, log3 = label(capsys, inp, env / "run-401", "--no-cache", "--concurrency", "1")
+    assert rc == 2
+    assert "HTTP 401" in log3 and "stopped" in log3
+    assert json.loads((env / "run-401" / "run.json").read_text())["state"] == "aborted"
+    # The keys really were sent (in headers) ...
+    assert any(KEY in r["headers"].get("authorization", "") for r in fake.requests)
+    # ... and are nowhere else: not in bodies, shards, run.json, the cache, or any log line.
+    for r in fake.requests:
+        assert KEY not in json.dumps(r["body"]) and ANTHROPIC_KEY not in json.dumps(r["body"])
+    for key in (KEY, ANTHROPIC_KEY):
+        assert _files_contain(env, key.encode()) == []
+        assert key not in log1 + log2 + log3
+    assert list((env / "cache").rglob("*"))  # the cache was written
+
+
+def test_missing_key_fails_before_any_work(env, fake, capsys, monkeypatch):
+    inp, _ = responses(env, 5)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    rc, log = label(capsys, inp, env / "run")
+    assert rc == 2
+    assert "stepdpo label: error: judge openai:gpt-4o-mini needs an API key: set the OPENAI_API_KEY" in log
+    assert not (env / "run").exists() and fake.total_requests == 0
+
+
+def test_dry_run_sends_nothing(env, fake, capsys):
+    inp, rows = responses(env, 40)
+    rc = main(["label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(env / "run"), "--dry-run"])
+    captured = capsys.readouterr()
+    assert rc == 0 and fake.total_requests == 0 and not (env / "run").exists()
+    est = json.loads(captured.out)
+    assert est["rows"] == 40 and est["requests"] == 40
+    assert est["steps"] == sum(len(r["steps"]) for r in rows)
+    assert est["cost_usd"] > 0 and "dry run: 40 responses" in captured.err
+
+
+def test_split_across_machines(env, fake, capsys):
+    inp, rows = responses(env, 60)
+    for k in (0, 1):
+        rc, _ = label(capsys, inp, env / "run", "--num-shards", "2", "--shard-index", str(k))
+        assert rc == 0
+    assert fake.total_requests == 60
+    names = sorted(p.name for p in (env / "run").iterdir())
+    assert names == ["part-k0-of-2-00000.parquet", "part-k1-of-2-00000.parquet",
+                     "run-k0-of-2.json", "run-k1-of-2.json"]
+    parts = [pq.read_table(env / "run" / n).column("response_id").to_pylist() for n in names[:2]]
+    assert not set(parts[0]) & set(parts[1]) and parts[0] and parts[1]
+    assert_exact_set(env / "run", rows)
+
+
+def test_anthropic_overloaded_and_prompt_cache(env, fake, capsys):
+    base = gsm8k_rows(GSM8K, 20)
+    # Two solutions per problem (the second drops its last step), as with sampled solutions.
+    from schemas.ids import response_id
+
+    rows = []
+    for r in base:
+        rows.append(r)
+        steps = r["steps"][:-1] or ["I give up."]
+        rows.append({**r, "steps": steps, "response_id": response_id(r["prompt"], steps)})
+    inp = write_responses(rows, env / "two.parquet")
+    fake.faults = FaultConfig(p529=0.25, retry_after=0.01, seed=5)
+    rc, _ = label(capsys, inp, env / "run", "--concurrency", "1", judge="anthropic:claude-haiku-4-5")
+    assert rc == 0 and fake.fault_counts["529"] > 0
+    out = assert_exact_set(env / "run", rows)
+    assert all(r["status"] == "ok" and r["scores"] == [score_of(s) for s in r["steps"]] for r in out)
+    # The second solution of each problem reads the rubric + problem prefix from the prompt cache.
+    assert sum(r["cached_tokens"] > 0 for r in out) >= 20
+    cached = [r for r in out if r["cached_tokens"] > 0]
+    assert all(r["cost_usd"] < 1.0 * r["input_tokens"] / 1e6 + 5.0 * r["output_tokens"] / 1e6 for r in cached)
