@@ -209,6 +209,30 @@ def test_pairs_and_responses_and_run_folder(tmp_path, capsys):
     assert rep["files"] == 2 and rep["rows"] == 6 and rep["run_manifest"]["counts"] == {"ok": 6}
     assert rep["agreement"]["fake:judge"]["processbench"]["f1"] == pytest.approx(2 / 3, abs=1e-6)
 
+    # A job split across two machines leaves one manifest per machine.
+    (run / "run.json").unlink()
+    for k in (0, 1):
+        (run / f"run-k{k}-of-2.json").write_text(json.dumps({"shard_index": k}))
+    rep = _cli_json(capsys, run)
+    assert rep["run_manifest"] == {"run-k0-of-2.json": {"shard_index": 0},
+                                   "run-k1-of-2.json": {"shard_index": 1}}
+
+
+def test_real_pipeline_gsm8k_calc_matches_perturbation_labels(tmp_path, capsys, gsm8k_sample):
+    """ingest -> perturb (labels the corrupted step) -> label with the free gsm8k-calc judge ->
+    inspect: the judge finds exactly the corrupted step, so ProcessBench F1 is 1.0."""
+    resp, pert, run = tmp_path / "resp.parquet", tmp_path / "pert.parquet", tmp_path / "run"
+    assert main(["ingest", "gsm8k", str(gsm8k_sample), "-o", str(resp)]) == 0
+    assert main(["perturb", str(resp), "-o", str(pert), "--variants", "1", "--label-reference"]) == 0
+    assert main(["label", str(pert), "--judge", "gsm8k-calc", "-o", str(run), "--progress", "none",
+                 "--no-cache"]) == 0
+    capsys.readouterr()
+    rep = _cli_json(capsys, run)
+    agr = rep["agreement"]["gsm8k-calc"]
+    assert agr["compared"] > 100 and agr["processbench"]["erroneous"] > 50
+    assert agr["processbench"]["f1"] == 1.0 and agr["step_accuracy"] == 1.0
+    assert rep["run_manifest"]["judge"] == "gsm8k-calc" and rep["cost_usd"] == 0
+
 
 def test_user_errors(tmp_path, capsys):
     path = write_rows(tmp_path / "hand.parquet", score_rows(HAND))

@@ -131,10 +131,10 @@ def compare_examples(a: pa.Table, b: pa.Table, where: str, threshold: float, n: 
         if len(same_idx):  # per-step comparison where both judges scored the same steps
             ka, kb = pa.array(same), pa.array(same)
             fa, fb = explode(sa.filter(ka)), explode(sb.filter(kb))
-            with np.errstate(invalid="ignore"):
-                bad = (fa.values >= threshold) != (fb.values >= threshold)
+            both = ~np.isnan(fa.values) & ~np.isnan(fb.values)  # as agreement.compare counts
+            bad = both & ((fa.values >= threshold) != (fb.values >= threshold))
             differs[same_idx] |= np.bincount(fa.row[bad], minlength=len(same_idx)) > 0
-        keep = np.flatnonzero(differs | ~same)[:n]
+        keep = np.flatnonzero(differs & same)[:n]
     else:
         keep = np.arange(min(n, len(ia)))
     out = examples(a, "step_scores", ia[keep], threshold)

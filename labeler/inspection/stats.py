@@ -60,14 +60,25 @@ def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
     kind = KINDS[name]
     files = parquet_files(path)
     table = read_table(path, kind, columns=columns if columns is not None else COLUMNS[name])
-    manifest = None
-    run_json = path / "run.json" if path.is_dir() else None
-    if run_json is not None and run_json.exists():
+    return Loaded(path=path, kind=kind, files=files, table=table, manifest=read_manifests(path))
+
+
+def read_manifests(path: Path) -> dict[str, Any] | None:
+    """A run folder's ``run.json``; a job split across machines has one ``run-kK-of-N.json``
+    per machine, returned as {file name: manifest}."""
+    if not path.is_dir():
+        return None
+    single = path / "run.json"
+    names = [single] if single.exists() else sorted(path.glob("run-k*-of-*.json"))
+    found = {}
+    for f in names:
         try:
-            manifest = json.loads(run_json.read_text(encoding="utf-8"))
+            found[f.name] = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UserError(f"{run_json}: not valid JSON ({exc})") from exc
-    return Loaded(path=path, kind=kind, files=files, table=table, manifest=manifest)
+            raise UserError(f"{f}: not valid JSON ({exc})") from exc
+    if not found:
+        return None
+    return found["run.json"] if "run.json" in found else found
 
 
 # ----------------------------------------------------------------------------- list columns
