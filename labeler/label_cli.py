@@ -79,6 +79,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder for shards and run.json")
     add_dataclass_arguments(parser, LabelConfig, "labeling")
     add_dataclass_arguments(parser, JudgeConfig, "judge")
+    from labeler.batch.collect import BatchOptions  # provider batch mode: labeler/batch/
+
+    parser.add_argument("--batch", action="store_true",
+                        help="send the requests through the provider's batch API (openai:, anthropic: judges): "
+                             "half price, results within 24h; batch ids are kept in RUN_DIR/batches/ and a "
+                             "rerun attaches to them (`stepdpo batches RUN_DIR` shows them)")
+    add_dataclass_arguments(parser, BatchOptions, "provider batch mode (--batch)")
 
 
 def _check(cfg: LabelConfig) -> None:
@@ -113,12 +120,19 @@ def run(args: argparse.Namespace) -> int:
     rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index)
     if cfg.dry_run:
         est = estimate(rows, judge, price_for(judge.price_model, prices))
+        if judge.name.partition(":")[0] in ("openai", "anthropic"):  # online vs --batch price
+            from labeler.batch.runner import batch_costs
+
+            est.update(batch_costs(est))
         print(json.dumps(est, indent=2))
         cost = "unknown (no price for this model; pass --prices FILE)" if est["cost_usd"] is None \
             else f"${est['cost_usd']:.4f}"
         print(f"dry run: {est['rows']} responses, {est['steps']} steps, {est['requests']} requests, "
               f"~{est['input_tokens']} input + ~{est['output_tokens']} output tokens, cost ≤ {cost}",
               file=sys.stderr)
+        if est.get("batch_cost_usd") is not None:
+            print(f"dry run: online ≤ ${est['online_cost_usd']:.4f}, with --batch ≤ ${est['batch_cost_usd']:.4f} "
+                  "(half price)", file=sys.stderr)
         return 0
 
     run_dir = RunDir(args.output, cfg.shard_index, cfg.num_shards)
@@ -130,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
     info = {"input": str(args.input), "config": dataclasses.asdict(cfg),
             "judge_config": dataclasses.asdict(judge_cfg)}
+    if args.batch:  # provider batch mode: labeler/batch/runner.py
+        from labeler.batch.runner import run_from_cli
+
+        return run_from_cli(args, judge, rows, run_dir, cache, prices, engine_cfg, info)
     engine = Engine(judge, run_dir, engine_cfg, cache, prices)
 
     async def go() -> dict:

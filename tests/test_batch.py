@@ -352,3 +352,35 @@ def test_load_rows_roundtrip_for_the_kill_script(tmp_path):
     rows = make_rows(5)
     write_table(from_rows(rows, RESPONSES), tmp_path / "r.parquet", RESPONSES)
     assert [r["response_id"] for r in load_rows(tmp_path / "r.parquet")] == [r["response_id"] for r in rows]
+
+
+# -- the label command ----------------------------------------------------------------------------
+
+def test_label_command_batch_flag_and_dry_run(fake, tmp_path, capsys):
+    server, api = fake
+    rows = make_rows(80)
+    responses = tmp_path / "responses.parquet"
+    write_table(from_rows(rows, RESPONSES), responses, RESPONSES)
+    run = tmp_path / "run"
+    base = ["label", str(responses), "--judge", "openai:gpt-4o-mini", "-o", str(run),
+            "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]
+
+    assert cli_main(base + ["--dry-run"]) == 0
+    captured = capsys.readouterr()
+    est = json.loads(captured.out)
+    assert est["batch_cost_usd"] == pytest.approx(est["online_cost_usd"] / 2, abs=1e-4)
+    assert "with --batch" in captured.err and not run.exists() and api.submissions["openai"] == 0
+
+    assert cli_main(base + ["--batch", "--poll-interval", "0.001", "--batch-max-requests", "50"]) == 0
+    assert "2 batch(es) submitted" in capsys.readouterr().err
+    assert api.submissions["openai"] == 2 and chat_requests(server) == 0
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["mode"] == "batch" and manifest["totals"]["ok"] == 80
+    assert manifest["config"]["limit"] is None and manifest["batch_retry"] == "batch"
+    assert set(scores_by_id(run)) == {r["response_id"] for r in rows}
+
+    assert cli_main(base + ["--batch", "--poll-interval", "0"]) == 2
+    assert "--poll-interval must be positive" in capsys.readouterr().err
+    assert cli_main(["label", str(responses), "--judge", "openai-compatible:m@http://127.0.0.1:9/v1",
+                     "-o", str(tmp_path / "x"), "--batch", "--no-cache"]) == 2
+    assert "openai: and anthropic: judges only" in capsys.readouterr().err

@@ -1,320 +1,36 @@
-"""Label through provider batch APIs: submit, persist, poll, join by custom_id, write rows.
+"""``stepdpo label --batch``: a labeling job through provider batch APIs, end to end.
 
-Only the transport differs from the online engine: the same judge builds each request body
-(``judge.request_body(item)``) and reads each answer (``judge.parse_body(item, body)``), and
-rows, cache entries and shards go through a :class:`Sink` that the label command builds from
-the engine's own pieces. So a batch run and an online run of the same job give the same rows.
-
-:func:`run_batch_label` is the whole job (what ``stepdpo label --batch`` calls): the engine's
-plan (repair the folder, skip done rows, answer cached ones), then rows that failed inside an
-earlier batch retried online (``--batch-retry online``) through the engine itself, then the
-rest through :func:`submit_and_collect`, then ``run.json``. Flow of :func:`submit_and_collect`:
-1. attach to every batch of this judge fingerprint that an earlier run left short of
-   ``ingested`` (see :mod:`labeler.batch.state`); a record killed before its id was written is
-   matched to the provider's batch list; rows in those batches are not submitted again;
-2. cut the remaining requests to the provider's limits and submit each batch, writing intent,
-   file id and batch id to the run folder as each becomes known;
-3. poll every ``poll_interval`` seconds until all batches are final (or ``--no-batch-wait``);
-4. join each finished batch's results by ``custom_id``; errored / expired / canceled requests
-   and unparsable answers become rows with ``status=error`` (retried by the next run, in a new
-   batch or online, ``--batch-retry``); one shard per batch. A crash between writing a shard
-   and marking its record ingested makes the rerun join that batch again: its ok rows are
-   skipped as done, its error rows are superseded by the run folder's compaction.
+:func:`run_batch_label` is the whole job: the online engine's plan (repair the folder, skip
+done rows, answer cached ones), then rows that failed inside an earlier batch retried online
+(``--batch-retry online``) through the engine itself, then the rest through
+:func:`labeler.batch.collect.submit_and_collect`, then ``run.json`` with batch pricing (half
+the online rate). :func:`run_from_cli` is the label command's call into it.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from labeler.batch import state
-from labeler.batch.base import Limits, Result, Transport, chunk
+from labeler.batch.base import Transport
+from labeler.batch.collect import (
+    BATCH_DISCOUNT,
+    BatchOptions,
+    BatchSummary,
+    Sink,
+    _say,
+    make_transport,
+    provider_of,
+    submit_and_collect,
+)
 from labeler.batch.state import BatchRecord
-from labeler.judges.base import Item, Judge, Verdict
-from schemas.errors import UserError
+from labeler.judges.base import Judge
 
-#: Both providers bill batch requests at half the online price.
-BATCH_DISCOUNT = 0.5
-PROVIDERS = ("openai", "anthropic")
+__all__ = ["BATCH_DISCOUNT", "BatchOptions", "BatchSummary", "Sink", "batch_costs", "batch_error_ids",
+           "make_transport", "provider_of", "run_batch_label", "run_from_cli", "submit_and_collect"]
 
-
-@dataclass
-class BatchOptions:
-    poll_interval: float = field(
-        default=60.0, metadata={"help": "--batch: seconds between status polls of provider batches"}
-    )
-    batch_retry: str = field(
-        default="batch",
-        metadata={"help": "--batch: how rows that failed inside a batch (errored, expired, canceled) are "
-                          "retried by the next run: in a new batch or online",
-                  "choices": ["batch", "online"]},
-    )
-    batch_max_requests: int | None = field(
-        default=None,
-        metadata={"help": "--batch: requests per batch at most (default: the provider's limit, "
-                          "OpenAI 50000, Anthropic 100000)"},
-    )
-    batch_max_mb: float | None = field(
-        default=None,
-        metadata={"help": "--batch: MB of requests per batch at most (default: OpenAI 200, Anthropic 256)"},
-    )
-    batch_wait: bool = field(
-        default=True,
-        metadata={"help": "--batch: wait until the batches end and write their rows; --no-batch-wait "
-                          "submits, records the batch ids and exits (rerun to collect)"},
-    )
-    batch_max_wait: float | None = field(
-        default=None,
-        metadata={"help": "--batch: stop waiting after this many seconds; the batches keep running "
-                          "and a rerun collects them"},
-    )
-
-
-class Sink(Protocol):
-    """How rows reach the run folder; built by the label command from the engine's pieces."""
-
-    def row(self, response: Mapping[str, Any], verdict: Verdict | None, error: str | None,
-            cost_usd: float | None, latency_s: float) -> dict[str, Any]:
-        """A ``step_scores`` row for ``response`` (same fields as the online engine writes)."""
-
-    def write(self, rows: list[dict[str, Any]], name: str) -> None:
-        """Write ``rows`` as one more shard, atomically (``name`` is a hint for logs)."""
-
-    def cache_put(self, response: Mapping[str, Any], verdict: Verdict) -> None:
-        """Remember a paid answer (never called for errors)."""
-
-    def cost(self, verdict: Verdict) -> float | None:
-        """Online price of a verdict's tokens in USD, None if unknown (the runner applies the
-        batch discount)."""
-
-
-@dataclass
-class BatchSummary:
-    submitted: list[str] = field(default_factory=list)  # record keys submitted by this run
-    attached: list[str] = field(default_factory=list)  # records of earlier runs picked up
-    pending: list[str] = field(default_factory=list)  # records still running at return
-    rows: dict[str, int] = field(default_factory=dict)  # rows written by status
-    cost_usd: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-
-
-def provider_of(judge_name: str) -> str:
-    prefix = judge_name.partition(":")[0]
-    if prefix not in PROVIDERS:
-        raise UserError(f"--batch works with openai: and anthropic: judges only, not '{judge_name}' "
-                        "(no provider batch API behind it)")
-    return prefix
-
-
-def make_transport(judge: Judge, options: BatchOptions | None = None) -> Transport:
-    """The batch transport for ``judge``'s provider, at the judge's base URL."""
-    options = options or BatchOptions()
-    provider = provider_of(judge.name)
-    # The judge's own endpoint and key (from the same environment variables), so batch and
-    # online requests go to the same place.
-    base_url = getattr(judge, "base_url", None) or getattr(judge, "_base_url", None)
-    api_key = getattr(judge, "_api_key", None) or None
-    if provider == "openai":
-        from labeler.batch.openai_batch import LIMITS
-        from labeler.batch.openai_batch import OpenAIBatchTransport as cls
-    else:
-        from labeler.batch.anthropic_batch import LIMITS  # type: ignore[assignment]
-        from labeler.batch.anthropic_batch import AnthropicBatchTransport as cls
-    limits = Limits(
-        min(options.batch_max_requests or LIMITS.max_requests, LIMITS.max_requests),
-        min(int((options.batch_max_mb or 1e9) * 1024 * 1024), LIMITS.max_bytes),
-    )
-    return cls(api_key=api_key, base_url=base_url, limits=limits)
-
-
-def item_of(row: Mapping[str, Any]) -> Item:
-    return Item(
-        response_id=row["response_id"], prompt=row["prompt"], steps=list(row["steps"]),
-        gold_answer=row.get("gold_answer"), final_answer=row.get("final_answer"),
-        reference_scores=row.get("reference_scores"), meta=row.get("meta"),
-    )
-
-
-def _say(msg: str) -> None:
-    print(f"stepdpo batch: {msg}", file=sys.stderr, flush=True)
-
-
-def submit_and_collect(
-    judge: Judge,
-    rows: Sequence[Mapping[str, Any]],
-    run_dir: str,
-    sink: Sink,
-    options: BatchOptions | None = None,
-    *,
-    transport: Transport | None = None,
-    after_submit: Callable[[BatchRecord], None] | None = None,
-    log: Callable[[str], None] = _say,
-) -> BatchSummary:
-    """Judge ``rows`` (responses not yet done and not cached) through the provider's batch API.
-
-    ``after_submit`` is called once per batch right after its id is persisted (tests abort
-    there to prove that a rerun attaches instead of resubmitting).
-    """
-    options = options or BatchOptions()
-    own = transport is None
-    transport = transport or make_transport(judge, options)
-    fingerprint = judge.fingerprint()
-    summary = BatchSummary()
-    todo: dict[str, Mapping[str, Any]] = {}
-    for r in rows:
-        todo.setdefault(r["response_id"], r)  # two copies of one solution are one piece of work
-    try:
-        # 1. attach to what earlier runs left in flight
-        records = state.in_flight(run_dir, fingerprint)
-        claimed = {r.batch_id for r in state.load_all(run_dir) if r.batch_id}
-        live: list[BatchRecord] = []
-        for rec in records:
-            if rec.batch_id is None:
-                found = transport.find_orphan(rec, claimed)
-                if found is None:
-                    # Never reached the provider: forget it; its rows go into a new batch.
-                    rec.phase, rec.status = "ingested", "never-submitted"
-                    state.save(run_dir, rec)
-                    log(f"{rec.key}: was never submitted; its {rec.n_requests} request(s) go into a new batch")
-                    continue
-                rec.batch_id, rec.phase = found, "submitted"
-                claimed.add(found)
-                state.save(run_dir, rec)
-            live.append(rec)
-            summary.attached.append(rec.key)
-            log(f"attached to {rec.provider} batch {rec.batch_id} ({rec.n_requests} requests, "
-                f"last status {rec.status})")
-        covered = {rid for rec in live for rid in rec.manifest.values()}
-
-        # 2. submit the rest, cut to the provider's limits
-        fresh = [rid for rid in todo if rid not in covered]
-        encoded = [(rid, transport.encode(rid, judge.request_body(item_of(todo[rid])))) for rid in fresh]
-        for part in chunk(encoded, transport.limits):
-            rec = BatchRecord(
-                key=state.new_key(transport.provider, fingerprint, [c for c, _ in part]),
-                provider=transport.provider, judge=judge.name, fingerprint=fingerprint,
-                manifest={cid: cid for cid, _ in part}, request_bytes=sum(len(x) + 1 for _, x in part),
-                base_url=transport.base_url,
-                estimated_cost_usd=_estimate(judge, sink, [todo[c] for c, _ in part]),
-            )
-            state.save(run_dir, rec)  # intent first: a crash from here on is recoverable
-            transport.submit(rec, [x for _, x in part], lambda r: state.save(run_dir, r))
-            rec.submitted_at = time.time()
-            state.save(run_dir, rec)
-            claimed.add(rec.batch_id or "")
-            live.append(rec)
-            summary.submitted.append(rec.key)
-            log(f"submitted {rec.provider} batch {rec.batch_id}: {rec.n_requests} requests, "
-                f"{rec.request_bytes / 1e6:.1f} MB")
-            if after_submit is not None:
-                after_submit(rec)
-
-        # 3. poll until every batch is final; 4. join and write each as it ends
-        started = time.monotonic()
-        while live:
-            for rec in list(live):
-                if rec.phase != "ended":
-                    poll = transport.poll(rec.batch_id or "")
-                    rec.status, rec.counts = poll.status, poll.counts
-                    if poll.final:
-                        rec.phase = "ended"
-                    state.save(run_dir, rec)
-                if rec.phase == "ended":
-                    _ingest(rec, judge, transport, todo, sink, run_dir, summary, log)
-                    live.remove(rec)
-            if not live:
-                break
-            waited = time.monotonic() - started
-            if not options.batch_wait or (options.batch_max_wait is not None and waited >= options.batch_max_wait):
-                summary.pending = [r.key for r in live]
-                log(f"{len(live)} batch(es) still running; rerun the same command to collect them")
-                break
-            time.sleep(options.poll_interval)
-    finally:
-        if own:
-            transport.close()
-    return summary
-
-
-def _estimate(judge: Judge, sink: Sink, responses: list[Mapping[str, Any]]) -> float | None:
-    """Batch-price cost of ``responses`` from the judge's own token estimate."""
-    total_in = total_out = 0
-    for r in responses:
-        i, o = judge.estimate_tokens(item_of(r))
-        total_in, total_out = total_in + i, total_out + o
-    online = sink.cost(Verdict([], input_tokens=total_in, output_tokens=total_out))
-    return None if online is None else online * BATCH_DISCOUNT
-
-
-def _ingest(
-    rec: BatchRecord,
-    judge: Judge,
-    transport: Transport,
-    todo: Mapping[str, Mapping[str, Any]],
-    sink: Sink,
-    run_dir: str,
-    summary: BatchSummary,
-    log: Callable[[str], None],
-) -> None:
-    """Join a final batch's results to its manifest and write one shard for it."""
-    latency = max(0.0, time.time() - (rec.submitted_at or rec.created_at))
-    seen: dict[str, Result] = {}
-    for res in transport.results(rec.batch_id or ""):
-        if res.custom_id in rec.manifest:
-            seen.setdefault(res.custom_id, res)
-    rows: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-    tokens = [0, 0, 0]
-    cost_total = 0.0
-    for cid, rid in rec.manifest.items():
-        response = todo.get(rid)
-        if response is None:
-            continue  # done meanwhile (an earlier join of this batch, or another shard) or not in this job
-        res = seen.get(cid) or Result(cid, error=f"batch {rec.status}: no result returned", kind="errored")
-        verdict, error, cost = None, res.error, None
-        if res.body is not None:
-            try:
-                verdict = judge.parse_body(item_of(response), res.body)  # type: ignore[attr-defined]
-            except Exception as exc:  # an unusable answer is this row's error, not the batch's
-                error = f"batch answer unusable: {exc}"
-            if verdict is not None:
-                if verdict.error is None and len(verdict.scores) != len(response["steps"]):
-                    verdict.error = f"judge gave {len(verdict.scores)} score(s) for {len(response['steps'])} step(s)"
-                online = sink.cost(verdict)
-                cost = None if online is None else online * BATCH_DISCOUNT
-                tokens[0] += verdict.input_tokens
-                tokens[1] += verdict.output_tokens
-                tokens[2] += verdict.cached_tokens
-                error = verdict.error
-        row = sink.row(response, verdict, error, cost, latency)
-        rows.append(row)
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        cost_total += cost or 0.0
-        if verdict is not None and row["status"] == "ok":
-            sink.cache_put(response, verdict)
-    if rows:
-        sink.write(rows, f"part-batch-{rec.key}.parquet")
-    rec.rows = counts
-    rec.input_tokens, rec.output_tokens, rec.cached_tokens = tokens
-    rec.cost_usd = cost_total
-    rec.phase = "ingested"
-    state.save(run_dir, rec)
-    for k, v in counts.items():
-        summary.rows[k] = summary.rows.get(k, 0) + v
-    summary.cost_usd += cost_total
-    summary.input_tokens += tokens[0]
-    summary.output_tokens += tokens[1]
-    summary.cached_tokens += tokens[2]
-    log(f"{rec.provider} batch {rec.batch_id} {rec.status}: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f", ${cost_total:.4f} at batch price")
-
-
-# -- the whole job ---------------------------------------------------------------------------------
 
 def batch_error_ids(run_dir: Any) -> set[str]:
     """Responses whose row in the folder is an error that happened inside a provider batch."""
@@ -393,7 +109,15 @@ def run_batch_label(
     }
     if online:
         log(f"retrying {len(online)} row(s) that failed inside a batch online (--batch-retry online)")
-        asyncio.run(Engine(judge, run_dir, config, cache, dict(prices or {})).run(online, info))
+        retry_engine = Engine(judge, run_dir, config, cache, dict(prices or {}))
+
+        async def go() -> None:
+            try:
+                await retry_engine.run(online, info)
+            finally:
+                await judge.aclose()
+
+        asyncio.run(go())
 
     sink = RunSink(run_dir, judge, cache, price)
     summary = submit_and_collect(judge, todo, str(run_dir.path), sink, options, transport=transport,
@@ -428,3 +152,33 @@ def run_batch_label(
     }
     run_dir.write_manifest(out)
     return out
+
+
+def run_from_cli(args: Any, judge: Judge, rows: Sequence[dict[str, Any]], run_dir: Any, cache: Any,
+                 prices: Mapping[str, Any], engine_config: Any, info: Mapping[str, Any]) -> int:
+    """``stepdpo label ... --batch`` after the label command has parsed and loaded everything."""
+    from labeler.options import dataclass_from_args
+
+    options = dataclass_from_args(BatchOptions, args)
+    if options.poll_interval <= 0:
+        from schemas.errors import UserError
+
+        raise UserError("--poll-interval must be positive")
+    try:
+        manifest = run_batch_label(judge, rows, run_dir, cache=cache, prices=prices, options=options,
+                                   engine_config=engine_config, manifest=info)
+    finally:
+        if cache is not None:
+            cache.close()
+    totals, this = manifest["totals"], manifest["runs"][-1]
+    print(f"label --batch: {totals['rows']} rows in {run_dir.path} (ok {totals['ok']}, error {totals['error']}); "
+          f"this run: {len(this['batches_submitted'])} batch(es) submitted, {len(this['batches_attached'])} "
+          f"attached, {this['rows_skipped_done']} already done, {this['cache_hits']} from cache, "
+          f"${this['cost_usd']:.4f} at batch price", file=sys.stderr)
+    if this["batches_pending"]:
+        print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
+              f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)
+    elif totals["error"]:
+        print(f"label --batch: {totals['error']} response(s) ended in error; rerun the same command to retry "
+              f"them ({'online' if options.batch_retry == 'online' else 'in a new batch'})", file=sys.stderr)
+    return 0
