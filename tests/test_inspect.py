@@ -53,6 +53,8 @@ def test_hand_worked_six_solutions(tmp_path, capsys):
     # Judge first errors: -1, 1, 1, 1, 2, -1; reference: -1, -1, 1, 0, 2, -1.
     assert rep["first_error"]["none"] == 2 and rep["first_error"]["histogram"] == {"1": 3, "2": 1}
     assert rep["reference"]["first_error"] == {"none": 3, "histogram": {"0": 1, "1": 1, "2": 1}}
+    assert agr["first_error_judge"] == {"none": 2, "histogram": {"1": 3, "2": 1}}
+    assert agr["first_error_reference"] == rep["reference"]["first_error"]
     # Position 0: 0.9 .9 .8 .6 .7 .9 -> mean 0.8; position 1: .8 .3 .2 .4 .9 .5 -> 3.1/6, 3 below.
     pos = {p["position"]: p for p in rep["scores"]["by_position"]}
     assert pos["0"]["mean"] == pytest.approx(0.8) and pos["0"]["below_threshold"] == 0
@@ -91,7 +93,8 @@ def test_json_output_keys(tmp_path, capsys):
     assert rep["top_errors"][0]["error"] == "HTTP 500 from judge"
     assert set(rep["agreement"]["fake:judge"]) == {
         "rows", "labeled", "compared", "not_scored", "length_mismatch", "threshold", "steps",
-        "step_accuracy", "step_auc", "processbench", "first_error_reference", "calibration",
+        "step_accuracy", "step_auc", "processbench", "first_error_reference", "first_error_judge",
+        "calibration",
     }
     assert rep["agreement"]["fake:judge"]["not_scored"] == rep["status"]["error"]
     assert set(rep["judges"][0]) >= {"judge", "judge_fingerprint", "cost_per_1k_steps", "tokens_per_step"}

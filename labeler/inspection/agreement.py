@@ -145,8 +145,10 @@ def versus_reference(table: pa.Table, threshold: float = 0.5) -> dict[str, Any] 
             "correct_accuracy": _num(acc_cor),
             "f1": _num(harmonic(acc_err, acc_cor)),
         },
+        # Both histograms over the same compared rows, so they can be plotted side by side.
         "first_error_reference": {"none": int((~erroneous).sum()),
                                   "histogram": _hist(fe_ref[erroneous])},
+        "first_error_judge": {"none": int((fe_pred < 0).sum()), "histogram": _hist(fe_pred[fe_pred >= 0])},
         "calibration": calibration(sv, rv, threshold) if len(sv) else {"bins": [], "ece": None},
     }
     return out

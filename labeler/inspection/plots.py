@@ -61,10 +61,15 @@ def score_by_position(rep: dict[str, Any]) -> bytes | None:
 
 def first_error_histogram(rep: dict[str, Any]) -> bytes | None:
     series = []
-    if "first_error" in rep:
-        series.append(("judge", rep["first_error"]))
-    if "reference" in rep:
-        series.append(("reference labels", rep["reference"]["first_error"]))
+    agr = rep.get("agreement") or {}
+    if len(agr) == 1:  # judge vs labels on the same compared rows
+        judge, a = next(iter(agr.items()))
+        series = [(judge, a["first_error_judge"]), ("reference labels", a["first_error_reference"])]
+    else:
+        if "first_error" in rep:
+            series.append(("judge", rep["first_error"]))
+        if "reference" in rep:
+            series.append(("reference labels", rep["reference"]["first_error"]))
     if not series:
         return None
     fig, ax = _figure()
