@@ -134,7 +134,7 @@ class FakeLLMServer:
             fake = server
 
         self._httpd = _Server(("127.0.0.1", port), Bound)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:
