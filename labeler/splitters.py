@@ -111,19 +111,26 @@ def _blank_lines(text: str) -> list[str]:
     return steps
 
 
-_MARKER = re.compile(r"^[ \t]*(?:step[ \t]*\d+[ \t]*[:.)]|\d+[.)](?=[ \t]))", re.IGNORECASE | re.MULTILINE)
+# "Step 3:" / "step 3." / "Step 3)" or "3." / "3)" at a line start; "1.5" and "Step 2.5" are
+# not markers (a digit follows), and a bare "3." needs whitespace or the end after it. Any
+# whitespace counts on both sides, so that stripping a step never turns a line into a marker.
+_MARKER = re.compile(
+    r"^[^\S\n]*(?:step[ \t]*\d+[ \t]*[:.)](?!\d)|\d+[.)](?=\s|$))", re.IGNORECASE | re.MULTILINE
+)
 
 
 def _step_markers(text: str) -> list[str]:
-    starts = [m.start() for m in _MARKER.finditer(text)]
-    if not starts:
+    marks = list(_MARKER.finditer(text))
+    if not marks:
         raise SplitError("no step markers found (a line starting with 'Step 1:' or '1.')")
-    bounds = ([0] if text[: starts[0]].strip() else []) + starts + [len(text)]
-    steps = [text[a:b].strip() for a, b in zip(bounds, bounds[1:], strict=False)]
-    for k, step in enumerate(steps):
-        m = _MARKER.match(step)
-        if m and not step[m.end():].strip():
-            raise SplitError(f"step {k + 1} of {len(steps)} is empty (only its marker '{step}')")
+    preamble = text[: marks[0].start()].strip()
+    steps = [preamble] if preamble else []
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    for m, end in zip(marks, ends, strict=True):
+        if not text[m.end():end].strip():
+            total = len(marks) + (1 if preamble else 0)
+            raise SplitError(f"step {len(steps) + 1} of {total} is empty (only its marker '{m.group().strip()}')")
+        steps.append(text[m.start():end].strip())
     return steps
 
 
