@@ -91,7 +91,7 @@ class JudgeCache:
 
     def values(self) -> list[str]:
         """Every stored value (tests check that no secret ever reached the cache)."""
-        return [self._cache[k] for k in list(self._cache.iterkeys())]
+        return [self._cache[k] for k in list(self._cache)]
 
     def close(self) -> None:
         self._cache.close()

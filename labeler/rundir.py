@@ -8,8 +8,8 @@ the next run deletes.
 
 Resume rule: a response with an ``ok`` row is done. A response with only ``error`` rows is
 labeled again, and its new row supersedes the old: :meth:`RunDir.compact` rewrites shards so
-each response appears exactly once (an ok row wins over an error row, a later shard over an
-earlier one). Compaction runs at the start of a run (repairing whatever a crash left) and at
+each response appears exactly once (the first ok row is final; otherwise the latest error row
+stands). Compaction runs at the start of a run (repairing whatever a crash left) and at
 its end, so the folder always converges to one row per response.
 """
 
@@ -80,7 +80,7 @@ class RunDir:
             raise UserError(f"{part}: unreadable shard ({exc}); move it away and rerun") from exc
 
     def statuses(self) -> dict[str, str]:
-        """response_id → status of its winning row (ok beats error; later beats earlier)."""
+        """response_id → status of its winning row (the first ok row; else the latest error)."""
         best: dict[str, str] = {}
         for part in self.parts():
             t = self._read_status(part)
@@ -103,7 +103,7 @@ class RunDir:
             for j, (rid, status) in enumerate(zip(t.column("response_id").to_pylist(),
                                                   t.column("status").to_pylist(), strict=True)):
                 prev = winner.get(rid)
-                if prev is None or status == "ok" or prev[2] != "ok":
+                if prev is None or prev[2] != "ok":
                     winner[rid] = (i, j, status)
         dropped = 0
         for i, (part, t) in enumerate(zip(parts, tables, strict=True)):
