@@ -127,10 +127,11 @@ class StepwiseDPOTrainer(DPOTrainer):
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
         first = next(iter(train_dataset))
+        is_peft = not isinstance(model, str) and is_peft_model(model)
         self.uses_precomputed_ref = (
             ref_model is None
             and peft_config is None
-            and not is_peft_model(model)
+            and not is_peft
             and first.get("ref_chosen_step_logps") is not None
             and first.get("ref_rejected_step_logps") is not None
         )
@@ -141,7 +142,7 @@ class StepwiseDPOTrainer(DPOTrainer):
             ref_model is None
             and peft_config is None
             and isinstance(model, torch.nn.Module)
-            and not is_peft_model(model)
+            and not is_peft
         ):
             ref_model = copy.deepcopy(model).eval()
             ref_model.requires_grad_(False)

@@ -1,0 +1,105 @@
+"""`stepdpo train` and `stepdpo precompute-ref` through the real dispatcher."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+pytest.importorskip("trl")
+
+from labeler.cli import main  # noqa: E402
+from schemas.tables import PAIRS, RESPONSES, from_rows, read_table, write_table  # noqa: E402
+from tests.trainer_util import gsm8k_pair_rows, write_pairs  # noqa: E402
+from trainer.config import StepwiseDPOConfig  # noqa: E402
+from trainer.data import has_precomputed_ref  # noqa: E402
+from trainer.tiny_model import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = build_tiny_model(root / "model", arch="qwen2", hidden=32, layers=1)
+    pairs = write_pairs(root / "pairs", gsm8k_pair_rows(20, strategy="first-error"), per_shard=8)
+    return root, model, pairs
+
+
+def test_help_lists_every_config_field(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    missing = [f.name for f in dataclasses.fields(StepwiseDPOConfig) if f.init and f"--{f.name}" not in text]
+    assert not missing
+    assert "step_temperature" in text and "τ in a^w" in text
+
+
+def test_train_writes_model_tokenizer_config_and_metrics(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("stepwise_loss: step_weighted\nstep_temperature: 2.0\nlearning_rate: 0.01\nlogging_steps: 1\n")
+    out = tmp_path / "run"
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(out),
+                 "--config", str(cfg), "--max_steps", "3", "--per_device_train_batch_size", "4",
+                 "--step_temperature", "5.0", "--save_strategy", "no"])
+    assert code == 0
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "stepwise_config.json", "metrics.jsonl"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "stepwise_config.json").read_text())
+    assert saved["stepwise_loss"] == "step_weighted"  # from the YAML file
+    assert saved["learning_rate"] == 0.01
+    assert saved["step_temperature"] == 5.0  # the flag wins over the file
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in steps)
+    assert "rewards/accuracies" in steps[0] and "step/first_error_weight" in steps[0]
+    printed = capsys.readouterr().out
+    assert "reference: frozen copy of the policy" in printed and "final: loss=" in printed
+
+
+def test_precompute_ref_then_train_without_reference_model(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    filled = tmp_path / "filled"
+    assert main(["precompute-ref", "--pairs", str(pairs), "--model", str(model), "-o", str(filled),
+                 "--batch-size", "3"]) == 0
+    assert sorted(p.name for p in filled.glob("*.parquet")) == sorted(p.name for p in pairs.glob("*.parquet"))
+    assert has_precomputed_ref(filled) and not has_precomputed_ref(pairs)
+    table = read_table(filled, PAIRS)
+    assert table.num_rows == 20
+    for row in table.to_pylist():
+        assert len(row["ref_chosen_step_logps"]) == len(row["chosen_steps"])
+        assert all(v < 0 for v in row["ref_chosen_step_logps"] + row["ref_rejected_step_logps"])
+    out = tmp_path / "run"
+    assert main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(out),
+                 "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                 "--save_strategy", "no"]) == 0
+    assert "reference: precomputed per-step log-probs" in capsys.readouterr().out
+
+
+def test_train_needs_max_steps(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path)])
+    assert code == 2
+    assert "stepdpo train: error: --max_steps is required" in capsys.readouterr().err
+
+
+def test_train_refuses_a_file_of_another_kind(setup, tmp_path, capsys):
+    root, model, _ = setup
+    bad = tmp_path / "responses.parquet"
+    write_table(from_rows([{"response_id": "r", "prompt": "p", "steps": ["a"]}], RESPONSES), bad, RESPONSES)
+    code = main(["train", "--pairs", str(bad), "--model", str(model), "--max_steps", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "this is a 'responses' file, but a 'pairs' file is needed here" in err
+
+
+def test_unknown_yaml_field_is_named(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("step_temprature: 2.0\n")
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--config", str(cfg), "--max_steps", "1"])
+    assert code == 2
+    assert "unknown field(s) step_temprature" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""Train with stepwise DPO (TRL 1.16) from pair shards, streamed.
+
+Every StepwiseDPOConfig field (all of TRL's DPOConfig / transformers' TrainingArguments plus the
+stepwise ones) is an option below; --config FILE.yaml sets any of them, and a flag given on the
+command line wins over the file. Streaming data has no length, so --max_steps is required.
+Pair shards with precomputed per-step reference log-probs (`stepdpo precompute-ref`) train with
+no reference model in memory. Runs as is under `accelerate launch` (DDP, FSDP, DeepSpeed):
+
+  accelerate launch -m labeler.cli train --pairs work/pairs --model Qwen/Qwen2.5-0.5B-Instruct \\
+      --output_dir work/model --max_steps 500 --stepwise_loss step_weighted
+
+Writes the model, tokenizer, stepwise_config.json and metrics.jsonl to --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import UserError
+
+OWN_OPTIONS = ("pairs", "model", "config", "ref_model", "lora_r", "lora_alpha", "lora_targets")
+
+
+def _hf_parser():
+    from transformers import HfArgumentParser
+
+    from trainer.config import StepwiseDPOConfig
+
+    return HfArgumentParser(StepwiseDPOConfig, add_help=False)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", required=True, help="folder (or file) of pair shards")
+    parser.add_argument("--model", required=True, help="policy to train: local path or hub id")
+    parser.add_argument("--config", default=None, metavar="FILE.yaml",
+                        help="YAML file of StepwiseDPOConfig fields; command-line flags override it")
+    parser.add_argument("--ref_model", default=None,
+                        help="reference model path or hub id (default: a frozen copy of --model, or none "
+                             "when the shards carry precomputed reference log-probs or LoRA is used)")
+    parser.add_argument("--lora_r", type=int, default=0,
+                        help="train a LoRA adapter of this rank; the adapter switched off is the reference "
+                             "(default: 0 = full fine-tuning)")
+    parser.add_argument("--lora_alpha", type=int, default=16, help="LoRA alpha (default: 16)")
+    parser.add_argument("--lora_targets", default="all-linear",
+                        help="LoRA target modules, comma-separated or all-linear (default: all-linear)")
+    group = parser.add_argument_group("StepwiseDPOConfig (TRL DPOConfig + stepwise fields)")
+    hf = _hf_parser()
+    for action in hf._actions:
+        if action.dest == "help":
+            continue
+        group._add_action(action)
+
+
+def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Parser defaults < YAML file < flags given on the command line."""
+    hf = _hf_parser()
+    defaults = {a.dest: a.default for a in hf._actions if a.dest != "help"}
+    values = dict(defaults)
+    if args.config:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"{args.config}: cannot read the YAML config ({exc})".splitlines()[0]) from exc
+        if not isinstance(loaded, dict):
+            raise UserError(f"{args.config}: the YAML config must be a mapping of field: value")
+        unknown = sorted(set(loaded) - set(defaults))
+        if unknown:
+            raise UserError(f"{args.config}: unknown field(s) {', '.join(unknown)}")
+        values.update(loaded)
+    for name, default in defaults.items():
+        given = getattr(args, name, default)
+        if given != default:
+            values[name] = given
+    return values
+
+
+def build_config(args: argparse.Namespace):
+    import torch
+
+    from trainer.config import StepwiseDPOConfig
+
+    values = _merged_config(args)
+    if not values.get("max_steps") or values["max_steps"] <= 0:
+        raise UserError("--max_steps is required: streamed pair shards have no length")
+    cuda = torch.cuda.is_available()
+    if values.get("bf16") is None:
+        values["bf16"] = cuda  # bf16 on CUDA, fp32 on CPU
+    if not cuda:
+        values["use_cpu"] = True
+    if cuda and not values.get("model_init_kwargs"):
+        values["model_init_kwargs"] = {"dtype": "bfloat16" if values["bf16"] else "float32",
+                                       "attn_implementation": "sdpa"}
+    try:
+        return StepwiseDPOConfig(**values)
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc).splitlines()[0]) from exc
+
+
+def _metrics_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class JsonlMetrics(TrainerCallback):
+        """Appends every log record to metrics.jsonl (main process only)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return JsonlMetrics()
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.data import has_precomputed_ref, load_pairs
+
+    load_pairs_dir = args.pairs
+    precomputed = has_precomputed_ref(load_pairs_dir)  # also checks every shard's schema stamp
+    config = build_config(args)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.stepwise_trainer import StepwiseDPOTrainer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer of '{args.model}': {exc}".splitlines()[0]) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ref_model = None
+    if args.ref_model:
+        ref_model = AutoModelForCausalLM.from_pretrained(args.ref_model, **(config.model_init_kwargs or {}))
+    peft_config = None
+    if args.lora_r:
+        from peft import LoraConfig
+
+        targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
+        peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets,
+                                 task_type="CAUSAL_LM")
+    dataset = load_pairs(load_pairs_dir, sep=config.step_separator, streaming=True)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    trainer = StepwiseDPOTrainer(
+        args.model,
+        ref_model=ref_model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_metrics_callback(metrics_path)],
+    )
+    if trainer.is_world_process_zero() and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+    reference = ("precomputed per-step log-probs" if trainer.uses_precomputed_ref
+                 else "adapter switched off" if peft_config is not None
+                 else args.ref_model or "frozen copy of the policy")
+    if precomputed and not trainer.uses_precomputed_ref and trainer.is_world_process_zero():
+        print("note: the shards carry precomputed reference log-probs, but a reference model was given")
+    trainer.train()
+    trainer.save_model(os.fspath(out))
+    if trainer.is_world_process_zero():
+        (out / "stepwise_config.json").write_text(config.to_json_string(), encoding="utf-8")
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+        last = logs[-1] if logs else {}
+        print(f"reference: {reference}")
+        print(f"model, tokenizer: {out}")
+        print(f"config: {out / 'stepwise_config.json'}")
+        print(f"metrics: {metrics_path}")
+        keys = ("loss", "rewards/accuracies", "rewards/margins", "step/margin", "step/first_error_weight")
+        print("final: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
+    return 0
