@@ -36,7 +36,7 @@ def _weighted_sum(xs: list[float], floor: float) -> float:
     # Later steps weigh more (w_k ∝ k+1): an error late in a long solution still ruins it,
     # while early steps are usually the easy restatements of the problem.
     weights = [k + 1 for k in range(len(xs))]
-    return sum(w * x for w, x in zip(weights, xs)) / sum(weights)
+    return sum(w * x for w, x in zip(weights, xs, strict=True)) / sum(weights)
 
 
 def _harmonic(xs: list[float], floor: float) -> float:

@@ -164,6 +164,15 @@ def validate(table: pa.Table, kind: Kind, path: str | os.PathLike | None = None)
 def from_rows(rows: Sequence[dict[str, Any]], kind: Kind) -> pa.Table:
     """Build a stamped table from dicts; missing optional/nullable keys become null."""
     data = {f.name: [r.get(f.name) for r in rows] for f in kind.schema}
+    for f in kind.schema:
+        # Arrow would silently turn the string "abc" into the list ["a", "b", "c"].
+        if pa.types.is_list(f.type):
+            for i, value in enumerate(data[f.name]):
+                if isinstance(value, str):
+                    raise UserError(
+                        f"cannot build a '{kind.name}' table: row {i}: '{f.name}' must be a list, "
+                        "not a string"
+                    )
     try:
         table = pa.Table.from_pydict(data, schema=kind.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -1,0 +1,297 @@
+"""schemas/: versioned Parquet contracts, ids, converters to TRL rows, aggregation."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas import (
+    AGGREGATIONS,
+    PAIRS,
+    RESPONSES,
+    STEP_SCORES,
+    UserError,
+    aggregate,
+    first_error,
+    format_completion,
+    format_prompt,
+    from_rows,
+    pair_id,
+    pair_to_preference,
+    pair_to_stepwise_supervision,
+    read_kind,
+    read_table,
+    response_id,
+    scores_to_stepwise_supervision,
+    shard_of,
+    step_char_spans,
+    validate,
+    write_table,
+)
+from schemas.tables import SCHEMA_KEY
+
+
+def response_row(k: int = 0, **over) -> dict:
+    steps = [f"step {k}.a", f"step {k}.b"]
+    row = {
+        "response_id": response_id(f"problem {k}", steps),
+        "problem_id": f"p{k}",
+        "source": "test",
+        "prompt": f"problem {k}",
+        "steps": steps,
+        "final_answer": "1",
+        "gold_answer": "1",
+        "reference_scores": [1.0, None],
+        "meta": '{"a":1}',
+    }
+    row.update(over)
+    return row
+
+
+def score_row(k: int = 0, **over) -> dict:
+    row = response_row(k)
+    row.update(
+        judge="gsm8k-calc", judge_fingerprint="fp", scores=[0.9, 0.1], raw="{}", status="ok",
+        error=None, attempts=1, input_tokens=10, output_tokens=2, cached_tokens=0, cost_usd=0.0,
+        latency_s=0.01, created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    )
+    row.update(over)
+    return row
+
+
+def pair_row(**over) -> dict:
+    row = {
+        "pair_id": pair_id("P", ["s1"], ["good"], ["bad"]), "problem_id": "p", "prompt": "P",
+        "prefix_steps": ["s1"], "chosen_steps": ["good", "end"], "rejected_steps": ["bad"],
+        "chosen_scores": [0.9, 0.8], "rejected_scores": [0.1], "chosen_reward": 0.72,
+        "rejected_reward": 0.1, "strategy": "first-error", "judge_fingerprint": "fp",
+        "chosen_response_id": "c", "rejected_response_id": "r",
+    }
+    row.update(over)
+    return row
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+@pytest.mark.parametrize("kind,make", [(RESPONSES, response_row), (STEP_SCORES, score_row), (PAIRS, pair_row)])
+def test_write_read_round_trip(tmp_path, kind, make):
+    rows = [make(k) for k in range(3)] if make is not pair_row else [pair_row(), pair_row(pair_id="x")]
+    path = write_table(from_rows(rows, kind), tmp_path / "f.parquet", kind)
+    assert pq.read_schema(path).metadata[SCHEMA_KEY] == kind.tag.encode()
+    assert read_kind(path) == kind.name
+    back = read_table(path, kind).to_pylist()
+    if kind is PAIRS:  # optional ref log-prob columns come back as nulls
+        assert back[0]["ref_chosen_step_logps"] is None
+        back = [{k: v for k, v in r.items() if not k.startswith("ref_")} for r in back]
+    assert back == rows
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_folder_of_shards_and_partial_columns(tmp_path):
+    for i in range(3):
+        write_table(from_rows([response_row(2 * i), response_row(2 * i + 1)], RESPONSES),
+                    tmp_path / f"part-{i:05d}.parquet", RESPONSES)
+    (tmp_path / ".part-00003.parquet.x.tmp").write_bytes(b"half-written")
+    table = read_table(tmp_path, RESPONSES, columns=["response_id", "steps"])
+    assert table.column_names == ["response_id", "steps"]
+    assert table.num_rows == 6
+    assert table.column("steps").to_pylist()[5] == ["step 5.a", "step 5.b"]
+    with pytest.raises(UserError, match=r"^'responses' files have no column\(s\) scores$"):
+        read_table(tmp_path, RESPONSES, columns=["scores"])
+
+
+def test_partial_read_of_optional_column_missing_from_file(tmp_path):
+    table = from_rows([pair_row()], PAIRS).drop_columns(["ref_chosen_step_logps", "ref_rejected_step_logps"])
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(table, path)  # an older writer that never added the optional columns
+    got = read_table(path, PAIRS, columns=["pair_id", "ref_chosen_step_logps"])
+    assert got.to_pylist() == [{"pair_id": row, "ref_chosen_step_logps": None}
+                               for row in [pair_row()["pair_id"]]]
+
+
+def _stamped(table: pa.Table, tag: bytes) -> pa.Table:
+    return table.replace_schema_metadata({SCHEMA_KEY: tag})
+
+
+def test_version_mismatch_message(tmp_path):
+    path = tmp_path / "old.parquet"
+    pq.write_table(_stamped(from_rows([response_row()], RESPONSES), b"responses/0"), path)
+    with pytest.raises(UserError) as exc:
+        read_table(path, RESPONSES)
+    assert str(exc.value) == (
+        f"{path}: 'responses' schema version 0 is not supported by this stepdpo (it reads "
+        "version 1); re-create the file with this version"
+    )
+
+
+def test_wrong_kind_message(tmp_path):
+    path = write_table(from_rows([response_row()], RESPONSES), tmp_path / "r.parquet", RESPONSES)
+    with pytest.raises(UserError) as exc:
+        read_table(path, PAIRS)
+    assert str(exc.value) == f"{path}: this is a 'responses' file, but a 'pairs' file is needed here"
+
+
+def test_foreign_and_unreadable_files(tmp_path):
+    foreign = tmp_path / "foreign.parquet"
+    pq.write_table(pa.table({"a": [1]}), foreign)
+    with pytest.raises(UserError, match=r"not a stepdpo file \(no 'stepdpo.schema' metadata\)$"):
+        read_table(foreign, RESPONSES)
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    with pytest.raises(UserError, match=r"junk.parquet: not a readable Parquet file"):
+        read_kind(junk)
+    with pytest.raises(UserError, match=r"nope: no such file or folder$"):
+        read_table(tmp_path / "nope", RESPONSES)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"empty: folder has no .parquet files$"):
+        read_table(empty, RESPONSES)
+
+
+def test_missing_column_message(tmp_path):
+    path = tmp_path / "m.parquet"
+    table = from_rows([response_row()], RESPONSES).drop_columns(["steps"])
+    pq.write_table(_stamped(table, b"responses/1"), path)
+    with pytest.raises(UserError) as exc:
+        read_table(path, RESPONSES)
+    assert str(exc.value) == f"{path}: 'responses' file is missing the column 'steps'"
+
+
+def test_null_in_required_column():
+    with pytest.raises(UserError) as exc:
+        from_rows([response_row(), response_row(1, prompt=None)], RESPONSES)
+    assert str(exc.value) == "column 'prompt' has 1 null value(s); it is required"
+    table = pa.table({f.name: pa.array([None], f.type) for f in RESPONSES.schema})
+    with pytest.raises(UserError, match="^column 'response_id' has 1 null value"):
+        validate(table, RESPONSES)
+
+
+def test_wrong_type_message():
+    table = from_rows([response_row()], RESPONSES).set_column(
+        4, "steps", pa.array(["not a list"])
+    )
+    with pytest.raises(UserError, match=r"^column 'steps' has type string, expected list<item: string>"):
+        validate(table, RESPONSES)
+
+
+def test_write_is_atomic_on_bad_table(tmp_path):
+    good = write_table(from_rows([response_row()], RESPONSES), tmp_path / "r.parquet", RESPONSES)
+    before = good.read_bytes()
+    bad = from_rows([response_row()], RESPONSES).drop_columns(["prompt"])
+    with pytest.raises(UserError, match="missing the column 'prompt'"):
+        write_table(bad, good, RESPONSES)
+    assert good.read_bytes() == before
+
+
+def test_from_rows_fills_nullable_and_rejects_bad_values():
+    table = from_rows([{"response_id": "r", "prompt": "P", "steps": ["a"]}], RESPONSES)
+    row = table.to_pylist()[0]
+    assert row["meta"] is None and row["reference_scores"] is None
+    with pytest.raises(UserError) as exc:
+        from_rows([response_row(), response_row(steps="abc")], RESPONSES)
+    assert str(exc.value) == "cannot build a 'responses' table: row 1: 'steps' must be a list, not a string"
+    with pytest.raises(UserError, match="^cannot build a 'responses' table: Could not convert '1'"):
+        from_rows([response_row(reference_scores=["1", None])], RESPONSES)
+
+
+# ------------------------------------------------------------------------------ ids
+
+
+def test_ids_are_stable_and_content_based():
+    assert response_id("P", ["a", "b"]) == response_id("P", ["a", "b"])
+    assert response_id("P", ["a", "b"]) != response_id("P", ["a b"])
+    assert response_id("P", ["a", "b"]) != response_id("P", ["b", "a"])
+    # Fixed value: ids must not change between versions, or every cache and resume breaks.
+    expected = hashlib.sha256(b'{"prompt":"What is 1+1?","steps":["1+1=2."]}').hexdigest()[:24]
+    assert response_id("What is 1+1?", ["1+1=2."]) == expected == "c1fc71a80e9696c468e1a101"
+    assert len({shard_of(f"k{i}", 4) for i in range(100)}) == 4
+    assert shard_of("anything", 1) == 0
+    assert shard_of("k1", 7) == shard_of("k1", 7)
+
+
+# ------------------------------------------------------------------------------ converters
+
+
+def test_format_and_spans_tile_the_completion():
+    steps = ["a = 1", "b = 22", "c"]
+    text = format_completion(steps)
+    assert text == "a = 1\nb = 22\nc"
+    spans = step_char_spans(steps)
+    assert spans == [(0, 6), (6, 13), (13, 14)]
+    assert "".join(text[a:b] for a, b in spans) == text
+    assert [text[a:b].rstrip("\n") for a, b in spans] == steps
+    assert format_prompt("P", ["s1", "s2"]) == "P\ns1\ns2\n"
+    assert format_prompt("P") == "P\n"
+    assert format_completion(["x", "y"], sep="\n\n") == "x\n\ny"
+    assert step_char_spans([]) == []
+
+
+def test_pair_to_preference():
+    row = pair_row()
+    assert pair_to_preference(row) == {"prompt": "P\ns1\n", "chosen": "good\nend", "rejected": "bad"}
+    assert pair_to_preference({**row, "prefix_steps": []})["prompt"] == "P\n"
+
+
+def test_stepwise_supervision_converters():
+    assert pair_to_stepwise_supervision(pair_row()) == [
+        {"prompt": "P", "completions": ["s1", "good", "end"], "labels": [True, True, True]},
+        {"prompt": "P", "completions": ["s1", "bad"], "labels": [True, False]},
+    ]
+    row = score_row(scores=[0.9, None])
+    assert scores_to_stepwise_supervision(row) == {
+        "prompt": "problem 0", "completions": ["step 0.a", "step 0.b"], "labels": [True, None]
+    }
+    ref = scores_to_stepwise_supervision(response_row(reference_scores=[0.5, 0.0]), field="reference_scores")
+    assert ref["labels"] == [True, False]  # 0.5 (PRM800K neutral) counts as correct at 0.5
+    assert scores_to_stepwise_supervision(response_row(reference_scores=None), field="reference_scores")["labels"] == [None, None]
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+
+@pytest.mark.parametrize(
+    "how,expected",
+    [
+        ("product", 0.9 * 0.5 * 0.8),
+        ("min", 0.5),
+        ("last", 0.8),
+        ("mean", (0.9 + 0.5 + 0.8) / 3),
+        ("weighted_sum", (1 * 0.9 + 2 * 0.5 + 3 * 0.8) / 6),
+        ("harmonic_mean", 3 / (1 / 0.9 + 1 / 0.5 + 1 / 0.8)),
+        ("geometric_mean", (0.9 * 0.5 * 0.8) ** (1 / 3)),
+    ],
+)
+def test_aggregations(how, expected):
+    assert aggregate([0.9, 0.5, 0.8], how) == pytest.approx(expected)
+    # Null (and NaN) scores are steps the judge did not score: skipped, not zero.
+    assert aggregate([0.9, None, 0.5, float("nan"), 0.8], how) == pytest.approx(expected)
+
+
+def test_aggregation_edge_cases():
+    assert set(AGGREGATIONS) == {"product", "min", "last", "mean", "weighted_sum", "harmonic_mean", "geometric_mean"}
+    for how in AGGREGATIONS:
+        assert aggregate(None, how) is None
+        assert aggregate([], how) is None
+        assert aggregate([None, None], how) is None
+        assert 0.0 <= aggregate([0.0, 1.0], how) <= 1.0
+    # A zero score stays finite for the means thanks to the floor.
+    assert aggregate([0.0, 1.0], "harmonic_mean") == pytest.approx(2 / (1 / 1e-6 + 1 / (1 - 1e-6)))
+    assert math.isfinite(aggregate([0.0], "geometric_mean"))
+    assert aggregate([0.0, 1.0], "product") == 0.0
+    with pytest.raises(ValueError, match="^unknown aggregation 'median'; choose one of product, "):
+        aggregate([1.0], "median")
+
+
+def test_first_error():
+    assert first_error([0.9, 0.8, 0.2, 0.1]) == 2
+    assert first_error([0.9, None, 0.6]) == -1
+    assert first_error([None, 0.3]) == 1
+    assert first_error([]) == -1 and first_error(None) == -1
+    assert first_error([0.6, 0.55], threshold=0.6) == 1
+    assert first_error([float("nan"), 0.1]) == 1
