@@ -22,6 +22,12 @@ def _lists(lengths: np.ndarray, values: pa.Array, null_rows: np.ndarray | None =
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
 
 
+def _raw(rng: np.random.Generator, n: int, size: int) -> pa.Array:
+    """Raw judge output of ``size`` characters per row that does not compress away (hex noise)."""
+    blob = rng.bytes(n * size // 2 + 1).hex()
+    return pa.array([blob[i * size:(i + 1) * size] for i in range(n)])
+
+
 def synthetic_run(
     n: int,
     seed: int = 0,
@@ -69,7 +75,7 @@ def synthetic_run(
         "judge": pa.array([judge] * n),
         "judge_fingerprint": pa.array([f"fp-{judge}"] * n),
         "scores": _lists(lengths, pa.array(scores), null_rows=failed),
-        "raw": pa.array(["x" * raw_bytes] * n),
+        "raw": _raw(rng, n, raw_bytes),
         "status": pa.array(np.where(failed, "error", "ok")),
         "error": pa.array([("HTTP 500 from judge" if f else None) for f in failed], pa.string()),
         "attempts": pa.array(np.ones(n, dtype=np.int32)),
