@@ -223,8 +223,7 @@ def test_prm800k_alternatives_from_an_ingested_responses_file(tmp_path: Path) ->
     src = tmp_path / "phase2.jsonl"
     src.write_text(json.dumps(line) + "\n")
     resp = tmp_path / "responses.parquet"
-    if main(["ingest", "prm800k", str(src), "-o", str(resp)]) != 0:
-        pytest.skip("labeler.ingest prm800k is not usable yet")
+    assert main(["ingest", "prm800k", str(src), "-o", str(resp)]) == 0
     manifest = make_pairs([resp], tmp_path / "pairs", PairsConfig(strategy="prm800k-alternatives"))
     got = read_table(tmp_path / "pairs", PAIRS).to_pylist()
     assert manifest["counts"]["pairs"] == 1
@@ -325,3 +324,28 @@ def test_no_pairs_says_why_and_writes_an_empty_shard(tmp_path: Path, capsys) -> 
     assert main(["pairs", str(run), "-o", str(out)]) == 0
     assert "pairs: no pairs were made: it needs a wrong and a right solution" in capsys.readouterr().out
     assert read_table(out, PAIRS).num_rows == 0
+
+
+def test_end_to_end_ingest_perturb_label_pairs(tmp_path: Path, gsm8k_sample: Path, capsys) -> None:
+    """The no-API path: every first-error pair's rejected step is the step perturb corrupted."""
+    resp, pert, run, out = (tmp_path / n for n in ("r.parquet", "p.parquet", "run", "pairs"))
+    assert main(["ingest", "gsm8k", str(gsm8k_sample), "-o", str(resp)]) == 0
+    assert main(["perturb", str(resp), "-o", str(pert), "--variants", "2", "--seed", "7"]) == 0
+    assert main(["label", str(pert), "--judge", "gsm8k-calc", "-o", str(run),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["pairs", str(run), "-o", str(out), "--strategy", "first-error"]) == 0
+    capsys.readouterr()
+    responses = {r["response_id"]: r for r in read_table(pert, RESPONSES).to_pylist()}
+    variants = [r for r in responses.values() if "perturbation" in (r["meta"] or "")]
+    got = read_table(out, PAIRS).to_pylist()
+    assert len(got) == len(variants) > 300  # one pair per flawed variant
+    for p in got:
+        info = json.loads(responses[p["rejected_response_id"]]["meta"])["perturbation"]
+        original = responses[info["of"]]
+        assert p["chosen_response_id"] == info["of"]
+        assert len(p["prefix_steps"]) == info["step"]
+        assert p["prefix_steps"] == original["steps"][: info["step"]]
+        assert p["chosen_steps"] == [original["steps"][info["step"]]]
+        assert p["rejected_steps"] == [responses[p["rejected_response_id"]]["steps"][info["step"]]]
+        assert f"={info['new_result']}>>" in p["rejected_steps"][0]
+        assert (p["chosen_reward"], p["rejected_reward"]) == (1.0, 0.0)
