@@ -154,3 +154,31 @@ def test_judge_metadata():
     judge = create_judge("gsm8k-calc", JudgeConfig())
     assert judge.name == "gsm8k-calc" and judge.price_model is None and judge.batch_size >= 1
     assert judge.fingerprint() == create_judge("gsm8k-calc", JudgeConfig(temperature=1.0)).fingerprint()
+
+
+def test_stepdpo_label_with_gsm8k_calc_end_to_end(tmp_path, gsm8k_sample, capsys):
+    """ingest → label → step_scores shards: untouched rows pass, one corrupted note is caught."""
+    from labeler.cli import main
+    from schemas.tables import STEP_SCORES, read_table
+
+    lines = gsm8k_sample.read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[0])
+    assert "<<16-3-4=9>>9" in bad["answer"]
+    bad["answer"] = bad["answer"].replace("<<16-3-4=9>>9", "<<16-3-4=8>>8")
+    src = tmp_path / "gsm8k.jsonl"
+    src.write_text("\n".join([json.dumps(bad)] + lines[1:]) + "\n", encoding="utf-8")
+    responses = tmp_path / "responses.parquet"
+    assert main(["ingest", "gsm8k", str(src), "-o", str(responses)]) == 0
+    run = tmp_path / "run"
+    argv = ["label", str(responses), "--judge", "gsm8k-calc", "-o", str(run),
+            "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = read_table(run, STEP_SCORES).to_pylist()
+    assert len(rows) == len(lines) == 200
+    assert {r["status"] for r in rows} == {"ok"} and {r["judge"] for r in rows} == {"gsm8k-calc"}
+    flagged = [r for r in rows if 0.0 in r["scores"]]
+    assert [r["prompt"] for r in flagged] == [bad["question"]]
+    assert flagged[0]["scores"][0] == 0.0
+    assert json.loads(flagged[0]["raw"])[0]["failed"] == ["note 16-3-4=8: evaluates to 9"]
+    assert all(r["scores"][-1] == 1.0 for r in rows if r is not flagged[0])
+    assert all(r["cost_usd"] in (None, 0.0) for r in rows)

@@ -155,3 +155,23 @@ def test_fingerprint_tracks_what_changes_scores(models):
 def test_importing_the_judge_module_does_not_import_torch():
     code = "import sys, labeler.judges.prm, labeler.judges.calc; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_stepdpo_label_with_prm_end_to_end(models, tmp_path, gsm8k_sample, capsys):
+    from labeler.cli import main
+    from schemas.tables import STEP_SCORES, read_table
+
+    responses = tmp_path / "responses.parquet"
+    assert main(["ingest", "gsm8k", str(gsm8k_sample), "-o", str(responses)]) == 0
+    run = tmp_path / "run"
+    argv = ["label", str(responses), "--judge", f"prm:{models['shepherd']}", "--style", "shepherd",
+            "--device", "cpu", "--prm-batch-size", "4", "--limit", "12", "-o", str(run),
+            "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = read_table(run, STEP_SCORES).to_pylist()
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
+    judge = make(models, "shepherd")
+    for row in rows:
+        item = Item(row["response_id"], row["prompt"], row["steps"])
+        assert row["scores"] == pytest.approx(naive_scores(judge, item), abs=1e-4)
+        assert row["judge"] == judge.name and row["judge_fingerprint"] == judge.fingerprint()

@@ -42,3 +42,22 @@ def test_metadata():
     judge = create_judge("reference", JudgeConfig())
     assert judge.name == "reference" and judge.price_model is None
     assert len(judge.fingerprint()) == 16
+
+
+def test_stepdpo_label_with_reference_end_to_end(tmp_path, capsys):
+    """PRM800K human ratings come out of `stepdpo label --judge reference` as the scores."""
+    from pathlib import Path
+
+    from labeler.cli import main
+    from schemas.tables import STEP_SCORES, read_table
+
+    data = Path(__file__).parent / "data" / "prm800k"
+    responses = tmp_path / "responses.parquet"
+    assert main(["ingest", "prm800k", str(data / "phase2_sample.jsonl"), "-o", str(responses)]) == 0
+    run = tmp_path / "run"
+    assert main(["label", str(responses), "--judge", "reference", "-o", str(run),
+                 "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]) == 0
+    rows = read_table(run, STEP_SCORES).to_pylist()
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert all(r["scores"] == r["reference_scores"] for r in rows)
+    assert any(0.0 in r["scores"] for r in rows) and any(1.0 in r["scores"] for r in rows)
