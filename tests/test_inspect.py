@@ -169,6 +169,7 @@ def test_show_colours_and_filters(tmp_path, capsys):
     # Judge first error differs from the reference's in s2 and s4 only.
     assert "#1 s2" in out and "#2 s4" in out and "#3" not in out
     assert "[0.30] ref 1.00  s2 step 2" in out
+    assert "first error=1  reference=-1" in out and "first error=1  reference=0" in out  # s2, s4
 
     from rich.console import Console
 

@@ -96,7 +96,9 @@ def _examples_html(exs: list[dict[str, Any]], threshold: float) -> str:
     rows = []
     for i, ex in enumerate(exs, 1):
         ident = ex.get("response_id") or ex.get("pair_id")
-        info = " ".join(f"{k}={ex[k]}" for k in ("judge", "status", "other_judge", "strategy") if ex.get(k))
+        info = " ".join(f"{k}={ex[k]}" for k in ("judge", "status", "other_judge", "strategy",
+                                                  "first_error", "reference_first_error")
+                        if ex.get(k) is not None)
         if "steps" in ex:
             body = _steps_html(ex["steps"], threshold)
         else:

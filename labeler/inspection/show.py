@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from labeler.inspection.agreement import join
 from labeler.inspection.stats import COLUMNS, explode, first_errors
+from schemas.aggregate import first_error
 from schemas.errors import UserError
 
 WHERE = ("all", "ok", "errors", "flagged", "clean", "disagree")
@@ -113,6 +114,10 @@ def examples(t: pa.Table, kind: str, rows: np.ndarray, threshold: float) -> list
         }
         if kind == "step_scores":
             ex.update(judge=r["judge"], status=r["status"], error=r["error"])
+            if scores is not None:
+                ex["first_error"] = first_error(scores, threshold)
+        if r["reference_scores"] is not None:
+            ex["reference_first_error"] = first_error(r["reference_scores"], threshold)
         out.append(ex)
     return out
 
@@ -166,6 +171,9 @@ def render(console: Any, exs: list[dict[str, Any]], threshold: float) -> None:
     for n, ex in enumerate(exs, 1):
         head = ex.get("response_id") or ex.get("pair_id")
         extra = f"  judge={ex['judge']} status={ex['status']}" if "judge" in ex else ""
+        for key, name in (("first_error", "first error"), ("reference_first_error", "reference")):
+            if key in ex:
+                extra += f"  {name}={ex[key]}"
         if ex.get("other_judge"):
             extra += f"  vs {ex['other_judge']}"
         console.rule(f"[bold]#{n} {escape(str(head))}[/]{escape(extra)}")

@@ -138,16 +138,6 @@ def first_errors(ex: Exploded, threshold: float) -> np.ndarray:
     return out
 
 
-def product_rewards(ex: Exploded) -> np.ndarray:
-    """Per row, the product of non-null scores (NaN where none): the default aggregation."""
-    out = np.ones(ex.num_rows)
-    ok = ~np.isnan(ex.values)
-    np.multiply.at(out, ex.row[ok], ex.values[ok])
-    has = np.bincount(ex.row[ok], minlength=ex.num_rows) > 0
-    out[~has] = np.nan
-    return out
-
-
 # ----------------------------------------------------------------------------- small helpers
 
 
