@@ -384,3 +384,51 @@ def test_label_command_batch_flag_and_dry_run(fake, tmp_path, capsys):
     assert cli_main(["label", str(responses), "--judge", "openai-compatible:m@http://127.0.0.1:9/v1",
                      "-o", str(tmp_path / "x"), "--batch", "--no-cache"]) == 2
     assert "openai: and anthropic: judges only" in capsys.readouterr().err
+
+
+def test_anthropic_orphan_found_by_size_and_time(fake, tmp_path):
+    from labeler.batch.anthropic_batch import AnthropicBatchTransport
+
+    server, api = fake
+    rows = make_rows(30)
+
+    class DiesAfterCreate(AnthropicBatchTransport):
+        def submit(self, record, lines, save):
+            super().submit(record, lines, lambda r: None)  # the id never reaches the disk
+            raise SystemExit("killed")
+
+    with pytest.raises(SystemExit):
+        run_batch_label(judge_of("anthropic"), rows, RunDir(tmp_path / "run"), prices=load_prices(),
+                        options=BatchOptions(poll_interval=0.001), log=lambda m: None,
+                        transport=DiesAfterCreate(base_url=os.environ["ANTHROPIC_BASE_URL"]))
+    (rec,) = state.load_all(tmp_path / "run")
+    assert rec.phase == "intent" and rec.batch_id is None
+    manifest, logs = batch_label("anthropic", rows, tmp_path / "run", tmp_path / "cache")
+    assert api.submissions["anthropic"] == 1 and any("attached to" in line for line in logs)
+    assert manifest["totals"]["ok"] == 30
+
+
+def test_machines_sharing_a_folder_attach_only_to_their_own_batches(fake, tmp_path):
+    from schemas.ids import shard_of
+
+    server, api = fake
+    rows = make_rows(90)
+    run = tmp_path / "run"
+    mine = {k: [r for r in rows if shard_of(r["response_id"], 2) == k] for k in (0, 1)}
+
+    def label(k, **opts):
+        logs: list[str] = []
+        m = run_batch_label(judge_of("openai"), mine[k], RunDir(run, k, 2), cache=None, prices=load_prices(),
+                            options=BatchOptions(poll_interval=0.001, **opts), log=logs.append)
+        return m, logs
+
+    for k in (0, 1):
+        assert label(k, batch_wait=False)[0]["state"] == "pending"
+    assert api.submissions["openai"] == 2
+    for k in (0, 1):
+        manifest, logs = label(k)
+        assert sum("attached to" in line for line in logs) == 1
+        assert manifest["totals"]["rows"] == len(mine[k]) == manifest["totals"]["ok"]
+    assert api.submissions["openai"] == 2
+    assert set(scores_by_id(run)) == {r["response_id"] for r in rows}
+    assert {r.job for r in state.load_all(run)} == {"k0-of-2-", "k1-of-2-"}

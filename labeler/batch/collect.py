@@ -152,8 +152,12 @@ def submit_and_collect(
     transport: Transport | None = None,
     after_submit: Callable[[BatchRecord], None] | None = None,
     log: Callable[[str], None] = _say,
+    job: str = "",
 ) -> BatchSummary:
     """Judge ``rows`` (responses not yet done and not cached) through the provider's batch API.
+
+    ``job`` is the run folder's job tag (:attr:`labeler.rundir.RunDir.tag`), so machines that
+    share a folder with ``--num-shards`` attach only to their own batches.
 
     ``after_submit`` is called once per batch right after its id is persisted (tests abort
     there to prove that a rerun attaches instead of resubmitting).
@@ -168,7 +172,7 @@ def submit_and_collect(
         todo.setdefault(r["response_id"], r)  # two copies of one solution are one piece of work
     try:
         # 1. attach to what earlier runs left in flight
-        records = state.in_flight(run_dir, fingerprint)
+        records = state.in_flight(run_dir, fingerprint, job)
         claimed = {r.batch_id for r in state.load_all(run_dir) if r.batch_id}
         live: list[BatchRecord] = []
         for rec in records:
@@ -194,8 +198,8 @@ def submit_and_collect(
         encoded = [(rid, transport.encode(rid, judge.request_body(item_of(todo[rid])))) for rid in fresh]
         for part in chunk(encoded, transport.limits):
             rec = BatchRecord(
-                key=state.new_key(transport.provider, fingerprint, [c for c, _ in part]),
-                provider=transport.provider, judge=judge.name, fingerprint=fingerprint,
+                key=state.new_key(transport.provider, fingerprint, [c for c, _ in part], job),
+                provider=transport.provider, judge=judge.name, fingerprint=fingerprint, job=job,
                 manifest={cid: cid for cid, _ in part}, request_bytes=sum(len(x) + 1 for _, x in part),
                 base_url=transport.base_url,
                 estimated_cost_usd=_estimate(judge, sink, [todo[c] for c, _ in part]),

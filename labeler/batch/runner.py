@@ -92,7 +92,7 @@ def run_batch_label(
     online: list[dict[str, Any]] = []
     if options.batch_retry == "online":
         failed = batch_error_ids(run_dir)
-        covered = {rid for rec in state.in_flight(run_dir.path, judge.fingerprint())
+        covered = {rid for rec in state.in_flight(run_dir.path, judge.fingerprint(), run_dir.tag)
                    for rid in rec.manifest.values()}
         online = [r for r in todo if r["response_id"] in failed and r["response_id"] not in covered]
         ids = {r["response_id"] for r in online}
@@ -121,10 +121,11 @@ def run_batch_label(
 
     sink = RunSink(run_dir, judge, cache, price)
     summary = submit_and_collect(judge, todo, str(run_dir.path), sink, options, transport=transport,
-                                 after_submit=after_submit, log=log)
+                                 after_submit=after_submit, log=log, job=run_dir.tag)
     run_dir.compact()
     previous = run_dir.read_manifest() or {}
-    records = [r for r in state.load_all(run_dir.path) if r.fingerprint == judge.fingerprint()]
+    records = [r for r in state.load_all(run_dir.path)
+               if r.fingerprint == judge.fingerprint() and r.job == run_dir.tag]
     run_state = "pending" if summary.pending else "finished"
     this_run = {
         "started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),

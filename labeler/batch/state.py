@@ -47,6 +47,8 @@ class BatchRecord:
     fingerprint: str
     manifest: dict[str, str]  # custom_id -> response_id
     phase: str = "intent"
+    job: str = ""  # the run folder's job tag ("k0-of-4-" with --num-shards): machines sharing a
+    # folder each attach only to their own batches
     created_at: float = field(default_factory=time.time)
     request_bytes: int = 0
     base_url: str | None = None  # where the batch lives (never a key); `stepdpo batches` polls it
@@ -78,10 +80,10 @@ def state_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / STATE_DIR
 
 
-def new_key(provider: str, fingerprint: str, custom_ids: list[str]) -> str:
-    """A key naming this batch: provider, time and a hash of its requests (sortable by time)."""
+def new_key(provider: str, fingerprint: str, custom_ids: list[str], job: str = "") -> str:
+    """A key naming this batch: job tag, provider, time and a hash of its requests."""
     digest = sha256_hex({"fp": fingerprint, "ids": sorted(custom_ids), "t": time.time_ns()})[:10]
-    return f"{provider}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest}"
+    return f"{job}{provider}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest}"
 
 
 def save(run_dir: str | os.PathLike, record: BatchRecord) -> Path:
@@ -124,9 +126,9 @@ def load_all(run_dir: str | os.PathLike) -> list[BatchRecord]:
     return records
 
 
-def in_flight(run_dir: str | os.PathLike, fingerprint: str | None = None) -> list[BatchRecord]:
-    """Records not yet ingested (optionally of one judge fingerprint only)."""
+def in_flight(run_dir: str | os.PathLike, fingerprint: str | None = None, job: str = "") -> list[BatchRecord]:
+    """Records of job ``job`` not yet ingested (optionally of one judge fingerprint only)."""
     return [
         r for r in load_all(run_dir)
-        if not r.done and (fingerprint is None or r.fingerprint == fingerprint)
+        if not r.done and r.job == job and (fingerprint is None or r.fingerprint == fingerprint)
     ]
