@@ -113,11 +113,16 @@ def _ok_score(s: float | None) -> bool:
 # ---------------------------------------------------------------------------- loading
 
 
+_RESPONSE_COLUMNS = ("response_id", "problem_id", "prompt", "steps", "reference_scores", "meta")
+_SCORE_COLUMNS = _RESPONSE_COLUMNS + ("judge", "judge_fingerprint", "scores", "status")
+
+
 def load_rows(paths: Iterable[str | os.PathLike], stats: Counter) -> tuple[list[dict[str, Any]], str]:
     """Read every input (step_scores runs; `responses` files too for prm800k-alternatives).
 
     Returns the usable rows and the kind read. Rows with status != ok are dropped and counted;
-    one row per (response, judge fingerprint) is kept, the last written.
+    one row per (response, judge fingerprint) is kept: the first ok one, as in a run folder.
+    Only the columns pairs use are read (a judge's ``raw`` output can dwarf everything else).
     """
     kinds = {}
     tables = []
@@ -126,7 +131,10 @@ def load_rows(paths: Iterable[str | os.PathLike], stats: Counter) -> tuple[list[
         if kind not in (STEP_SCORES.name, RESPONSES.name):
             raise UserError(f"{p}: this is a '{kind}' file; pairs are built from 'step_scores' runs")
         kinds[str(p)] = kind
-        tables.append(read_table(p, STEP_SCORES if kind == STEP_SCORES.name else RESPONSES))
+        if kind == STEP_SCORES.name:
+            tables.append(read_table(p, STEP_SCORES, _SCORE_COLUMNS))
+        else:
+            tables.append(read_table(p, RESPONSES, _RESPONSE_COLUMNS))
     if len(set(kinds.values())) > 1:
         raise UserError("inputs mix 'step_scores' runs and 'responses' files; give one kind")
     kind = next(iter(kinds.values()))
@@ -140,6 +148,7 @@ def load_rows(paths: Iterable[str | os.PathLike], stats: Counter) -> tuple[list[
             key = (row["response_id"], row.get("judge_fingerprint"))
             if key in rows:
                 stats["duplicate_rows"] += 1
+                continue
             rows[key] = row
     return list(rows.values()), kind
 

@@ -349,3 +349,12 @@ def test_end_to_end_ingest_perturb_label_pairs(tmp_path: Path, gsm8k_sample: Pat
         assert p["rejected_steps"] == [responses[p["rejected_response_id"]]["steps"][info["step"]]]
         assert f"={info['new_result']}>>" in p["rejected_steps"][0]
         assert (p["chosen_reward"], p["rejected_reward"]) == (1.0, 0.0)
+
+
+def test_a_response_scored_twice_by_one_judge_keeps_its_first_ok_row(tmp_path: Path) -> None:
+    first = write_run(tmp_path / "a", [row(["x"], [0.9]), row(["y"], [0.2]), row(["z"], [0.5])])
+    later = write_run(tmp_path / "b", [row(["x"], [0.0]), row(["z"], [0.1])])
+    make_pairs([first, later], tmp_path / "pairs", PairsConfig(strategy="best-worst"))
+    (p,) = read_table(tmp_path / "pairs", PAIRS).to_pylist()
+    assert (p["chosen_steps"], p["rejected_steps"]) == (["x"], ["y"])
+    assert json.loads((tmp_path / "pairs" / "pairs.json").read_text())["counts"]["duplicate_rows"] == 2
