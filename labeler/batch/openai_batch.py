@@ -94,10 +94,11 @@ class OpenAIBatchTransport(Transport):
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            text = self.client.files.content(file_id).text
-            for raw in text.splitlines():
-                if raw.strip():
-                    yield _result(json.loads(raw))
+            # streamed line by line: an output file of 50,000 answers never sits in memory whole
+            with self.client.files.with_streaming_response.content(file_id) as resp:
+                for raw in resp.iter_lines():
+                    if raw.strip():
+                        yield _result(json.loads(raw))
 
     def close(self) -> None:
         self.client.close()
