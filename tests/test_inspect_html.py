@@ -94,3 +94,30 @@ def test_report_renders_in_headless_chromium(report_1000, tmp_path):
     ok, total, shown, rows = map(int, match.groups())
     assert total == len(PLOTS) and ok == total, "every plot must decode and have a size"
     assert (shown, rows) == (1, 50), "the example filter narrows the table to one response"
+
+
+def test_comparison_and_pairs_reports(tmp_path):
+    a = write_rows(tmp_path / "a.parquet", score_rows([("x1", [1, 0], [0.9, 0.1]), ("x2", [1, 1], [0.8, 0.2])]))
+    b = write_rows(tmp_path / "b.parquet", score_rows([("x1", [1, 0], [1.0, 0.0]), ("x2", [1, 1], [1.0, 1.0])],
+                                                      judge="reference"))
+    out = tmp_path / "cmp.html"
+    assert main(["inspect", str(a), str(b), "--html", str(out), "--where", "disagree",
+                 "--plots", str(tmp_path / "plots")]) == 0
+    text = out.read_text(encoding="utf-8")
+    names = re.findall(r"<img class='plot' alt='([a-z_0-9]+)'", text)
+    assert names == [f"{ab}_{p}" for ab in "ab" for p in PLOTS]
+    assert sorted(p.stem for p in (tmp_path / "plots").iterdir()) == sorted(names)
+    # Only x2 differs (0.2 vs 1.0 at step 2); its row shows A's score, B's and the label.
+    assert len(re.findall(r"<tr><td>\d+</td><td><code>", text)) == 1 and "<code>x2</code>" in text
+    assert "B 1.00" in text and "Largest disagreements" in text
+
+    from schemas import PAIRS
+
+    pairs = [{"pair_id": "q1", "prompt": "p", "prefix_steps": ["a"], "chosen_steps": ["b"],
+              "rejected_steps": ["c"], "chosen_scores": [1.0], "rejected_scores": [0.0],
+              "chosen_reward": 1.0, "rejected_reward": 0.0, "strategy": "first-error"}]
+    out = tmp_path / "pairs.html"
+    assert main(["inspect", str(write_rows(tmp_path / "p.parquet", pairs, PAIRS)), "--html", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert re.findall(r"<img class='plot' alt='([a-z_0-9]+)'", text) == ["margin", "steps_per_solution"]
+    assert "<b>chosen</b> (reward 1)" in text and "<code>q1</code>" in text
