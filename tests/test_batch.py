@@ -432,3 +432,26 @@ def test_machines_sharing_a_folder_attach_only_to_their_own_batches(fake, tmp_pa
     assert api.submissions["openai"] == 2
     assert set(scores_by_id(run)) == {r["response_id"] for r in rows}
     assert {r.job for r in state.load_all(run)} == {"k0-of-2-", "k1-of-2-"}
+
+
+def test_openai_batch_failing_validation_records_the_reason_and_is_retried(fake, tmp_path):
+    server, api = fake
+    rows = make_rows(25)
+
+    class WrongURL(OpenAIBatchTransport):
+        def encode(self, custom_id, body):
+            line = json.loads(super().encode(custom_id, body))
+            line["url"] = "/v1/completions"
+            return json.dumps(line).encode()
+
+    manifest = run_batch_label(judge_of("openai"), rows, RunDir(tmp_path / "run"), prices=load_prices(),
+                               options=BatchOptions(poll_interval=0.001), log=lambda m: None,
+                               transport=WrongURL(base_url=os.environ["OPENAI_BASE_URL"]))
+    assert manifest["totals"]["error"] == 25 and manifest["batches"][0]["status"] == "failed"
+    errors = set(read_table(tmp_path / "run", STEP_SCORES).column("error").to_pylist())
+    assert errors == {"batch failed: line 1: url must be /v1/chat/completions with method POST and a body; "
+                      "line 2: url must be /v1/chat/completions with method POST and a body; "
+                      "line 3: url must be /v1/chat/completions with method POST and a body"}
+    manifest, _ = batch_label("openai", rows, tmp_path / "run", tmp_path / "cache")
+    assert api.submissions["openai"] == 2 and manifest["totals"]["ok"] == 25
+    assert len(scores_by_id(tmp_path / "run")) == 25

@@ -31,6 +31,7 @@ class Poll:
     status: str
     counts: dict[str, int] = field(default_factory=dict)
     final: bool = False
+    message: str | None = None  # why a batch failed as a whole (OpenAI validation errors)
 
 
 @dataclass

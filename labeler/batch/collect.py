@@ -222,7 +222,7 @@ def submit_and_collect(
             for rec in list(live):
                 if rec.phase != "ended":
                     poll = transport.poll(rec.batch_id or "")
-                    rec.status, rec.counts = poll.status, poll.counts
+                    rec.status, rec.counts, rec.message = poll.status, poll.counts, poll.message
                     if poll.final:
                         rec.phase = "ended"
                     state.save(run_dir, rec)
@@ -277,7 +277,8 @@ def _ingest(
         response = todo.get(rid)
         if response is None:
             continue  # done meanwhile (an earlier join of this batch, or another shard) or not in this job
-        res = seen.get(cid) or Result(cid, error=f"batch {rec.status}: no result returned", kind="errored")
+        res = seen.get(cid) or Result(cid, error=f"batch {rec.status}: {rec.message or 'no result returned'}",
+                                      kind="errored")
         verdict, error, cost = None, res.error, None
         if res.body is not None:
             try:

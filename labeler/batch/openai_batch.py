@@ -81,7 +81,9 @@ class OpenAIBatchTransport(Transport):
 
     def _poll(self, batch: Any) -> Poll:
         counts = batch.request_counts.model_dump() if batch.request_counts else {}
-        return Poll(batch.status, counts, self.is_final(batch.status))
+        errors = (batch.errors.data or []) if batch.errors else []
+        message = "; ".join(e.message or e.code or "" for e in errors[:3]) or None
+        return Poll(batch.status, counts, self.is_final(batch.status), message)
 
     def poll(self, batch_id: str) -> Poll:
         return self._poll(self.client.batches.retrieve(batch_id))

@@ -58,6 +58,7 @@ class BatchRecord:
     submitted_at: float | None = None
     status: str | None = None  # the provider's last reported status
     counts: dict[str, int] = field(default_factory=dict)
+    message: str | None = None  # the provider's reason when a batch failed as a whole
     updated_at: float | None = None
     # Filled while results are joined: rows by status and what they cost (batch price).
     rows: dict[str, int] = field(default_factory=dict)

@@ -85,6 +85,7 @@ class _OpenAIBatch:
     error_file_id: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "completed": 0, "failed": 0})
     cancelled: bool = False
+    errors: list[dict[str, Any]] | None = None  # validation errors of a "failed" batch
 
 
 @dataclass
@@ -232,7 +233,7 @@ class BatchAPI:
             "completion_window": "24h", "status": b.status, "created_at": b.created_at,
             "expires_at": b.created_at + 86400, "output_file_id": b.output_file_id,
             "error_file_id": b.error_file_id, "request_counts": dict(b.counts), "metadata": b.metadata,
-            "errors": None,
+            "errors": {"object": "list", "data": b.errors} if b.errors else None,
         }
 
     def openai_create(self, req: Request) -> Response:
@@ -297,13 +298,26 @@ class BatchAPI:
         b = self.openai_batches.get(id)
         if b is None:
             return _error(404, f"no batch {id}")
-        if b.status not in ("completed", "expired", "cancelled"):
+        if b.status not in ("completed", "expired", "cancelled", "failed"):
             b.polls += 1
-            if b.status == "cancelling" or b.polls >= self.polls_to_finish:
+            if b.status == "validating" and self._openai_validate(b):
+                b.status = "failed"
+            elif b.status == "cancelling" or b.polls >= self.polls_to_finish:
                 self._openai_finish(b)
             else:
                 b.status = OPENAI_STATUSES[min(b.polls, 2)]
         return _json(self._openai_obj(b))
+
+    def _openai_validate(self, b: _OpenAIBatch) -> bool:
+        """Like OpenAI, check the input file's lines after creation; True if the batch failed."""
+        errors = []
+        for n, raw in enumerate(self.files[b.input_file_id]["content"].decode().splitlines(), 1):
+            line = json.loads(raw) if raw.strip() else {}
+            if line.get("url") != b.endpoint or line.get("method") != "POST" or not isinstance(line.get("body"), dict):
+                errors.append({"code": "invalid_request", "line": n, "param": "url",
+                               "message": f"line {n}: url must be {b.endpoint} with method POST and a body"})
+        b.errors = errors[:10] or None
+        return bool(errors)
 
     def openai_cancel(self, req: Request, id: str) -> Response:
         b = self.openai_batches.get(id)
