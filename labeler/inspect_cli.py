@@ -21,8 +21,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from labeler.inspection import agreement, stats
-from labeler.inspection.show import SHOW_COLUMNS, WHERE, WHERE_HELP
+from labeler.inspection.show import WHERE, WHERE_HELP
 from labeler.options import add_dataclass_arguments, dataclass_from_args
 from schemas.errors import UserError
 
@@ -82,21 +85,30 @@ def build_report(paths: list[str], threshold: float = 0.5, columns: dict[str, li
 
 
 def pick_examples(loaded: list[stats.Loaded], where: str, threshold: float, n: int) -> list[dict]:
+    """Examples picked by ``where``: chosen on the score columns already in memory, then the
+    text columns (prompt, steps) read for those rows only."""
     from labeler.inspection import show
 
     if n <= 0:
         return []
-    if len(loaded) == 2:
-        return show.compare_examples(loaded[0].table, loaded[1].table, where, threshold, n)
     one = loaded[0]
-    rows = show.select_rows(one.table, one.kind.name, where, threshold, n)
-    return show.examples(one.table, one.kind.name, rows, threshold)
+    kind = one.kind.name
+    if len(loaded) == 2:
+        rows, other = show.select_compare(one.table, loaded[1].table, where, threshold, n)
+    else:
+        rows = show.select_rows(one.table, kind, where, threshold, n)
+    text_cols = [c for c in show.SHOW_COLUMNS[kind] if c not in one.table.column_names]
+    small = one.table.take(pa.array(rows, pa.int64()))
+    texts = stats.take_rows(one, rows, text_cols)
+    for c in text_cols:
+        small = small.append_column(c, texts.column(c))
+    exs = show.examples(small, kind, np.arange(len(rows)), threshold)
+    return show.add_other(exs, loaded[1].table, other) if len(loaded) == 2 else exs
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(InspectConfig, args)
-    needs_text = cfg.show > 0 or cfg.html is not None
-    report, loaded = build_report(args.paths, cfg.threshold, SHOW_COLUMNS if needs_text else None)
+    report, loaded = build_report(args.paths, cfg.threshold)
     shown = pick_examples(loaded, cfg.where, cfg.threshold, cfg.show)
     if cfg.json:
         out = dict(report)

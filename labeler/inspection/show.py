@@ -122,33 +122,41 @@ def examples(t: pa.Table, kind: str, rows: np.ndarray, threshold: float) -> list
     return out
 
 
-def compare_examples(a: pa.Table, b: pa.Table, where: str, threshold: float, n: int) -> list[dict]:
-    """Examples of responses scored by both files: A's steps with A's, B's and the reference."""
+def select_compare(a: pa.Table, b: pa.Table, where: str, threshold: float, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (in A, in B) of up to ``n`` responses scored by both files that match ``where``.
+
+    ``disagree`` counts like ``agreement.compare``: same number of steps, and a different first
+    error or a step where both judges gave a score on opposite sides of the threshold.
+    """
     if where not in ("all", "disagree"):
         raise UserError(f"with two files --where must be 'all' or 'disagree', not '{where}'")
     ia, ib = join(a, b)
-    sa, sb = a.column("scores").take(pa.array(ia)), b.column("scores").take(pa.array(ib))
-    if where == "disagree":
-        ea, eb = explode(sa), explode(sb)
-        same = ea.lengths == eb.lengths
-        differs = first_errors(ea, threshold) != first_errors(eb, threshold)
-        same_idx = np.flatnonzero(same)
-        if len(same_idx):  # per-step comparison where both judges scored the same steps
-            ka, kb = pa.array(same), pa.array(same)
-            fa, fb = explode(sa.filter(ka)), explode(sb.filter(kb))
-            both = ~np.isnan(fa.values) & ~np.isnan(fb.values)  # as agreement.compare counts
-            bad = both & ((fa.values >= threshold) != (fb.values >= threshold))
-            differs[same_idx] |= np.bincount(fa.row[bad], minlength=len(same_idx)) > 0
-        keep = np.flatnonzero(differs & same)[:n]
-    else:
+    if where == "all":
         keep = np.arange(min(n, len(ia)))
-    out = examples(a, "step_scores", ia[keep], threshold)
-    other = b.take(pa.array(ib[keep], pa.int64())).select(["judge", "scores"]).to_pylist()
-    for ex, o in zip(out, other, strict=True):
+        return ia[keep], ib[keep]
+    sa, sb = a.column("scores").take(pa.array(ia)), b.column("scores").take(pa.array(ib))
+    ea, eb = explode(sa), explode(sb)
+    same = ea.lengths == eb.lengths
+    differs = first_errors(ea, threshold) != first_errors(eb, threshold)
+    same_idx = np.flatnonzero(same)
+    if len(same_idx):
+        fa, fb = explode(sa.filter(pa.array(same))), explode(sb.filter(pa.array(same)))
+        both = ~np.isnan(fa.values) & ~np.isnan(fb.values)
+        bad = both & ((fa.values >= threshold) != (fb.values >= threshold))
+        differs[same_idx] |= np.bincount(fa.row[bad], minlength=len(same_idx)) > 0
+    keep = np.flatnonzero(differs & same)[:n]
+    return ia[keep], ib[keep]
+
+
+def add_other(exs: list[dict[str, Any]], b: pa.Table, ib: np.ndarray) -> list[dict[str, Any]]:
+    """Put the second judge's score beside each step of the examples (rows ``ib`` of ``b``)."""
+    other = b.take(pa.array(ib, pa.int64())).select(["judge", "scores"]).to_pylist()
+    for ex, o in zip(exs, other, strict=True):
         ex["other_judge"] = o["judge"]
         for i, step in enumerate(ex["steps"]):
             step["other"] = o["scores"][i] if i < len(o["scores"] or []) else None
-    return out
+    return exs
 
 
 def style_for(score: float | None, threshold: float) -> str:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.errors import UserError
-from schemas.tables import KINDS, Kind, parquet_files, read_kind, read_table
+from schemas.tables import KINDS, Kind, parquet_files, read_kind, read_table, validate
 
 # The columns each summary reads; tests check that nothing else is loaded.
 COLUMNS: dict[str, list[str]] = {
@@ -79,6 +79,37 @@ def read_manifests(path: Path) -> dict[str, Any] | None:
     if not found:
         return None
     return found["run.json"] if "run.json" in found else found
+
+
+def take_rows(loaded: Loaded, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """``columns`` for the given rows of ``loaded`` (global indices, in that order).
+
+    Only the Parquet row groups holding those rows are read, so ``--show 5`` on a run of many
+    shards decodes the step text of one or a few shards, not of the whole run.
+    """
+    import pyarrow.parquet as pq
+
+    rows = np.asarray(rows, dtype=np.int64)
+    kind = loaded.kind
+    partial = Kind(kind.name, kind.version, pa.schema([kind.schema.field(c) for c in columns]),
+                   kind.optional)
+    pieces, where = [], np.empty(len(rows), dtype=np.int64)
+    base = got = 0
+    for f in loaded.files:
+        pf = pq.ParquetFile(f)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        for rg in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(rg).num_rows
+            hit = np.flatnonzero((rows >= base) & (rows < base + n))
+            if len(hit):
+                piece = validate(pf.read_row_group(rg, columns=present), partial, f)
+                pieces.append(piece.take(pa.array(rows[hit] - base)))
+                where[hit] = got + np.arange(len(hit))
+                got += len(hit)
+            base += n
+    if not pieces:
+        return partial.stamped.empty_table()
+    return pa.concat_tables(pieces).take(pa.array(where))
 
 
 # ----------------------------------------------------------------------------- list columns
