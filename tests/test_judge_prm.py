@@ -165,13 +165,26 @@ def test_stepdpo_label_with_prm_end_to_end(models, tmp_path, gsm8k_sample, capsy
     assert main(["ingest", "gsm8k", str(gsm8k_sample), "-o", str(responses)]) == 0
     run = tmp_path / "run"
     argv = ["label", str(responses), "--judge", f"prm:{models['shepherd']}", "--style", "shepherd",
-            "--device", "cpu", "--prm-batch-size", "4", "--limit", "12", "-o", str(run),
+            "--device", "cpu", "--prm-batch-size", "4", "--limit", "8", "-o", str(run),
             "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]
     assert main(argv) == 0, capsys.readouterr().err
     rows = read_table(run, STEP_SCORES).to_pylist()
-    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
     judge = make(models, "shepherd")
-    for row in rows:
-        item = Item(row["response_id"], row["prompt"], row["steps"])
-        assert row["scores"] == pytest.approx(naive_scores(judge, item), abs=1e-4)
+    direct = judge.score_items([Item(r["response_id"], r["prompt"], r["steps"]) for r in rows])
+    for row, verdict in zip(rows, direct, strict=True):
+        assert row["scores"] == pytest.approx(verdict.scores, abs=1e-5)
         assert row["judge"] == judge.name and row["judge_fingerprint"] == judge.fingerprint()
+        assert json.loads(row["raw"])["tokens"] == row["input_tokens"] > 0
+
+
+def test_fingerprint_changes_when_local_weights_are_replaced(tmp_path):
+    path = build_prm(tmp_path / "m", "shepherd", seed=0)
+    cfg = JudgeConfig(style="shepherd", device="cpu")
+    before = create_judge(f"prm:{path}", cfg).fingerprint()
+    assert create_judge(f"prm:{path}", cfg).fingerprint() == before
+    import time
+
+    time.sleep(0.01)
+    build_prm(tmp_path / "m", "shepherd", seed=1)  # retrained into the same folder
+    assert create_judge(f"prm:{path}", cfg).fingerprint() != before

@@ -156,7 +156,7 @@ class PRMJudge(Judge):
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=remote)
             model_config = AutoConfig.from_pretrained(self.model_name, trust_remote_code=remote)
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load PRM '{self.model_name}': {str(exc).splitlines()[0]}") from exc
+            raise UserError(_load_error(self.model_name, exc)) from exc
         if not self.tokenizer.is_fast:
             raise UserError(f"prm needs a fast tokenizer (character offsets); '{self.model_name}' has none")
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": remote}
@@ -171,7 +171,7 @@ class PRMJudge(Judge):
         try:
             self.model = auto.from_pretrained(self.model_name, **kwargs).to(self.device).eval()
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load PRM '{self.model_name}': {str(exc).splitlines()[0]}") from exc
+            raise UserError(_load_error(self.model_name, exc)) from exc
         limits = [getattr(model_config, "max_position_embeddings", None)]
         if config.max_length:
             limits.append(int(config.max_length))
@@ -185,7 +185,7 @@ class PRMJudge(Judge):
         else:
             self.candidates = [candidate_id(self.tokenizer, self.sep, self.positive),
                                candidate_id(self.tokenizer, self.sep, self.negative)]
-        self.commit = getattr(model_config, "_commit_hash", None)
+        self.commit = getattr(model_config, "_commit_hash", None) or _local_identity(self.model_name)
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
@@ -269,8 +269,12 @@ class PRMJudge(Judge):
         position would dwarf the rest of the pass)."""
         import torch
 
-        hidden = self.model.get_decoder()(**inputs).last_hidden_state[r, c]
+        decoder = getattr(self.model, "get_decoder", lambda: None)()
         head = self.model.get_output_embeddings()
+        if decoder is None or head is None or not hasattr(head, "weight"):
+            logits = self.model(**inputs).logits[r, c][:, self.candidates].float()
+            return torch.softmax(logits, dim=-1)[:, 0]
+        hidden = decoder(**inputs).last_hidden_state[r, c]
         idx = torch.tensor(self.candidates, device=hidden.device)
         bias = head.bias[idx] if getattr(head, "bias", None) is not None else None
         logits = torch.nn.functional.linear(hidden, head.weight[idx], bias).float()
@@ -309,6 +313,30 @@ class PRMJudge(Judge):
 
     async def aclose(self) -> None:
         self.model = None
+
+
+def _load_error(model: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = " (pass --trust-remote-code if you trust this repo)" if "trust_remote_code" in str(exc) else ""
+    return f"cannot load PRM '{model}': {first}{hint}"
+
+
+def _local_identity(model: str) -> str | None:
+    """For a local folder (no hub commit): a hash of its config and its weight files' names,
+    sizes and modification times, so retrained weights saved into the same folder don't hit
+    the cached scores of the old ones (a copied folder only costs a re-scoring)."""
+    from pathlib import Path
+
+    from schemas.ids import sha256_hex
+
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    config = folder / "config.json"
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                   if f.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    return sha256_hex({"config": config.read_text(encoding="utf-8") if config.exists() else None,
+                       "weights": files})[:16]
 
 
 def make_prm(model: str, config: Any) -> PRMJudge:
