@@ -12,6 +12,7 @@ examples:
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --dry-run
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --rpm 5000
   stepdpo label work/responses.parquet --judge anthropic:claude-haiku-4-5 -o work/run-claude
+  stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --batch   # half price, ≤ 24h
   stepdpo label work/responses.parquet --judge openai-compatible:Qwen/Qwen2.5-72B-Instruct@http://gpu:8000/v1 -o work/run-qwen
   stepdpo label big.parquet --judge openai:gpt-4o -o run --num-shards 4 --shard-index 0   # machine 0 of 4
 """
