@@ -1,4 +1,15 @@
-"""Data contracts shared by the labeler and the trainer (pyarrow and the standard library only)."""
+"""Data contracts shared by the labeler and the trainer (pyarrow and the standard library only).
+
+The pure-Python helpers load eagerly; the table helpers of ``schemas.tables`` load on first
+use (PEP 562), because pyarrow alone takes about half a second to import and ``stepdpo --help``
+(which needs only ``UserError``) must stay instant. ``from schemas import read_table`` works
+as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from schemas.aggregate import AGGREGATIONS, aggregate, first_error
 from schemas.convert import (
@@ -12,19 +23,10 @@ from schemas.convert import (
 )
 from schemas.errors import UserError
 from schemas.ids import canonical_json, pair_id, response_id, sha256_hex, shard_of
-from schemas.tables import (
-    KINDS,
-    PAIRS,
-    RESPONSES,
-    SCHEMA_KEY,
-    STEP_SCORES,
-    Kind,
-    from_rows,
-    parquet_files,
-    read_kind,
-    read_table,
-    validate,
-    write_table,
+
+_TABLES = (
+    "KINDS", "PAIRS", "RESPONSES", "SCHEMA_KEY", "STEP_SCORES", "Kind", "from_rows",
+    "parquet_files", "read_kind", "read_table", "validate", "write_table",
 )
 
 __all__ = [
@@ -35,3 +37,35 @@ __all__ = [
     "scores_to_stepwise_supervision", "sha256_hex", "shard_of", "step_char_spans", "validate",
     "write_table",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TABLES:
+        value = getattr(importlib.import_module("schemas.tables"), name)
+    elif name == "tables":
+        value = importlib.import_module("schemas.tables")
+    else:
+        raise AttributeError(f"module 'schemas' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers see the lazy names as ordinary imports
+    from schemas.tables import (  # noqa: F401
+        KINDS,
+        PAIRS,
+        RESPONSES,
+        SCHEMA_KEY,
+        STEP_SCORES,
+        Kind,
+        from_rows,
+        parquet_files,
+        read_kind,
+        read_table,
+        validate,
+        write_table,
+    )

@@ -295,3 +295,18 @@ def test_first_error():
     assert first_error([]) == -1 and first_error(None) == -1
     assert first_error([0.6, 0.55], threshold=0.6) == 1
     assert first_error([float("nan"), 0.1]) == 1
+
+
+def test_lazy_package_exports():
+    """`import schemas` defers pyarrow, yet every exported name resolves to the real object."""
+    import schemas
+    import schemas.aggregate
+    import schemas.tables
+
+    assert callable(schemas.aggregate) and schemas.aggregate is aggregate
+    for name in schemas.__all__:
+        assert getattr(schemas, name) is not None
+    assert schemas.read_table is schemas.tables.read_table
+    assert set(schemas.__all__) <= set(dir(schemas))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        _ = schemas.nope

@@ -1,0 +1,138 @@
+"""The `stepdpo` dispatcher: instant --help listing every command, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labeler.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "trl", "openai", "anthropic", "datasets", "accelerate", "peft")
+
+
+def _py(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, check=False)
+
+
+def test_help_lists_every_command_fast_and_light():
+    code = f"""
+import io, json, sys, time, contextlib
+t0 = time.perf_counter()
+from labeler.cli import main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    rc = main(["--help"])
+elapsed = time.perf_counter() - t0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} + ("pyarrow",))
+print(json.dumps({{"rc": rc, "out": buf.getvalue(), "elapsed": elapsed, "heavy": heavy}}))
+"""
+    start = time.perf_counter()
+    done = _py(code)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rc"] == 0
+    assert result["heavy"] == []
+    # Import + help inside the interpreter: no pyarrow either (schemas loads lazily), so this
+    # takes a few tens of ms; the bound is generous for a busy 2-core CI box.
+    assert result["elapsed"] < 0.25, result["elapsed"]
+    assert wall < 5.0
+    out = result["out"]
+    assert out.startswith("usage: stepdpo")
+    for name, (_, summary) in COMMANDS.items():
+        assert f"  {name} " in out and summary in out, name
+
+
+def test_console_script_help(tmp_path):
+    script = Path(sys.executable).with_name("stepdpo")
+    if not script.exists():
+        pytest.skip("the stepdpo console script is not installed in this environment")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "commands:" in done.stdout and "ingest" in done.stdout
+
+
+def test_no_arguments_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: stepdpo" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("stepdpo ")
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"stepdpo: error: unknown command 'frobnicate' (choose from {', '.join(COMMANDS)})"
+    )
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "ingest", "gsm8k", str(missing), "-o", str(tmp_path / "o.parquet")],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"stepdpo ingest: error: {missing}: no such file"]
+    assert done.stdout == ""
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", "gsm8k", "x.jsonl"])  # -o is required
+    assert exc.value.code == 2
+    assert "the following arguments are required: -o/--output" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", "nosuchsource", "x"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'nosuchsource'" in capsys.readouterr().err
+
+
+def test_ingest_help_documents_every_source(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for source in ("gsm8k", "prm800k", "jsonl"):
+        assert f"stepdpo ingest {source} " in out
+    assert "--label-kind first-error" in out
+
+
+LABELER_COMMANDS = [n for n, (m, _) in COMMANDS.items() if m.startswith("labeler.")]
+
+
+def test_labeler_command_help_stays_light():
+    """`--help` of every labeler command that exists answers without torch or transformers."""
+    present = [n for n in LABELER_COMMANDS if importlib.util.find_spec(COMMANDS[n][0]) is not None]
+    assert "ingest" in present
+    code = f"""
+import contextlib, io, json, sys
+from labeler.cli import main
+codes = {{}}
+for name in {present!r}:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            codes[name] = main([name, "--help"])
+        except SystemExit as exc:
+            codes[name] = exc.code
+    codes[name] = [codes[name], "usage: stepdpo " + name in buf.getvalue()]
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({{"codes": codes, "heavy": heavy}}))
+"""
+    done = _py(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["codes"] == {n: [0, True] for n in present}
