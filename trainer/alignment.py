@@ -1,12 +1,12 @@
 """Step-token alignment: which step every completion token belongs to.
 
-The token ids are TRL's own (the same calls as `DPOTrainer._prepare_dataset` for plain text:
-tokenize the prompt and prompt+completion, the completion starts where they diverge), so the
-policy sees exactly what plain TRL would feed it. Step boundaries come from tokenizing the
-prompt plus the completion cut at each step end: the boundary is the length of the common
-prefix with the full tokenization. This works for any tokenizer (no offset mapping needed);
-a token that straddles a boundary belongs to the later step, so every token has exactly one
-step and step ids never decrease.
+The token ids are TRL's own (the same tokenization as `DPOTrainer._prepare_dataset` for plain
+text: tokenize the prompt and prompt+completion, the completion starts where they diverge), so
+the policy sees exactly what plain TRL would feed it. With a fast tokenizer the step of each
+token comes from its character offset (one batched call per pair, no re-tokenizing); without
+one, from tokenizing the prompt plus the completion cut at each step end (the boundary is the
+common prefix with the full tokenization). Either way every token has exactly one step and
+step ids never decrease.
 
 The collator then lays step ids out exactly like `DataCollatorForPreference` lays out tokens
 (chosen rows then rejected rows, ``[2B, L]``, same truncation slice, right padding), so a step
@@ -68,6 +68,30 @@ def wants_eos(mode: str, steps: Sequence[str], strategy: str | None) -> bool:
     return len(steps) > 1 and strategy != "first-error"
 
 
+def _offset_step_ids(offsets: Sequence[tuple[int, int]], prompt_len: int, text_start: int,
+                     spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Step of each completion token from its start character (fast tokenizers).
+
+    A token belongs to the step its first character is in; characters before the completion
+    (a token merged across the prompt boundary) count for step 0, characters after the last
+    step (EOS) for the last step. A special token with an empty (0, 0) offset keeps the step of
+    the token before it, so ids never decrease.
+    """
+    starts = [s for s, _ in spans[1:]]
+    last = max(len(spans) - 1, 0)
+    out: list[int] = []
+    prev = 0
+    for start, end in offsets[prompt_len:]:
+        if start == end == 0 and out:
+            step = prev
+        else:
+            step = min(bisect_right(starts, start - text_start), last)
+        step = max(step, prev)
+        out.append(step)
+        prev = step
+    return out
+
+
 def tokenize_pair(
     tokenizer,
     prompt: str,
@@ -77,22 +101,37 @@ def tokenize_pair(
     add_eos: str = "auto",
     strategy: str | None = None,
 ) -> dict[str, list[int]]:
-    """TRL's prompt/chosen/rejected ids plus per-token step ids for both completions."""
+    """TRL's prompt/chosen/rejected ids plus per-token step ids for both completions.
+
+    A fast tokenizer does it in one batched call with offsets (the ids equal TRL's one-by-one
+    calls); any other tokenizer falls back to tokenizing each step prefix.
+    """
     eos = tokenizer.eos_token or ""
     suffix_w = eos if wants_eos(add_eos, chosen_steps, strategy) else ""
     suffix_l = eos if wants_eos(add_eos, rejected_steps, strategy) else ""
-    prompt_ids = _ids(tokenizer, prompt)
-    full_w = _ids(tokenizer, prompt + format_completion(chosen_steps, sep) + suffix_w)
-    full_l = _ids(tokenizer, prompt + format_completion(rejected_steps, sep) + suffix_l)
-    prompt_len = min(common_prefix_length(prompt_ids, full_w), common_prefix_length(prompt_ids, full_l))
-    bounds_w = step_boundaries(tokenizer, prompt, chosen_steps, sep, full_w, suffix_w)
-    bounds_l = step_boundaries(tokenizer, prompt, rejected_steps, sep, full_l, suffix_l)
+    text_w = prompt + format_completion(chosen_steps, sep) + suffix_w
+    text_l = prompt + format_completion(rejected_steps, sep) + suffix_l
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text=[prompt, text_w, text_l], return_offsets_mapping=True)
+        prompt_ids, full_w, full_l = (list(x) for x in enc["input_ids"])
+        prompt_len = min(common_prefix_length(prompt_ids, full_w), common_prefix_length(prompt_ids, full_l))
+        off_w, off_l = enc["offset_mapping"][1], enc["offset_mapping"][2]
+        step_w = _offset_step_ids(off_w, prompt_len, len(prompt), step_char_spans(chosen_steps, sep))
+        step_l = _offset_step_ids(off_l, prompt_len, len(prompt), step_char_spans(rejected_steps, sep))
+    else:
+        prompt_ids = _ids(tokenizer, prompt)
+        full_w, full_l = _ids(tokenizer, text_w), _ids(tokenizer, text_l)
+        prompt_len = min(common_prefix_length(prompt_ids, full_w), common_prefix_length(prompt_ids, full_l))
+        bounds_w = step_boundaries(tokenizer, prompt, chosen_steps, sep, full_w, suffix_w)
+        bounds_l = step_boundaries(tokenizer, prompt, rejected_steps, sep, full_l, suffix_l)
+        step_w = completion_step_ids(full_w, prompt_len, bounds_w, len(chosen_steps))
+        step_l = completion_step_ids(full_l, prompt_len, bounds_l, len(rejected_steps))
     return {
         "prompt_ids": prompt_ids[:prompt_len],
         "chosen_ids": full_w[prompt_len:],
         "rejected_ids": full_l[prompt_len:],
-        "chosen_step_ids": completion_step_ids(full_w, prompt_len, bounds_w, len(chosen_steps)),
-        "rejected_step_ids": completion_step_ids(full_l, prompt_len, bounds_l, len(rejected_steps)),
+        "chosen_step_ids": step_w,
+        "rejected_step_ids": step_l,
     }
 
 
