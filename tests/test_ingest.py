@@ -396,3 +396,19 @@ def test_ingest_subprocess_and_help(tmp_path, gsm8k_sample):
         # Every option's help carries an example of its use.
         block = h.split(f"\n  {opt} ", 1)[1].split("\n  --", 1)[0]
         assert "e.g." in block, opt
+
+
+def test_gsm8k_parquet_release_and_json_lines_in_dot_json(capsys, tmp_path, gsm8k_sample):
+    """The hub's Parquet release and `datasets`-style JSON lines in a .json file both read."""
+    lines = gsm8k_sample.read_text(encoding="utf-8").splitlines()[:7]
+    recs = [json.loads(x) for x in lines]
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "test-00000-of-00001.parquet")
+    (tmp_path / "lines.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    assert ingest(capsys, "gsm8k", tmp_path / "test-00000-of-00001.parquet", "-o", a)[0] == 0
+    assert ingest(capsys, "gsm8k", tmp_path / "lines.json", "-o", b)[0] == 0
+    ra, rb = rows_of(a), rows_of(b)
+    assert len(ra) == 7
+    assert [r["response_id"] for r in ra] == [r["response_id"] for r in rb]
+    assert json.loads(ra[6]["meta"])["origin"] == "test-00000-of-00001.parquet:row 7"
+    assert json.loads(rb[6]["meta"])["origin"] == "lines.json:7"

@@ -2,8 +2,5 @@
 
 Each source module maps one input record to one checked row (``to_row``); ``common`` reads the
 records with their file:line, streams the rows to Parquet and keeps the skip bookkeeping.
+Nothing is imported here, so `stepdpo ingest --help` does not wait for pyarrow.
 """
-
-from labeler.ingest.common import IngestStats, Record, RecordError, ResponsesWriter, iter_records
-
-__all__ = ["IngestStats", "Record", "RecordError", "ResponsesWriter", "iter_records"]

@@ -70,8 +70,8 @@ examples:
   stepdpo ingest jsonl solutions.parquet --prompt-field prompt --response-field solution \\
       --split step-markers -o work/sol.parquet
 
-Dotted field names reach into nested objects (question.problem). The input format follows the
-file name: .jsonl/.ndjson lines, .json array, .parquet table.
+Dotted field names reach into nested objects (question.problem). A .parquet file is read as
+a table; any other file is a JSON array if it starts with '[', else JSON lines.
 """ + COMMON_EPILOG
 
 
@@ -93,18 +93,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     g = sub.add_parser("gsm8k", help="GSM8K jsonl", epilog=GSM8K_EPILOG, formatter_class=fmt,
-                       description="GSM8K → responses: steps are the answer's lines before "
-                                   "'#### N'; N (commas stripped) is the final and gold answer.")
+                       description="GSM8K → responses: steps are the answer's lines before '#### N'\n"
+                                   "(calculator notes <<expr=result>> kept); N with commas stripped\n"
+                                   "is the final and gold answer. Reads the jsonl or the Parquet release.")
     _add_common(g)
     p = sub.add_parser("prm800k", help="PRM800K phase1/phase2 label files", epilog=PRM800K_EPILOG,
                        formatter_class=fmt,
-                       description="PRM800K → responses with human step labels "
-                                   "(reference_scores: -1→0, 0→0.5, +1→1).")
+                       description="PRM800K → responses with human step labels\n"
+                                   "(reference_scores: rating -1→0, 0→0.5, +1→1, none→null).\n"
+                                   "Phase 2's found-error step (chosen_completion null) is kept.")
     _add_common(p)
     j = sub.add_parser("jsonl", help="any JSONL / JSON array / Parquet file", epilog=JSONL_EPILOG,
                        formatter_class=fmt,
-                       description="Any JSONL / JSON array / Parquet file → responses, through a "
-                                   "field mapping. Give --prompt-field and exactly one of "
+                       description="Any JSONL / JSON array / Parquet file → responses, through a\n"
+                                   "field mapping. Give --prompt-field and exactly one of\n"
                                    "--steps-field or --response-field.")
     _add_common(j)
     add_dataclass_arguments(j, FieldMapping, title="field mapping")

@@ -132,6 +132,9 @@ def _iter_parquet(path: Path) -> Iterator[Record | tuple[str, RecordError]]:
 def iter_records(path: str | os.PathLike) -> Iterator[Record | tuple[str, RecordError]]:
     """Records of a JSONL file, a JSON array file or a Parquet file, in order.
 
+    ``.parquet`` files are read as tables; any other file is a JSON array when its first
+    non-blank character is ``[`` and JSON lines otherwise.
+
     Yields a :class:`Record`, or ``(where, RecordError)`` for a line that cannot be read (bad
     UTF-8, malformed JSON) so that ``--skip-invalid`` can skip it. Problems with the whole
     file (missing, not Parquet, a broken JSON array) raise UserError at once.
@@ -139,15 +142,12 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record | tuple[str, Record
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         return _iter_parquet(path)
-    if suffix == ".json":
-        return _iter_json_array(path)
     with open(path, "rb") as fh:
         head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    # A .jsonl/.txt file that is really one JSON array still works.
-    if head.startswith(b"[") and suffix not in (".jsonl", ".ndjson"):
+    # Sniff rather than trust the suffix: `datasets` writes JSON lines into ".json" files.
+    if head.startswith(b"["):
         return _iter_json_array(path)
     return _iter_jsonl(path)
 
