@@ -366,6 +366,9 @@ def test_whole_file_errors(capsys, tmp_path):
         (["--prompt-field", "p"], "give exactly one of --steps-field (a list of steps) or --response-field (one text, split by --split)"),
         (["--prompt-field", "p", "--response-field", "r", "--split", "bogus"], "--split: unknown splitter 'bogus'; choose one of lines, blank-lines, step-markers, regex:PATTERN, native"),
         (["--prompt-field", "p", "--response-field", "r", "--split", "regex:("], "--split: bad splitter pattern '(': missing ), unterminated subpattern at position 0"),
+        (["--prompt-field", "p", "--steps-field", "s", "--split", "blank-lines"], "--split applies to --response-field only; --steps-field is kept as given"),
+        (["--prompt-field", "p", "--response-field", "r", "--split", "native"], "--split native needs --steps-field (a list); pick a text splitter"),
+        (["--prompt-field", "p", "--steps-field", "s", "--limit", "0"], "--limit must be at least 1"),
     ],
 )
 def test_mapping_errors(capsys, tmp_path, args, message):
@@ -412,3 +415,24 @@ def test_gsm8k_parquet_release_and_json_lines_in_dot_json(capsys, tmp_path, gsm8
     assert [r["response_id"] for r in ra] == [r["response_id"] for r in rb]
     assert json.loads(ra[6]["meta"])["origin"] == "test-00000-of-00001.parquet:row 7"
     assert json.loads(rb[6]["meta"])["origin"] == "lines.json:7"
+
+
+@pytest.mark.parametrize(
+    "label,message",
+    [
+        ([1, 0], None),
+        ([1], "field 'lab': 1 value(s) for 2 step(s)"),
+        ([1, 2], "field 'lab': value 2 at step 2 is not in [0, 1], true/false or null"),
+        ([1, "yes"], "field 'lab': value 'yes' at step 2 is not in [0, 1], true/false or null"),
+        (3, "per-step label must be a list with one value per step, got int"),
+    ],
+)
+def test_per_step_label_errors(capsys, tmp_path, label, message):
+    src = _jsonl(tmp_path, [json.dumps({"p": "P", "s": ["a", "b"], "lab": label}).encode()])
+    code, _, err = ingest(capsys, "jsonl", src, "--prompt-field", "p", "--steps-field", "s",
+                          "--label-field", "lab", "--label-kind", "per-step", "-o", tmp_path / "o.parquet")
+    if message is None:
+        assert code == 0 and rows_of(tmp_path / "o.parquet")[0]["reference_scores"] == [1.0, 0.0]
+    else:
+        assert code == 2
+        assert err.strip() == f"stepdpo ingest: error: data.jsonl:1: {message} (use --skip-invalid to skip such records)"
