@@ -78,7 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, summary = COMMANDS[name]
     try:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+            if missing.split(".")[0] in ("schemas", "labeler", "trainer"):
+                raise  # our own bug: keep the traceback
+            extra = "train" if module_name.startswith("trainer") else "all"
+            raise UserError(
+                f"this command needs '{missing}', which is not installed "
+                f"(pip install 'stepwise-dpo[{extra}]')"
+            ) from exc
         parser = argparse.ArgumentParser(
             prog=f"stepdpo {name}",
             description=(module.__doc__ or summary).strip(),

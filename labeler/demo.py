@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         "train",
         [
             "train", "--pairs", str(pairs), "--model", model, "--output_dir", str(out),
-            "--max_steps", str(args.max_steps), "--loss_kind", args.loss,
+            "--max_steps", str(args.max_steps), "--stepwise_loss", args.loss,
             "--per_device_train_batch_size", "4", "--learning_rate", "5e-4",
             "--logging_steps", "5", "--report_to", "none", "--save_strategy", "no",
         ],
