@@ -187,3 +187,22 @@ def test_trainer_never_imports_labeler():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n == "labeler" or n.startswith("labeler.") for n in names), path
+
+
+def test_tiny_model_is_deterministic_and_loads_back(tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    a = build_tiny_model(tmp_path / "a", hidden=16, layers=1, extra_tokens=("<extra_0>",))
+    b = build_tiny_model(tmp_path / "b", hidden=16, layers=1, extra_tokens=("<extra_0>",))
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+    tok = AutoTokenizer.from_pretrained(a)
+    assert tok.pad_token == "<pad>" and tok.eos_token == "<eos>" and tok.pad_token_id != tok.eos_token_id
+    assert len(tok("x<extra_0>", add_special_tokens=False)["input_ids"]) == 2  # one token for the tag
+    text = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    model = AutoModelForCausalLM.from_pretrained(a)
+    assert model.config.hidden_size == 16 and model.config.vocab_size == len(tok)
+    prm = build_tiny_model(tmp_path / "prm", arch="qwen2", hidden=16, layers=1, token_classes=2)
+    head = AutoModelForTokenClassification.from_pretrained(prm)
+    assert head.config.num_labels == 2 and type(head).__name__ == "Qwen2ForTokenClassification"
