@@ -227,6 +227,11 @@ class StepwiseDPOTrainer(DPOTrainer):
         policy_steps = step_sums(policy_tok, step_ids, k_max)
         policy_seq = policy_tok.sum(dim=1)
         if self.uses_precomputed_ref:
+            if "ref_chosen_step_logps" not in extra or "ref_rejected_step_logps" not in extra:
+                raise ValueError(
+                    "a batch has pairs without precomputed reference step log-probs; run "
+                    "`stepdpo precompute-ref` on every shard (train and eval) or pass a reference model"
+                )
             ref_w = extra["ref_chosen_step_logps"].to(policy_steps.dtype)
             ref_l = extra["ref_rejected_step_logps"].to(policy_steps.dtype)
             ref_steps = torch.cat([ref_w, ref_l], dim=0)
