@@ -156,7 +156,9 @@ def test_fingerprint_and_cache(env, fake, capsys, tmp_path):
     fake.reset_counts()  # same command, new folder: every answer from the cache
     rc, log = label(capsys, inp, env / "b")
     assert rc == 0 and fake.total_requests == 0 and "20 from cache" in log
-    assert [r["scores"] for r in output(env / "b")] == [r["scores"] for r in output(env / "a")]
+    scores_a = {r["response_id"]: r["scores"] for r in output(env / "a")}
+    assert {r["response_id"]: r["scores"] for r in output(env / "b")} == scores_a
+    assert all(r["attempts"] == 0 for r in output(env / "b"))  # 0 attempts marks a cache hit
     assert json.loads((env / "b" / "run.json").read_text())["judge_fingerprint"] == fp
 
     template = tmp_path / "my_rubric.txt"

@@ -68,7 +68,7 @@ def test_openai_one_request_rubric_first_steps_last(fake):
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
     assert fmt["json_schema"]["schema"] == ANSWER_SCHEMA
     assert sent["max_completion_tokens"] == 2048 and sent["temperature"] == 0.0
-    assert verdict.headers["x-ratelimit-limit-requests"] == "10000"
+    assert verdict.headers["x-ratelimit-limit-requests"] == "30000"
     # parse_body on the recorded reply gives the same verdict (the batch mode relies on it).
     assert json.loads(verdict.raw) == {"steps": [
         {"step": i, "verdict": "correct" if score_of(s) >= 0.5 else "incorrect", "score": score_of(s)}

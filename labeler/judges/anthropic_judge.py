@@ -54,6 +54,10 @@ class AnthropicJudge(Judge):
         self._api_key = api_key
         self._base_url = base_url
         self._client: Any = None
+        try:  # imported now, not at the first request: a missing SDK is a clear error up front
+            import anthropic  # noqa: F401
+        except ImportError as exc:
+            raise UserError("judge 'anthropic' needs the anthropic package: pip install 'stepwise-dpo[api]'") from exc
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {

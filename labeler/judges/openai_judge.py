@@ -114,6 +114,10 @@ class OpenAIJudge(Judge):
         self._api_key = api_key
         self._base_url = base_url
         self._client: Any = None
+        try:  # imported now, not at the first request: a missing SDK is a clear error up front
+            import openai  # noqa: F401
+        except ImportError as exc:
+            raise UserError("judge 'openai' needs the openai package: pip install 'stepwise-dpo[api]'") from exc
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
@@ -198,7 +202,7 @@ class OpenAIJudge(Judge):
         return exc
 
     def _ensure_client(self) -> Any:
-        if self._client is None:
+        if self._client is None:  # created inside the running event loop
             import openai
 
             self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
@@ -210,7 +214,14 @@ class OpenAIJudge(Judge):
         out = []
         for item in items:
             try:
-                raw = await client.chat.completions.with_raw_response.create(**self.request_body(item))
+                body = self.request_body(item)
+                # Only the required fields go through the SDK's typed-params transform; the rest
+                # (the JSON schema above all) rides in extra_body. The wire body is identical and
+                # the transform, which walks every nested schema dict, was ~40% of our CPU per
+                # request on a 2-core box.
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=body["model"], messages=body["messages"],
+                    extra_body={k: v for k, v in body.items() if k not in ("model", "messages")})
             except Exception as exc:  # classified below; anything unknown propagates as a bug
                 classified = self._classify(exc)
                 if classified is exc:

@@ -84,8 +84,8 @@ class FaultConfig:
     #: Bucket size of the server-side limit in seconds of traffic.
     burst_s: float = 2.0
     #: Advertised in rate-limit headers when no rpm_limit is set.
-    advertised_rpm: int = 10_000
-    advertised_tpm: int = 10_000_000
+    advertised_rpm: int = 30_000  # an OpenAI tier-5 gpt-4o-mini account
+    advertised_tpm: int = 150_000_000
 
 
 class _Bucket:
@@ -122,6 +122,10 @@ class FakeLLMServer:
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): FakeLLMServer.chat_completions,
             ("POST", "/v1/messages"): FakeLLMServer.messages,
+            # Control routes, for a server in another process (benchmarks).
+            ("GET", "/_stats"): FakeLLMServer.stats_route,
+            ("POST", "/_config"): FakeLLMServer.config_route,
+            ("POST", "/_reset"): FakeLLMServer.reset_route,
         }
         self._bucket: _Bucket | None = None
         self._httpd: ThreadingHTTPServer | None = None
@@ -165,7 +169,24 @@ class FakeLLMServer:
 
     @property
     def total_requests(self) -> int:
-        return sum(self.counts.values())
+        return sum(v for k, v in self.counts.items() if not k.startswith("/_"))
+
+    def stats_route(self, h: _RequestHandler, body: dict) -> None:
+        with self.lock:
+            counts = {k: v for k, v in self.counts.items() if not k.startswith("/_")}
+            faults = dict(self.fault_counts)
+        h.send_json(200, {"counts": counts, "total": sum(counts.values()), "faults": faults}, {})
+
+    def config_route(self, h: _RequestHandler, body: dict) -> None:
+        with self.lock:
+            for k, v in body.items():
+                setattr(self.faults, k, v)
+            self._bucket = None
+        h.send_json(200, {"ok": True}, {})
+
+    def reset_route(self, h: _RequestHandler, body: dict) -> None:
+        self.reset_counts()
+        h.send_json(200, {"ok": True}, {})
 
     # -- fault and limit decisions ---------------------------------------------------------
     def _draw_fault(self) -> str | None:
@@ -409,6 +430,7 @@ class _Server(ThreadingHTTPServer):
 class _RequestHandler(BaseHTTPRequestHandler):
     fake: FakeLLMServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
         pass
