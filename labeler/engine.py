@@ -289,7 +289,10 @@ class Engine:
             self._flush()
             self.run_dir.compact()
             this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                        "state": state, "shards_written": self.shards_written, **self.stats.as_dict()}
+                        "state": state, "shards_written": self.shards_written, **self.stats.as_dict(),
+                        # The limits in force at the end: --rpm/--tpm, tightened from rate-limit headers.
+                        "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm,
+                                   "waited_s": round(self.limiter.waited_s, 3)}}
             out = {
                 "schema": RUN_SCHEMA,
                 **info,

@@ -267,3 +267,26 @@ def test_anthropic_overloaded_and_prompt_cache(env, fake, capsys):
     assert sum(r["cached_tokens"] > 0 for r in out) >= 20
     cached = [r for r in out if r["cached_tokens"] > 0]
     assert all(r["cost_usd"] < 1.0 * r["input_tokens"] / 1e6 + 5.0 * r["output_tokens"] / 1e6 for r in cached)
+
+
+def test_server_rate_limit_learned_from_headers(env, fake, capsys):
+    inp, rows = responses(env, 40)
+    fake.faults = FaultConfig(rpm_limit=600, burst_s=1.0, retry_after=0.2)  # 10 requests/s
+    start = time.monotonic()
+    rc, _ = label(capsys, inp, env / "run", "--concurrency", "8", "--max-attempts", "10")
+    elapsed = time.monotonic() - start
+    assert rc == 0
+    out = assert_exact_set(env / "run", rows)
+    assert all(r["status"] == "ok" for r in out)  # 429s are retried, nothing is lost
+    run = json.loads((env / "run" / "run.json").read_text())["runs"][-1]
+    assert run["limits"]["rpm"] == 600  # tightened from x-ratelimit-limit-requests
+    accepted = fake.total_requests - fake.fault_counts["429"]
+    assert accepted == 40 and elapsed >= (40 - 10) / 10 * 0.9
+
+
+def test_progress_display_modes(env, fake, capsys):
+    inp, _ = responses(env, 10)
+    rc, log = label(capsys, inp, env / "rich", "--progress", "rich")
+    assert rc == 0 and "label: finished: 10/10 rows" in log and "ok" in log
+    rc, log = label(capsys, inp, env / "quiet", "--progress", "none")
+    assert rc == 0 and "label: finished" not in log and "label: 10 rows in" in log
