@@ -10,6 +10,8 @@ There are no logprobs on this API, so scores are the stated ones.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -143,11 +145,7 @@ class AnthropicJudge(Judge):
     def _sdk_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         """Body fields the SDK has no keyword for (e.g. ``temperature`` in anthropic 2.x) travel in
         ``extra_body``, so the wire body equals :meth:`request_body` exactly."""
-        import inspect
-
-        import anthropic
-
-        known = set(inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters)
+        known = _create_params()
         kwargs = {k: v for k, v in body.items() if k in known}
         extra = {k: v for k, v in body.items() if k not in known}
         if extra:
@@ -177,6 +175,13 @@ class AnthropicJudge(Judge):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+@functools.lru_cache(maxsize=1)
+def _create_params() -> frozenset[str]:
+    import anthropic
+
+    return frozenset(inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters)
 
 
 def make_anthropic(model: str, config: JudgeConfig) -> AnthropicJudge:
