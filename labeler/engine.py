@@ -88,6 +88,15 @@ def item_of(row: dict[str, Any]) -> Item:
     )
 
 
+FREE = Price(0.0, 0.0, 0.0)
+
+
+def price_of(judge: Judge, prices: dict[str, Price]) -> Price | None:
+    """The judge's price; free judges (rule-based, reference, local PRM) cost 0, an API model
+    missing from the table is unknown (None)."""
+    return FREE if judge.price_model is None else price_for(judge.price_model, prices)
+
+
 def verdict_cost(verdict: Verdict, price: Price | None) -> float | None:
     if price is None:
         return None
@@ -151,7 +160,7 @@ class Engine:
         self.run_dir = run_dir
         self.config = config
         self.cache = cache
-        self.price = price_for(judge.price_model, prices or {})
+        self.price = price_of(judge, prices or {})
         self.fingerprint = judge.fingerprint()
         self.stats = Stats()
         self.limiter = RateLimiter(config.rpm, config.tpm)
@@ -317,6 +326,8 @@ def estimate(rows: Sequence[dict[str, Any]], judge: Judge, price: Price | None) 
 
     An upper bound: provider prompt caching of the shared rubric + problem prefix lowers it.
     """
+    if judge.price_model is None:
+        price = FREE
     inp = out = 0
     steps = 0
     for row in rows:
