@@ -203,6 +203,12 @@ class Engine:
                 limiter.update(exc.headers)
                 if exc.retry_after:
                     limiter.pause(exc.retry_after)
+                usage = getattr(exc, "usage", None)
+                if usage:  # a malformed answer still cost its tokens: count them as spent
+                    stats.input_tokens += usage["input_tokens"]
+                    stats.output_tokens += usage["output_tokens"]
+                    stats.cached_tokens += usage["cached_tokens"]
+                    stats.cost_usd += verdict_cost(Verdict(scores=[], **usage), self.price) or 0.0
                 raise
             except FatalError as exc:
                 limiter.update(exc.headers)

@@ -67,7 +67,6 @@ def assert_exact_set(run: Path, rows: list[dict]) -> list[dict]:
     return out
 
 
-@pytest.mark.slow
 def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
     inp, rows = responses(env, 500)
     fake.faults = FaultConfig(p429=0.20, p500=0.05, p_slow=0.02, p_malformed=0.03, p_schema=0.02,
@@ -90,6 +89,8 @@ def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
     manifest = json.loads((env / "run" / "run.json").read_text())
     assert manifest["totals"]["rows"] == 500 and manifest["totals"]["error"] == len(by_status["error"])
     assert manifest["runs"][-1]["retries"] > 0
+    # Malformed answers were billed too: the run's spend exceeds what its ok rows cost.
+    assert manifest["runs"][-1]["cost_usd"] > manifest["totals"]["cost_usd"] > 0
 
     # Second run, healthy server: only the error rows are requested, and they replace their rows.
     fake.faults = FaultConfig()

@@ -149,6 +149,7 @@ def test_error_classification(fake, judge_name, fault, cls, abort):
         assert exc.retry_after == pytest.approx(0.25) and "rate" in str(exc).lower()
     if fault in ("malformed", "schema"):
         assert str(exc).startswith("malformed answer:")
+        assert exc.usage["input_tokens"] > 0 and exc.usage["output_tokens"] > 0  # billed all the same
     if fault == "401":
         assert "HTTP 401" in str(exc) and "***" in str(exc)
 

@@ -24,6 +24,7 @@ from labeler.judges.openai_judge import (
     RETRYABLE_STATUS,
     body_text,
     lower_headers,
+    malformed_answer,
     scrub,
 )
 from labeler.judges.prompting import (
@@ -107,7 +108,7 @@ class AnthropicJudge(Judge):
                 raise AnswerError(f"no {TOOL_NAME} tool call in the answer")
             scores, _ = parse_answer(call.get("input"), len(item.steps))
         except AnswerError as exc:
-            raise RetryableError(f"malformed answer: {exc}", headers=headers) from None
+            raise malformed_answer(f"malformed answer: {exc}", headers, tokens) from None
         return Verdict(scores=scores, raw=json.dumps(call.get("input"), ensure_ascii=False), headers=headers, **tokens)
 
     def estimate_tokens(self, item: Item) -> tuple[int, int]:

@@ -59,6 +59,13 @@ async def body_text(raw: Any) -> str:
     return text
 
 
+def malformed_answer(message: str, headers: Mapping[str, str] | None, tokens: dict[str, int]) -> RetryableError:
+    """A bad answer is retried, but its tokens were billed: ``usage`` lets the engine count them."""
+    exc = RetryableError(message, headers=headers)
+    exc.usage = tokens  # type: ignore[attr-defined]
+    return exc
+
+
 def lower_headers(headers: Any) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
 
@@ -168,12 +175,12 @@ class OpenAIJudge(Judge):
                 raise AnswerError(f"answer is not JSON ({exc.msg} at char {exc.pos})") from exc
             scores, _ = parse_answer(answer, len(item.steps))
         except (AnswerError, IndexError, AttributeError) as exc:
-            raise RetryableError(f"malformed answer: {exc}", headers=headers) from None
+            raise malformed_answer(f"malformed answer: {exc}", headers, tokens) from None
         if self.config.logprobs:
             content = ((choice.get("logprobs") or {}).get("content")) or []
             calibrated = calibrated_scores(text, content, len(item.steps))
             if calibrated is None:
-                raise RetryableError("malformed answer: no usable top_logprobs at the verdicts", headers=headers)
+                raise malformed_answer("malformed answer: no usable top_logprobs at the verdicts", headers, tokens)
             scores = calibrated
         return Verdict(scores=scores, raw=text, headers=headers, **tokens)
 
