@@ -291,3 +291,31 @@ def test_progress_display_modes(env, fake, capsys):
     assert rc == 0 and "label: finished: 10/10 rows" in log and "ok" in log
     rc, log = label(capsys, inp, env / "quiet", "--progress", "none")
     assert rc == 0 and "label: finished" not in log and "label: 10 rows in" in log
+
+
+def test_repeated_sigkill_with_errors_converges(env, fake, capsys):
+    """Kill runs at several points while error rows are being superseded; the folder converges."""
+    inp, rows = responses(env, 120)
+    run = env / "run"
+    fake.faults = FaultConfig(latency_s=0.03, p500=0.3, seed=11)
+    cmd = [sys.executable, "-m", "labeler.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
+           "--concurrency", "2", "--shard-size", "5", "--max-attempts", "1", "--progress", "none"]
+    for wanted in (2, 5, 9):  # kill once the folder holds this many shards (or the run ends)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        before = {p.name: p.stat().st_mtime_ns for p in run.glob("part-*.parquet")}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            now = {p.name: p.stat().st_mtime_ns for p in run.glob("part-*.parquet")}
+            if len(set(now.items()) - set(before.items())) >= wanted:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for p in run.glob("*.parquet"):
+            pq.read_table(p)  # every shard readable after every kill
+    fake.faults = FaultConfig()
+    rc, _ = label(capsys, inp, run)
+    assert rc == 0
+    out = assert_exact_set(run, rows)
+    assert all(r["status"] == "ok" and r["scores"] == [score_of(s) for s in r["steps"]] for r in out)
