@@ -182,3 +182,43 @@ def test_stepdpo_label_with_gsm8k_calc_end_to_end(tmp_path, gsm8k_sample, capsys
     assert json.loads(flagged[0]["raw"])[0]["failed"] == ["note 16-3-4=8: evaluates to 9"]
     assert all(r["scores"][-1] == 1.0 for r in rows if r is not flagged[0])
     assert all(r["cost_usd"] in (None, 0.0) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "answer, gold, equal",
+    [("$18.00", "18", True), ("1,000", "1000", True), ("3/4", "0.75", True), ("-5", "-5", True),
+     ("18 dollars", "18", True), ("19", "18", False), ("3/5", "0.75", False),
+     ("eighteen", "18", False), ("Eighteen.", "eighteen", True)],
+)
+def test_final_answer_comparison(answer, gold, equal):
+    from labeler.judges.calc import answers_equal
+
+    assert answers_equal(answer, gold) is equal
+
+
+def test_safe_eval_matches_an_independent_evaluator_on_random_expressions():
+    """Random expression trees: our walker against exact rational arithmetic done here."""
+    import random
+    from fractions import Fraction
+
+    rng = random.Random(1234)
+
+    def build(depth):
+        if depth == 0 or rng.random() < 0.3:
+            n = rng.choice([rng.randint(0, 20_000), round(rng.uniform(0, 100), 2)])
+            text = f"{n:,}" if isinstance(n, int) and n >= 1000 else str(n)
+            return text, Fraction(str(n))
+        op = rng.choice("+-*/")
+        (lt, lv), (rt, rv) = build(depth - 1), build(depth - 1)
+        if op == "/" and rv == 0:
+            op = "+"
+        value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv if rv else 0}[op]
+        return f"({lt} {op} {rt})", value
+
+    checked = 0
+    while checked < 500:
+        text, value = build(4)
+        if abs(value) > 1e12:  # past the evaluator's magnitude bound: refused, tested above
+            continue
+        checked += 1
+        assert safe_eval(text) == pytest.approx(float(value), rel=1e-9, abs=1e-9), text

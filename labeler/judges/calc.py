@@ -164,8 +164,19 @@ def result_matches(value: float, claimed_text: str) -> bool:
     return not exact_at_shown and abs(value - claimed) < unit
 
 
+def _answer_value(text: str) -> float | None:
+    """A stated answer as a number: '1,200', '$18.00', '45%', or a fraction like '3/4'."""
+    value = parse_number(text)
+    if value is None and re.fullmatch(r"\s*-?\d+\s*/\s*\d+\s*", text or ""):
+        try:
+            value = safe_eval(text)
+        except CalcError:
+            return None
+    return value
+
+
 def answers_equal(answer: str, gold: str) -> bool:
-    a, g = parse_number(answer), parse_number(gold)
+    a, g = _answer_value(answer), _answer_value(gold)
     if a is not None and g is not None:
         return abs(a - g) <= REL_TOL * max(1.0, abs(g))
     norm = lambda s: re.sub(r"\s+", " ", s.replace("$", "")).strip().rstrip(".").lower()  # noqa: E731
