@@ -207,18 +207,18 @@ def test_safe_eval_matches_an_independent_evaluator_on_random_expressions():
         if depth == 0 or rng.random() < 0.3:
             n = rng.choice([rng.randint(0, 20_000), round(rng.uniform(0, 100), 2)])
             text = f"{n:,}" if isinstance(n, int) and n >= 1000 else str(n)
-            return text, Fraction(str(n))
+            return text, Fraction(str(n)), Fraction(str(n))
         op = rng.choice("+-*/")
-        (lt, lv), (rt, rv) = build(depth - 1), build(depth - 1)
+        (lt, lv, lm), (rt, rv, rm) = build(depth - 1), build(depth - 1)
         if op == "/" and rv == 0:
             op = "+"
         value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv if rv else 0}[op]
-        return f"({lt} {op} {rt})", value
+        return f"({lt} {op} {rt})", value, max(lm, rm, abs(value))
 
     checked = 0
     while checked < 500:
-        text, value = build(4)
-        if abs(value) > 1e12:  # past the evaluator's magnitude bound: refused, tested above
+        text, value, largest = build(4)
+        if largest > 1e12:  # past the evaluator's magnitude bound: refused, tested above
             continue
         checked += 1
         assert safe_eval(text) == pytest.approx(float(value), rel=1e-9, abs=1e-9), text
