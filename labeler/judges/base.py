@@ -104,7 +104,7 @@ class Judge(abc.ABC):
         text = item.prompt + "".join(item.steps)
         return len(text) // 4 + 1, 16 * len(item.steps)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most judges hold nothing
         """Release clients and models."""
 
 
