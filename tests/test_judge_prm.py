@@ -188,3 +188,18 @@ def test_fingerprint_changes_when_local_weights_are_replaced(tmp_path):
     time.sleep(0.01)
     build_prm(tmp_path / "m", "shepherd", seed=1)  # retrained into the same folder
     assert create_judge(f"prm:{path}", cfg).fingerprint() != before
+
+
+def test_throughput_bench_runs_and_checks_equality(tmp_path, capsys):
+    from bench.prm_throughput import main as bench_main
+
+    out = tmp_path / "prm.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench_main(["--style", "shepherd", "--n", "4", "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert result["scores_equal"] and run["max_abs_diff"] <= 1e-4
+    assert run["forward_passes"]["per_prefix"] == result["steps"] > run["forward_passes"]["single_pass"]
