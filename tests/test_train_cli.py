@@ -103,3 +103,23 @@ def test_unknown_yaml_field_is_named(setup, tmp_path, capsys):
     code = main(["train", "--pairs", str(pairs), "--model", str(model), "--config", str(cfg), "--max_steps", "1"])
     assert code == 2
     assert "unknown field(s) step_temprature" in capsys.readouterr().err
+
+
+def test_precompute_refuses_to_overwrite_its_input(setup, capsys):
+    root, model, pairs = setup
+    code = main(["precompute-ref", "--pairs", str(pairs), "--model", str(model), "-o", str(pairs)])
+    assert code == 2
+    assert "write to a new folder, not over the input shards" in capsys.readouterr().err
+
+
+def test_shards_with_some_rows_unfilled_do_not_count_as_precomputed(setup, tmp_path):
+    root, model, _ = setup
+    rows = gsm8k_pair_rows(4)
+    rows[0]["ref_chosen_step_logps"] = [-1.0] * len(rows[0]["chosen_steps"])
+    rows[0]["ref_rejected_step_logps"] = [-1.0] * len(rows[0]["rejected_steps"])
+    part = write_pairs(tmp_path / "partial", rows)
+    assert not has_precomputed_ref(part)
+    for r in rows[1:]:
+        r["ref_chosen_step_logps"] = [-1.0] * len(r["chosen_steps"])
+        r["ref_rejected_step_logps"] = [-1.0] * len(r["rejected_steps"])
+    assert has_precomputed_ref(write_pairs(tmp_path / "full", rows))
