@@ -31,7 +31,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model to train: local path or hub id (default: a tiny model built offline in WORKDIR/tiny-model)",
     )
-    parser.add_argument("--max-steps", type=int, default=40, help="training steps (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=30, help="training steps (default: %(default)s)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=5e-3,
+        help="learning rate (default: %(default)s, high because the demo model is tiny and random)",
+    )
     parser.add_argument("--loss", default="step_weighted", help="stepwise loss (default: %(default)s)")
 
 
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     _stage("ingest", ["ingest", "gsm8k", args.data, "-o", str(responses), "--limit", str(args.limit)])
     _stage("perturb", ["perturb", str(responses), "-o", str(perturbed), "--seed", "0"])
     _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled), "--no-cache"])
-    _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error"])
+    _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error", "--continuation", "rest"])
 
     model = args.model
     if model is None:
@@ -70,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         [
             "train", "--pairs", str(pairs), "--model", model, "--output_dir", str(out),
             "--max_steps", str(args.max_steps), "--stepwise_loss", args.loss,
-            "--per_device_train_batch_size", "4", "--learning_rate", "5e-4",
+            "--per_device_train_batch_size", "8", "--learning_rate", str(args.learning_rate),
             "--logging_steps", "5", "--report_to", "none", "--save_strategy", "no",
+            # Checkpointing trades time for memory; a tiny model on a CPU needs the time back.
+            "--gradient_checkpointing", "false",
         ],
     )
     metrics = out / "metrics.jsonl"
