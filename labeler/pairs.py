@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.aggregate import AGGREGATIONS, DEFAULT_FLOOR, aggregate, first_error
+from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
 from schemas.ids import pair_id
 from schemas.tables import (
@@ -421,7 +422,5 @@ def make_pairs(
         "counts": dict(sorted(stats.items())),
         "shards": [p.name for p in shards],
     }
-    tmp = Path(out_dir) / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, Path(out_dir) / MANIFEST)
+    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
 from schemas.tables import STEP_SCORES, from_rows, validate, write_table
 
@@ -139,14 +139,7 @@ class RunDir:
             raise UserError(f"{self.manifest_path}: not valid JSON ({exc})") from exc
 
     def write_manifest(self, data: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.manifest_path.name}.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.manifest_path)
+        atomic_write_json(self.manifest_path, data, default=str)
 
     def check_judge(self, judge: str, fingerprint: str) -> None:
         """Refuse to mix two judges' rows in one folder (resume would skip the wrong rows)."""

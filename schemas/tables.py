@@ -8,7 +8,6 @@ Steps are stored as ``list<string>``: they are the unit of work and are never re
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.atomic import atomic_open
 from schemas.errors import UserError
 
 SCHEMA_KEY = b"stepdpo.schema"
@@ -188,20 +188,8 @@ def write_table(table: pa.Table, path: str | os.PathLike, kind: Kind) -> Path:
     """
     path = Path(path)
     table = validate(table, kind, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
     return path
 
 

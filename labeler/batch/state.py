@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
 
@@ -89,23 +89,9 @@ def new_key(provider: str, fingerprint: str, custom_ids: list[str], job: str = "
 
 def save(run_dir: str | os.PathLike, record: BatchRecord) -> Path:
     """Write ``record`` atomically (a reader sees the old or the new file, never half)."""
-    folder = state_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     record.updated_at = time.time()
-    path = folder / f"{record.key}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(asdict(record), fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    path = state_dir(run_dir) / f"{record.key}.json"
+    atomic_write_json(path, asdict(record), indent=None)
     return path
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.splitters import SplitError, native_steps
+from schemas.atomic import atomic_open
 from schemas.errors import UserError
 from schemas.ids import canonical_json, response_id, sha256_hex
 from schemas.tables import RESPONSES, from_rows
@@ -381,11 +382,9 @@ class ResponsesWriter:
             # A stale sidecar from an earlier run would describe records that are now fine.
             self.skipped_path.unlink(missing_ok=True)
             return
-        tmp = self.skipped_path.with_name("." + self.skipped_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_open(self.skipped_path, "w") as fh:
             for item in self._skips:
                 fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.skipped_path)
         self.stats.skipped_path = self.skipped_path
 
 
