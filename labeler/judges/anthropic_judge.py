@@ -17,16 +17,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.judges.base import Item, Verdict
 from labeler.judges.config import JudgeConfig
-from labeler.judges.openai_judge import (
-    ABORT_STATUS,
-    RETRYABLE_STATUS,
-    body_text,
-    lower_headers,
-    malformed_answer,
-    scrub,
-)
+from labeler.judges.http_judge import HttpJudge, malformed_answer
 from labeler.judges.prompting import (
     ANSWER_SCHEMA,
     TOOL_NAME,
@@ -34,33 +27,25 @@ from labeler.judges.prompting import (
     load_template,
     parse_answer,
 )
-from labeler.retry import parse_retry_after
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
 
 ANTHROPIC_VERSION_NOTE = "messages/tool_use"
 
 
-class AnthropicJudge(Judge):
-    batch_size = 1
+class AnthropicJudge(HttpJudge):
+    sdk = "anthropic"
 
     def __init__(self, model: str, config: JudgeConfig, *, api_key: str, base_url: str | None) -> None:
         if not model:
             raise UserError("judge 'anthropic' needs a model name, e.g. anthropic:claude-haiku-4-5")
         if config.logprobs:
             raise UserError("--logprobs is not available for anthropic judges (the API returns none)")
+        super().__init__(config, api_key=api_key, base_url=base_url)
         self.name = f"anthropic:{model}"
         self.model = model
         self.price_model = model
-        self.config = config
         self.template = load_template(config.template)
-        self._api_key = api_key
-        self._base_url = base_url
-        self._client: Any = None
-        try:  # imported now, not at the first request: a missing SDK is a clear error up front
-            import anthropic  # noqa: F401
-        except ImportError as exc:
-            raise UserError("judge 'anthropic' needs the anthropic package: pip install 'stepwise-dpo[api]'") from exc
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
@@ -115,33 +100,11 @@ class AnthropicJudge(Judge):
         r = self.template.render(item.prompt, item.steps, item.gold_answer)
         return (len(r.system) + len(r.user)) // 4 + 400, 40 + 18 * len(item.steps)  # +tool definition
 
-    def _classify(self, exc: Exception) -> Exception:
+    def _make_client(self) -> Any:
         import anthropic
 
-        if isinstance(exc, anthropic.APITimeoutError):
-            return RetryableError(f"timeout after {self.config.timeout:g}s")
-        if isinstance(exc, anthropic.APIConnectionError):
-            return RetryableError(scrub(f"connection error: {exc}", self._api_key))
-        if isinstance(exc, anthropic.APIStatusError):
-            headers = lower_headers(exc.response.headers)
-            code = exc.status_code
-            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
-            if code in RETRYABLE_STATUS or code >= 500:  # 529 overloaded included
-                return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-            fatal = FatalError(text, headers=headers)
-            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
-            return fatal
-        if isinstance(exc, anthropic.APIResponseValidationError):
-            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
-        return exc
-
-    def _ensure_client(self) -> Any:
-        if self._client is None:
-            import anthropic
-
-            self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url,
-                                                    max_retries=0, timeout=self.config.timeout)
-        return self._client
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url,
+                                        max_retries=0, timeout=self.config.timeout)
 
     def _sdk_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         """Body fields the SDK has no keyword for (e.g. ``temperature`` in anthropic 2.x) travel in
@@ -153,29 +116,8 @@ class AnthropicJudge(Judge):
             kwargs["extra_body"] = extra
         return kwargs
 
-    async def judge(self, items: list[Item]) -> list[Verdict]:
-        client = self._ensure_client()
-        out = []
-        for item in items:
-            try:
-                raw = await client.messages.with_raw_response.create(**self._sdk_kwargs(self.request_body(item)))
-            except Exception as exc:
-                classified = self._classify(exc)
-                if classified is exc:
-                    raise
-                raise classified from None
-            headers = lower_headers(raw.headers)
-            try:
-                body = json.loads(await body_text(raw))
-            except json.JSONDecodeError:
-                raise RetryableError("malformed answer: response body is not JSON", headers=headers) from None
-            out.append(self.parse_body(item, body, headers))
-        return out
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    async def _send(self, client: Any, body: dict[str, Any]) -> Any:
+        return await client.messages.with_raw_response.create(**self._sdk_kwargs(body))
 
 
 @functools.lru_cache(maxsize=1)

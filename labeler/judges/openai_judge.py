@@ -16,7 +16,6 @@ reads exactly what the online path does.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -24,8 +23,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.judges.base import Item, Verdict
 from labeler.judges.config import JudgeConfig
+from labeler.judges.http_judge import (  # noqa: F401 - scrub re-exported for callers
+    HttpJudge,
+    malformed_answer,
+    scrub,
+)
 from labeler.judges.prompting import (
     ANSWER_SCHEMA,
     VERDICT_SCORE,
@@ -33,41 +37,8 @@ from labeler.judges.prompting import (
     load_template,
     parse_answer,
 )
-from labeler.retry import parse_retry_after
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
-
-RETRYABLE_STATUS = {408, 409, 429}
-ABORT_STATUS = {401, 403, 404}  # every later request would fail the same way: stop the run
-_KEYLIKE = re.compile(r"\b(sk|key|sess)-[A-Za-z0-9_\-*]{4,}")
-
-
-def scrub(message: str, secret: str | None) -> str:
-    """Remove the API key (and key-like strings such as OpenAI's masked ``sk-abc***xyz``)."""
-    if secret:
-        message = message.replace(secret, "***")
-    return _KEYLIKE.sub(r"\1-***", message)
-
-
-async def body_text(raw: Any) -> str:
-    """The body of an SDK raw response (a property on openai's, a coroutine on anthropic's)."""
-    text = raw.text
-    if callable(text):
-        text = text()
-    if inspect.isawaitable(text):
-        text = await text
-    return text
-
-
-def malformed_answer(message: str, headers: Mapping[str, str] | None, tokens: dict[str, int]) -> RetryableError:
-    """A bad answer is retried, but its tokens were billed: ``usage`` lets the engine count them."""
-    exc = RetryableError(message, headers=headers)
-    exc.usage = tokens  # type: ignore[attr-defined]
-    return exc
-
-
-def lower_headers(headers: Any) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
 
 
 def calibrated_scores(text: str, tokens: list[dict[str, Any]], n_steps: int) -> list[float] | None:
@@ -105,26 +76,19 @@ def calibrated_scores(text: str, tokens: list[dict[str, Any]], n_steps: int) -> 
     return scores if len(scores) == n_steps else None
 
 
-class OpenAIJudge(Judge):
-    batch_size = 1
+class OpenAIJudge(HttpJudge):
+    sdk = "openai"
 
     def __init__(self, model: str, config: JudgeConfig, *, name: str, api_key: str,
                  base_url: str | None, price_model: str | None, token_field: str = "max_completion_tokens") -> None:
         if not model:
             raise UserError(f"judge '{name}' needs a model name, e.g. openai:gpt-4o-mini")
+        super().__init__(config, api_key=api_key, base_url=base_url)
         self.name = name
         self.model = model
-        self.config = config
         self.template = load_template(config.template)
         self.price_model = price_model
         self.token_field = token_field
-        self._api_key = api_key
-        self._base_url = base_url
-        self._client: Any = None
-        try:  # imported now, not at the first request: a missing SDK is a clear error up front
-            import openai  # noqa: F401
-        except ImportError as exc:
-            raise UserError("judge 'openai' needs the openai package: pip install 'stepwise-dpo[api]'") from exc
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
@@ -188,64 +152,20 @@ class OpenAIJudge(Judge):
         r = self.template.render(item.prompt, item.steps, item.gold_answer)
         return (len(r.system) + len(r.user)) // 4 + 12, 8 + 18 * len(item.steps)
 
-    def _classify(self, exc: Exception) -> Exception:
+    def _make_client(self) -> Any:
         import openai
 
-        if isinstance(exc, openai.APITimeoutError):
-            return RetryableError(f"timeout after {self.config.timeout:g}s")
-        if isinstance(exc, openai.APIConnectionError):
-            return RetryableError(scrub(f"connection error: {exc}", self._api_key))
-        if isinstance(exc, openai.APIStatusError):
-            headers = lower_headers(exc.response.headers)
-            code = exc.status_code
-            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
-            if code in RETRYABLE_STATUS or code >= 500:
-                return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-            fatal = FatalError(text, headers=headers)
-            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
-            return fatal
-        if isinstance(exc, openai.APIResponseValidationError):
-            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
-        return exc
+        return openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
+                                  max_retries=0, timeout=self.config.timeout)
 
-    def _ensure_client(self) -> Any:
-        if self._client is None:  # created inside the running event loop
-            import openai
-
-            self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
-                                              max_retries=0, timeout=self.config.timeout)
-        return self._client
-
-    async def judge(self, items: list[Item]) -> list[Verdict]:
-        client = self._ensure_client()
-        out = []
-        for item in items:
-            try:
-                body = self.request_body(item)
-                # Only the required fields go through the SDK's typed-params transform; the rest
-                # (the JSON schema above all) rides in extra_body. The wire body is identical and
-                # the transform, which walks every nested schema dict, was ~40% of our CPU per
-                # request on a 2-core box.
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=body["model"], messages=body["messages"],
-                    extra_body={k: v for k, v in body.items() if k not in ("model", "messages")})
-            except Exception as exc:  # classified below; anything unknown propagates as a bug
-                classified = self._classify(exc)
-                if classified is exc:
-                    raise
-                raise classified from None
-            headers = lower_headers(raw.headers)
-            try:
-                body = json.loads(await body_text(raw))
-            except json.JSONDecodeError:
-                raise RetryableError("malformed answer: response body is not JSON", headers=headers) from None
-            out.append(self.parse_body(item, body, headers))
-        return out
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    async def _send(self, client: Any, body: dict[str, Any]) -> Any:
+        # Only the required fields go through the SDK's typed-params transform; the rest (the
+        # JSON schema above all) rides in extra_body. The wire body is identical and the
+        # transform, which walks every nested schema dict, was ~40% of our CPU per request on a
+        # 2-core box.
+        return await client.chat.completions.with_raw_response.create(
+            model=body["model"], messages=body["messages"],
+            extra_body={k: v for k, v in body.items() if k not in ("model", "messages")})
 
 
 def _key(env: str, judge: str, required: bool = True) -> str | None:
