@@ -31,8 +31,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "stepdpo" / "judge"
 
 
-def cache_key(fingerprint: str, prompt: str, steps: Sequence[str]) -> str:
-    return sha256_hex({"fingerprint": fingerprint, "prompt": prompt, "steps": list(steps)})
+def cache_key(fingerprint: str, prompt: str, steps: Sequence[str],
+              inputs: dict[str, Any] | None = None) -> str:
+    """The key of one judge answer. ``inputs`` are the other fields of the response that the
+    judge's answer depends on (:meth:`labeler.judges.base.Judge.cache_inputs`: the gold answer
+    of the rule-based check, the human labels of ``reference``); without them the key is the
+    (fingerprint, prompt, steps) hash."""
+    key: dict[str, Any] = {"fingerprint": fingerprint, "prompt": prompt, "steps": list(steps)}
+    if inputs:
+        key["inputs"] = inputs
+    return sha256_hex(key)
 
 
 def verdict_to_json(verdict: Verdict) -> str:

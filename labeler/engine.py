@@ -246,7 +246,8 @@ class Engine:
             if v.error is None and len(v.scores) != len(item.steps):
                 v.error = f"judge gave {len(v.scores)} score(s) for {len(item.steps)} step(s)"
             if v.error is None and self.cache is not None:
-                self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps), v)
+                self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps,
+                                         self.judge.cache_inputs(item)), v)
             self._emit(build_row(row, self.judge, verdict=v, attempts=attempts, cost=cost, latency=latency))
 
     async def _worker(self, batches: Iterator[list[dict[str, Any]]]) -> None:
@@ -269,7 +270,8 @@ class Engine:
             return todo
         misses = []
         for row in todo:
-            hit = self.cache.get(cache_key(self.fingerprint, row["prompt"], row["steps"]))
+            hit = self.cache.get(cache_key(self.fingerprint, row["prompt"], row["steps"],
+                                           self.judge.cache_inputs(item_of(row))))
             if hit is not None and len(hit.scores) == len(row["steps"]):
                 self.stats.cache_hits += 1
                 self._emit(build_row(row, self.judge, verdict=hit, attempts=0,

@@ -63,3 +63,43 @@ def test_default_dir_env_override(monkeypatch, tmp_path):
     monkeypatch.delenv("STEPDPO_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "stepdpo" / "judge"
+
+
+def _one_solution(path: Path, **fields) -> Path:
+    from schemas.ids import response_id
+    from tests.fakes.responses import write_responses
+
+    prompt, steps = "Tom has 3 apples and buys 4. How many?", ["3+4 = <<3+4=7>>7", "He has 7."]
+    row = {"response_id": response_id(prompt, steps), "problem_id": "p", "source": "t", "prompt": prompt,
+           "steps": steps, "final_answer": "7", "gold_answer": "7", "reference_scores": None, "meta": None}
+    row.update(fields)
+    return write_responses([row], path)
+
+
+def test_answers_that_depend_on_labels_or_gold_are_not_replayed_for_other_labels(tmp_path, capsys):
+    """Same prompt and steps, different human labels / gold answer: the cache must not answer."""
+    from labeler.cli import main
+    from schemas.tables import STEP_SCORES, read_table
+
+    def label(inp: Path, judge: str, out: str) -> list[dict]:
+        assert main(["label", str(inp), "--judge", judge, "-o", str(tmp_path / out),
+                     "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]) == 0
+        return read_table(tmp_path / out, STEP_SCORES).to_pylist()
+
+    labeled = _one_solution(tmp_path / "a.parquet", reference_scores=[1.0, 0.0])
+    unlabeled = _one_solution(tmp_path / "b.parquet")
+    assert label(labeled, "reference", "ra")[0]["scores"] == [1.0, 0.0]
+    row = label(unlabeled, "reference", "rb")[0]
+    assert row["status"] == "error" and row["scores"] is None, "labels of another file came from the cache"
+    relabeled = _one_solution(tmp_path / "c.parquet", reference_scores=[1.0, 1.0])
+    assert label(relabeled, "reference", "rc")[0]["scores"] == [1.0, 1.0]
+
+    assert label(labeled, "gsm8k-calc", "ca")[0]["scores"][-1] == 1.0
+    wrong_gold = _one_solution(tmp_path / "d.parquet", gold_answer="8")
+    assert label(wrong_gold, "gsm8k-calc", "cb")[0]["scores"][-1] == 0.0
+    capsys.readouterr()
+
+
+def test_cache_key_without_inputs_is_unchanged():
+    assert cache_key("fp", "p", ["a"]) == cache_key("fp", "p", ["a"], None) == cache_key("fp", "p", ["a"], {})
+    assert cache_key("fp", "p", ["a"], {"gold_answer": "1"}) != cache_key("fp", "p", ["a"], {"gold_answer": "2"})

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from labeler.cache import JudgeCache, cache_key
-from labeler.engine import build_row, verdict_cost
+from labeler.engine import build_row, item_of, verdict_cost
 from labeler.judges.base import Judge, Verdict
 from labeler.pricing import Price
 from labeler.rundir import RunDir
@@ -41,7 +41,8 @@ class RunSink:
 
     def cache_put(self, response: Mapping[str, Any], verdict: Verdict) -> None:
         if self.cache is not None:
-            self.cache.put(cache_key(self.fingerprint, response["prompt"], list(response["steps"])), verdict)
+            inputs = self.judge.cache_inputs(item_of(dict(response)))
+            self.cache.put(cache_key(self.fingerprint, response["prompt"], list(response["steps"]), inputs), verdict)
 
     def cost(self, verdict: Verdict) -> float | None:
         return verdict_cost(verdict, self.price)

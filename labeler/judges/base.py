@@ -99,6 +99,12 @@ class Judge(abc.ABC):
     async def judge(self, items: list[Item]) -> list[Verdict]:
         """Score ``items`` (at most :attr:`batch_size`); one Verdict per item, same order."""
 
+    def cache_inputs(self, item: Item) -> dict[str, Any] | None:
+        """Fields of ``item`` besides the prompt and steps that this judge's answer depends on;
+        they join the cache key so that the same solution with another gold answer or other
+        human labels is never answered from the cache. None: prompt and steps decide."""
+        return None
+
     def estimate_tokens(self, item: Item) -> tuple[int, int]:
         """Rough (input, output) tokens of judging ``item``, for ``--dry-run`` and the limiter."""
         text = item.prompt + "".join(item.steps)

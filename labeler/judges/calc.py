@@ -300,6 +300,9 @@ class CalcJudge(Judge):
     def fingerprint_parts(self) -> dict[str, Any]:
         return {"version": CALC_VERSION}
 
+    def cache_inputs(self, item: Item) -> dict[str, Any] | None:
+        return {"gold_answer": item.gold_answer, "final_answer": item.final_answer}
+
     async def judge(self, items: list[Item]) -> list[Verdict]:
         out = []
         for item in items:

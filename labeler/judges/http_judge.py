@@ -76,6 +76,13 @@ class HttpJudge(Judge):
                 f"judge '{self.sdk}' needs the {self.sdk} package: pip install 'stepwise-dpo[api]'"
             ) from exc
 
+    def cache_inputs(self, item: Item) -> dict[str, Any] | None:
+        # A template that shows the gold answer asks a different question per gold answer.
+        template = getattr(self, "template", None)
+        if template is not None and "{gold_answer}" in template.user:
+            return {"gold_answer": item.gold_answer}
+        return None
+
     @abc.abstractmethod
     def request_body(self, item: Item) -> dict[str, Any]:
         """The exact JSON body of the request judging ``item``."""

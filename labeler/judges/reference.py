@@ -53,6 +53,9 @@ class ReferenceJudge(Judge):
     def fingerprint_parts(self) -> dict[str, Any]:
         return {"version": REFERENCE_VERSION}
 
+    def cache_inputs(self, item: Item) -> dict[str, Any] | None:
+        return {"reference_scores": None if item.reference_scores is None else list(item.reference_scores)}
+
     async def judge(self, items: list[Item]) -> list[Verdict]:
         return [check_reference(item) for item in items]
 
