@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("trl")
 
 from labeler.cli import main  # noqa: E402
+from schemas.errors import UserError  # noqa: E402
 from schemas.tables import PAIRS, RESPONSES, from_rows, read_table, write_table  # noqa: E402
 from tests.trainer_util import gsm8k_pair_rows, write_pairs  # noqa: E402
 from trainer.config import StepwiseDPOConfig  # noqa: E402
@@ -123,3 +124,39 @@ def test_shards_with_some_rows_unfilled_do_not_count_as_precomputed(setup, tmp_p
         r["ref_chosen_step_logps"] = [-1.0] * len(r["chosen_steps"])
         r["ref_rejected_step_logps"] = [-1.0] * len(r["rejected_steps"])
     assert has_precomputed_ref(write_pairs(tmp_path / "full", rows))
+
+
+def _train_config(argv):
+    import argparse
+
+    from trainer import cli as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    return train_cli.build_config(parser.parse_args(["--pairs", "p", "--model", "m", *argv]))
+
+
+def test_yaml_values_are_typed_and_any_given_flag_wins(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    # PyYAML reads 1e-4 as a string; `false` for a field with a --no_ twin must not be lost.
+    cfg.write_text("learning_rate: 1e-4\nbeta: 0.3\nmax_steps: 5\ngradient_checkpointing: false\n"
+                   "remove_unused_columns: false\nweight_decay: '0.01'\n")
+    config = _train_config(["--config", str(cfg), "--output_dir", str(tmp_path / "o")])
+    assert config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
+    assert config.weight_decay == 0.01
+    assert config.gradient_checkpointing is False and config.remove_unused_columns is False
+    assert config.beta == 0.3
+    # A flag given with the parser's default value still overrides the file.
+    config = _train_config(["--config", str(cfg), "--output_dir", str(tmp_path / "o"), "--beta", "0.1",
+                            "--gradient_checkpointing", "true"])
+    assert config.beta == 0.1 and config.gradient_checkpointing is True
+    # Without a file, the defaults are TRL's own.
+    config = _train_config(["--output_dir", str(tmp_path / "o"), "--max_steps", "1"])
+    assert config.gradient_checkpointing is True and config.remove_unused_columns is True
+
+
+def test_badly_typed_yaml_value_is_named(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("learning_rate: fast\nmax_steps: 1\n")
+    with pytest.raises(UserError, match="learning_rate: invalid value 'fast'"):
+        _train_config(["--config", str(cfg), "--output_dir", str(tmp_path / "o")])

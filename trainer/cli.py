@@ -15,6 +15,7 @@ Writes the model, tokenizer, stepwise_config.json and metrics.jsonl to --output_
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from pathlib import Path
@@ -52,13 +53,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for action in hf._actions:
         if action.dest == "help":
             continue
+        # No default in the namespace: a flag is present only when given, so a flag given with
+        # its default value still overrides the YAML file (and `--no_X` cannot mask `X`).
+        action = copy.copy(action)
+        action.default = argparse.SUPPRESS
         group._add_action(action)
+
+
+def _coerce(action: argparse.Action, value: Any, source: str) -> Any:
+    """A YAML value as argparse would have typed it: PyYAML reads `1e-4` as a string."""
+    convert = action.type
+    if convert is None or convert is str:
+        return value
+    try:
+        if isinstance(value, str):
+            return convert(value)
+        if isinstance(value, list) and action.nargs in ("+", "*"):
+            return [convert(v) if isinstance(v, str) else v for v in value]
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise UserError(f"{source}: {action.dest}: invalid value {value!r} ({exc})".splitlines()[0]) from exc
+    return value
 
 
 def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
     """Parser defaults < YAML file < flags given on the command line."""
     hf = _hf_parser()
-    defaults = {a.dest: a.default for a in hf._actions if a.dest != "help"}
+    actions = [a for a in hf._actions if a.dest != "help"]
+    defaults: dict[str, Any] = {}
+    typed: dict[str, argparse.Action] = {}
+    for a in actions:  # `--X` comes before its `--no_X` twin: the first one holds the default
+        defaults.setdefault(a.dest, a.default)
+        if a.type is not None:
+            typed.setdefault(a.dest, a)
     values = dict(defaults)
     if args.config:
         import yaml
@@ -72,11 +98,11 @@ def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
         unknown = sorted(set(loaded) - set(defaults))
         if unknown:
             raise UserError(f"{args.config}: unknown field(s) {', '.join(unknown)}")
-        values.update(loaded)
-    for name, default in defaults.items():
-        given = getattr(args, name, default)
-        if given != default:
-            values[name] = given
+        for name, value in loaded.items():
+            values[name] = _coerce(typed[name], value, args.config) if name in typed else value
+    for name in defaults:
+        if hasattr(args, name):  # given on the command line (see `configure`)
+            values[name] = getattr(args, name)
     return values
 
 
