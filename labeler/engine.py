@@ -70,13 +70,13 @@ def load_rows(path: str | Path, limit: int | None = None, num_shards: int = 1,
     seen: set[str] = set()
     out = []
     for row in rows:
+        if limit is not None and len(out) >= limit:
+            break
         rid = row["response_id"]
         if rid in seen or (num_shards > 1 and shard_of(rid, num_shards) != shard_index):
             continue
         seen.add(rid)
         out.append(row)
-        if limit is not None and len(out) >= limit:
-            break
     return out
 
 

@@ -96,7 +96,11 @@ def _check(cfg: LabelConfig) -> None:
         raise UserError("--max-attempts must be at least 1")
     if cfg.shard_size < 1:
         raise UserError("--shard-size must be at least 1")
-    if cfg.num_shards < 1 or not 0 <= cfg.shard_index < cfg.num_shards:
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if cfg.num_shards < 1:
+        raise UserError("--num-shards must be at least 1")
+    if not 0 <= cfg.shard_index < cfg.num_shards:
         raise UserError(f"--shard-index must be in 0..{cfg.num_shards - 1} for --num-shards {cfg.num_shards}")
     for name in ("rpm", "tpm"):
         value = getattr(cfg, name)

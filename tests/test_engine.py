@@ -319,3 +319,17 @@ def test_repeated_sigkill_with_errors_converges(env, fake, capsys):
     assert rc == 0
     out = assert_exact_set(run, rows)
     assert all(r["status"] == "ok" and r["scores"] == [score_of(s) for s in r["steps"]] for r in out)
+
+
+def test_limit_and_num_shards_must_be_positive(env, capsys):
+    from labeler.engine import load_rows
+
+    inp, rows = responses(env, 5)
+    assert load_rows(inp, limit=0) == []  # was one row
+    assert len(load_rows(inp, limit=2)) == 2
+    for opts, message in ((["--limit", "0"], "--limit must be at least 1"),
+                          (["--limit", "-3"], "--limit must be at least 1"),
+                          (["--num-shards", "0"], "--num-shards must be at least 1")):
+        rc, log = label(capsys, inp, env / "run", *opts)
+        assert rc == 2 and message in log
+    assert not (env / "run").exists()
