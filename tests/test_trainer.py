@@ -206,3 +206,18 @@ def test_tiny_model_is_deterministic_and_loads_back(tmp_path):
     prm = build_tiny_model(tmp_path / "prm", arch="qwen2", hidden=16, layers=1, token_classes=2)
     head = AutoModelForTokenClassification.from_pretrained(prm)
     assert head.config.num_labels == 2 and type(head).__name__ == "Qwen2ForTokenClassification"
+
+
+def test_public_api_is_importable_from_the_package():
+    import subprocess
+    import sys
+
+    import trainer
+    from trainer import StepwiseDPOConfig as C
+    from trainer import StepwiseDPOTrainer as T
+
+    assert T is StepwiseDPOTrainer and C is StepwiseDPOConfig
+    assert set(trainer.__all__) <= set(dir(trainer))
+    # ...and importing the package alone stays light (the CLI imports it before parsing).
+    code = "import sys, trainer; assert 'trl' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
