@@ -6,7 +6,8 @@ and ``run.json`` (``run-kK-of-N.json``). Shards are written whole and atomically
 (temp + rename), so a killed process leaves only complete shards and a hidden temp file that
 the next run deletes.
 
-Resume rule: a response with an ``ok`` row is done. A response with only ``error`` rows is
+Resume rule: a response with an ``ok`` row is done (an ``ok`` row of another job sharing the
+folder counts too). A response with only ``error`` rows is
 labeled again, and its new row supersedes the old: :meth:`RunDir.compact` rewrites shards so
 each response appears exactly once (the first ok row is final; otherwise the latest error row
 stands). Compaction runs at the start of a run (repairing whatever a crash left) and at
@@ -29,6 +30,9 @@ import pyarrow.parquet as pq
 from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
 from schemas.tables import STEP_SCORES, from_rows, validate, write_table
+
+_ANY_PART = re.compile(r"^part-(?:k\d+-of-\d+-)?\d{5,}\.parquet$")
+_ANY_MANIFEST = re.compile(r"^run(?:-k\d+-of-\d+)?\.json$")
 
 
 class RunDir:
@@ -73,6 +77,13 @@ class RunDir:
                 n += 1
         return n
 
+    def folder_parts(self) -> list[Path]:
+        """Every job's finished shards in the folder (a plain run and ``--num-shards`` jobs may
+        share it), in name order."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if _ANY_PART.match(p.name))
+
     def _read_status(self, part: Path) -> pa.Table:
         try:
             return pq.read_table(part, columns=["response_id", "status"])
@@ -80,9 +91,15 @@ class RunDir:
             raise UserError(f"{part}: unreadable shard ({exc}); move it away and rerun") from exc
 
     def statuses(self) -> dict[str, str]:
-        """response_id → status of its winning row (the first ok row; else the latest error)."""
+        """response_id → status of its winning row (the first ok row; else the latest error).
+
+        A response that another job sharing the folder labeled ok counts as done too, so a plain
+        rerun after a ``--num-shards`` job (or a job split another way) never labels it twice."""
         best: dict[str, str] = {}
-        for part in self.parts():
+        own = set(self.parts())
+        for part in [p for p in self.folder_parts() if p not in own] + self.parts():
+            if part not in own and not part.exists():
+                continue  # another job's shard, compacted away just now
             t = self._read_status(part)
             for rid, status in zip(t.column("response_id").to_pylist(), t.column("status").to_pylist(), strict=True):
                 if best.get(rid) != "ok":
@@ -141,15 +158,28 @@ class RunDir:
     def write_manifest(self, data: dict[str, Any]) -> None:
         atomic_write_json(self.manifest_path, data, default=str)
 
+    def _all_manifests(self) -> list[dict[str, Any]]:
+        """This job's manifest and those of every other job sharing the folder."""
+        own = self.read_manifest()
+        found = [own] if own else []
+        if self.path.is_dir():
+            for f in sorted(self.path.glob("run*.json")):
+                if f != self.manifest_path and _ANY_MANIFEST.match(f.name):
+                    try:
+                        found.append(json.loads(f.read_text("utf-8")))
+                    except (OSError, ValueError):
+                        continue  # another job's manifest being replaced; its shards still count
+        return [m for m in found if isinstance(m, dict)]
+
     def check_judge(self, judge: str, fingerprint: str) -> None:
         """Refuse to mix two judges' rows in one folder (resume would skip the wrong rows)."""
-        manifest = self.read_manifest()
-        if manifest and manifest.get("judge_fingerprint") not in (None, fingerprint):
-            raise UserError(
-                f"{self.path} holds labels from judge {manifest.get('judge')} "
-                f"(fingerprint {manifest.get('judge_fingerprint')}), not {judge} ({fingerprint}); "
-                "the model, template or decoding options differ: write to a new -o folder"
-            )
+        for manifest in self._all_manifests():
+            if manifest.get("judge_fingerprint") not in (None, fingerprint):
+                raise UserError(
+                    f"{self.path} holds labels from judge {manifest.get('judge')} "
+                    f"(fingerprint {manifest.get('judge_fingerprint')}), not {judge} ({fingerprint}); "
+                    "the model, template or decoding options differ: write to a new -o folder"
+                )
         parts = self.parts()
         if parts:
             t = pq.read_table(parts[0], columns=["judge_fingerprint"])

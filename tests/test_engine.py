@@ -333,3 +333,20 @@ def test_limit_and_num_shards_must_be_positive(env, capsys):
         rc, log = label(capsys, inp, env / "run", *opts)
         assert rc == 2 and message in log
     assert not (env / "run").exists()
+
+
+def test_plain_run_after_sharded_jobs_in_one_folder_labels_nothing_twice(env, fake, capsys):
+    inp, rows = responses(env, 30)
+    for k in range(3):
+        assert label(capsys, inp, env / "run", "--num-shards", "3", "--shard-index", str(k))[0] == 0
+    fake.reset_counts()
+    rc, log = label(capsys, inp, env / "run", "--no-cache")  # e.g. to finish up after a machine died
+    assert rc == 0 and fake.total_requests == 0, log
+    assert_exact_set(env / "run", rows)
+    # Split another way, still nothing twice.
+    assert label(capsys, inp, env / "run", "--num-shards", "2", "--shard-index", "1", "--no-cache")[0] == 0
+    assert fake.total_requests == 0
+    assert_exact_set(env / "run", rows)
+    # And another judge may not write into the folder of this one through another job name.
+    rc, log = label(capsys, inp, env / "run", "--num-shards", "4", "--shard-index", "0", judge="openai:gpt-4o")
+    assert rc == 2 and "write to a new -o folder" in log
