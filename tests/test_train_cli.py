@@ -160,3 +160,16 @@ def test_badly_typed_yaml_value_is_named(tmp_path):
     cfg.write_text("learning_rate: fast\nmax_steps: 1\n")
     with pytest.raises(UserError, match="learning_rate: invalid value 'fast'"):
         _train_config(["--config", str(cfg), "--output_dir", str(tmp_path / "o")])
+
+
+def test_train_refuses_reference_logps_precomputed_with_other_settings(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    filled = tmp_path / "filled"
+    assert main(["precompute-ref", "--pairs", str(pairs), "--model", str(model), "-o", str(filled),
+                 "--max-length", "1024"]) == 0
+    capsys.readouterr()
+    code = main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1", "--max_length", "100"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "max_length=100 (precomputed with 1024)" in err and "--max-length 100" in err

@@ -142,12 +142,41 @@ def _metrics_callback(path: Path):
     return JsonlMetrics()
 
 
+def check_precompute_settings(pairs: str | os.PathLike, config) -> None:
+    """Refuse precomputed reference log-probs made with other tokenization settings.
+
+    `stepdpo precompute-ref` records its max length, truncation mode, separator and EOS rule in
+    precompute.json; a reference summed over other tokens than the policy's biases every Δ.
+    """
+    path = Path(pairs)
+    meta = (path if path.is_dir() else path.parent) / "precompute.json"
+    if not meta.is_file():
+        return
+    try:
+        saved = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    ours = {"max_length": config.max_length, "truncation_mode": config.truncation_mode,
+            "step_separator": config.step_separator, "add_eos": config.add_eos}
+    theirs = {"max_length": "--max-length", "truncation_mode": "--truncation-mode",
+              "step_separator": "--step-separator", "add_eos": "--add-eos"}
+    diff = [f"{k}={ours[k]!r} (precomputed with {saved[k]!r})" for k in ours if k in saved and saved[k] != ours[k]]
+    if diff:
+        flags = " ".join(f"{theirs[k]} {ours[k] if ours[k] is not None else 0}" for k in ours
+                         if k in saved and saved[k] != ours[k])
+        raise UserError(f"{meta}: the reference log-probs were computed with other settings than this run: "
+                        f"{'; '.join(diff)}. Rerun `stepdpo precompute-ref ... {flags}`, train with the same "
+                        "settings, or pass --ref_model")
+
+
 def run(args: argparse.Namespace) -> int:
     from trainer.data import has_precomputed_ref, load_pairs
 
     load_pairs_dir = args.pairs
     precomputed = has_precomputed_ref(load_pairs_dir)  # also checks every shard's schema stamp
     config = build_config(args)
+    if precomputed and not args.ref_model and not args.lora_r:
+        check_precompute_settings(load_pairs_dir, config)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
