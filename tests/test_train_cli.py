@@ -173,3 +173,20 @@ def test_train_refuses_reference_logps_precomputed_with_other_settings(setup, tm
     assert code == 2
     err = capsys.readouterr().err
     assert "max_length=100 (precomputed with 1024)" in err and "--max-length 100" in err
+
+
+def test_eval_pairs_are_evaluated_and_eval_strategy_without_them_is_refused(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    held_out = write_pairs(tmp_path / "held_out", gsm8k_pair_rows(6, strategy="first-error", offset=40))
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no"]
+    assert main([*base, "--eval_strategy", "steps", "--eval_steps", "1"]) == 2
+    assert "--eval_strategy steps needs --eval_pairs" in capsys.readouterr().err
+    assert main([*base, "--eval_pairs", str(held_out)]) == 2
+    assert "--eval_pairs needs --eval_strategy" in capsys.readouterr().err
+    assert main([*base, "--eval_pairs", str(held_out), "--eval_strategy", "steps", "--eval_steps", "1",
+                 "--per_device_eval_batch_size", "3"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    assert all(math.isfinite(r["eval_loss"]) and "eval_step/margin" in r for r in evals)

@@ -23,7 +23,7 @@ from typing import Any
 
 from schemas.errors import UserError
 
-OWN_OPTIONS = ("pairs", "model", "config", "ref_model", "lora_r", "lora_alpha", "lora_targets")
+OWN_OPTIONS = ("pairs", "eval_pairs", "model", "config", "ref_model", "lora_r", "lora_alpha", "lora_targets")
 
 
 def _hf_parser():
@@ -36,6 +36,9 @@ def _hf_parser():
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, help="folder (or file) of pair shards")
+    parser.add_argument("--eval_pairs", default=None,
+                        help="folder (or file) of held-out pair shards, evaluated every --eval_steps when "
+                             "--eval_strategy is steps or epoch (streamed like --pairs)")
     parser.add_argument("--model", required=True, help="policy to train: local path or hub id")
     parser.add_argument("--config", default=None, metavar="FILE.yaml",
                         help="YAML file of StepwiseDPOConfig fields; command-line flags override it")
@@ -175,8 +178,22 @@ def run(args: argparse.Namespace) -> int:
     load_pairs_dir = args.pairs
     precomputed = has_precomputed_ref(load_pairs_dir)  # also checks every shard's schema stamp
     config = build_config(args)
-    if precomputed and not args.ref_model and not args.lora_r:
+    uses_precomputed = precomputed and not args.ref_model and not args.lora_r
+    if uses_precomputed:
         check_precompute_settings(load_pairs_dir, config)
+    eval_pairs = getattr(args, "eval_pairs", None)
+    if eval_pairs:
+        eval_precomputed = has_precomputed_ref(eval_pairs)
+        if uses_precomputed and not eval_precomputed:
+            raise UserError(f"{eval_pairs}: the training shards carry precomputed reference log-probs, the eval "
+                            "shards do not: run `stepdpo precompute-ref` on them too, or pass --ref_model")
+        if uses_precomputed:
+            check_precompute_settings(eval_pairs, config)
+        if config.eval_strategy == "no":
+            raise UserError("--eval_pairs needs --eval_strategy steps (with --eval_steps) or epoch")
+    elif config.eval_strategy != "no":
+        strategy = getattr(config.eval_strategy, "value", config.eval_strategy)
+        raise UserError(f"--eval_strategy {strategy} needs --eval_pairs (held-out pair shards)")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -199,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets,
                                  task_type="CAUSAL_LM")
     dataset = load_pairs(load_pairs_dir, sep=config.step_separator, streaming=True)
+    eval_dataset = load_pairs(eval_pairs, sep=config.step_separator, streaming=True) if eval_pairs else None
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
@@ -207,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         ref_model=ref_model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_metrics_callback(metrics_path)],
