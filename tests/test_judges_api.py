@@ -222,3 +222,18 @@ def test_scrub_masks_keys():
     assert scrub(f"bad key {KEY}!", KEY) == "bad key ***!"
     assert scrub("Incorrect API key provided: sk-proj-abc***********wxyz.", None) == \
         "Incorrect API key provided: sk-***."
+
+
+def test_answer_cut_off_at_max_tokens_is_an_error_row_not_a_retry(monkeypatch):
+    """A truncated answer would be truncated again: retrying it only pays for it again."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    cfg = JudgeConfig(max_output_tokens=64)
+    openai_body = {"choices": [{"finish_reason": "length", "message": {"content": '{"steps": [{"ver'}}],
+                   "usage": {"prompt_tokens": 100, "completion_tokens": 64}}
+    anthropic_body = {"content": [], "stop_reason": "max_tokens", "usage": {"input_tokens": 100, "output_tokens": 64}}
+    for name, body in (("openai:gpt-4o-mini", openai_body), ("anthropic:claude-haiku-4-5", anthropic_body)):
+        v = create_judge(name, cfg).parse_body(ITEM, body)
+        assert v.error and "cut off at 64 output tokens" in v.error and "--max-output-tokens" in v.error
+        assert v.scores == [None] * len(ITEM.steps)
+        assert (v.input_tokens, v.output_tokens) == (100, 64)  # billed, so counted

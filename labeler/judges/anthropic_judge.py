@@ -89,7 +89,10 @@ class AnthropicJudge(HttpJudge):
                          if b.get("type") == "tool_use" and b.get("name") == TOOL_NAME), None)
             if call is None:
                 if body.get("stop_reason") == "max_tokens":
-                    raise AnswerError("answer cut off at max tokens (raise --max-output-tokens)")
+                    # The same request would be cut off again: not retried (each try is billed).
+                    return Verdict(scores=[None] * len(item.steps), headers=headers,
+                                   error=f"answer cut off at {self.config.max_output_tokens} output "
+                                         "tokens (raise --max-output-tokens, in a new -o folder)", **tokens)
                 raise AnswerError(f"no {TOOL_NAME} tool call in the answer")
             scores, _ = parse_answer(call.get("input"), len(item.steps))
         except AnswerError as exc:

@@ -132,7 +132,10 @@ class OpenAIJudge(HttpJudge):
                 raise AnswerError(f"the model refused: {message['refusal'][:200]}")
             text = message.get("content") or ""
             if choice.get("finish_reason") == "length":
-                raise AnswerError("answer cut off at max tokens (raise --max-output-tokens)")
+                # The same request would be cut off again: not retried (each try is billed).
+                return Verdict(scores=[None] * len(item.steps), raw=text, headers=headers,
+                               error=f"answer cut off at {self.config.max_output_tokens} output tokens "
+                                     "(raise --max-output-tokens, in a new -o folder)", **tokens)
             try:
                 answer = json.loads(text)
             except json.JSONDecodeError as exc:
