@@ -222,3 +222,15 @@ def test_safe_eval_matches_an_independent_evaluator_on_random_expressions():
             continue
         checked += 1
         assert safe_eval(text) == pytest.approx(float(value), rel=1e-9, abs=1e-9), text
+
+
+def test_large_results_off_by_a_few_are_wrong():
+    """A relative tolerance of 1e-6 let 3,500,003 pass for 3,500,000 (perturbed GSM8K train rows)."""
+    from labeler.judges.calc import answers_equal, result_matches
+
+    assert not result_matches(3500000.0, "3500003")
+    assert not result_matches(109200000.0, "109,199,998")
+    assert not result_matches(333200.0, "333200.10")
+    assert not answers_equal("333200.1", "333200")
+    assert result_matches(2 / 3 * 2100000, "1400000") and result_matches(0.1 + 0.2, "0.3")
+    assert answers_equal("1,400,000", "1400000")

@@ -27,13 +27,13 @@ from typing import Any
 from labeler.judges.base import Item, Judge, Verdict
 
 #: Bump when a rule changes what this judge outputs (it is part of the fingerprint).
-CALC_VERSION = 1
+CALC_VERSION = 2
 
 MAX_EXPR_CHARS = 200
 MAX_NODES = 64
 MAX_EXPONENT = 64
 MAX_MAGNITUDE = 1e15
-REL_TOL = 1e-6
+REL_TOL = 1e-9  # float noise only: 3,500,003 is not 3,500,000
 
 _NOTE = re.compile(r"<<([^<>]*?)=([^<>=]*)>>")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
