@@ -190,3 +190,18 @@ def test_eval_pairs_are_evaluated_and_eval_strategy_without_them_is_refused(setu
     evals = [r for r in records if "eval_loss" in r]
     assert [r["step"] for r in evals] == [1, 2]
     assert all(math.isfinite(r["eval_loss"]) and "eval_step/margin" in r for r in evals)
+
+
+@pytest.mark.parametrize("flag,value", [("--loss_type", "ipo"), ("--label_smoothing", "0.1"),
+                                        ("--use_weighting", "true"), ("--ld_alpha", "0.5"),
+                                        ("--precompute_ref_log_probs", "true")])
+def test_trl_loss_options_the_stepwise_losses_ignore_are_refused(tmp_path, flag, value):
+    with pytest.raises(UserError, match=flag.lstrip("-")):
+        _train_config(["--output_dir", str(tmp_path / "o"), "--max_steps", "1", flag, value])
+    if flag != "--precompute_ref_log_probs":
+        with pytest.raises(ValueError, match="StepwiseDPOTrainer does not use"):
+            StepwiseDPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, **{flag.lstrip("-"): _typed(value)})
+
+
+def _typed(value):
+    return {"true": True}.get(value, value if not value[0].isdigit() else float(value))

@@ -117,6 +117,10 @@ def build_config(args: argparse.Namespace):
     values = _merged_config(args)
     if not values.get("max_steps") or values["max_steps"] <= 0:
         raise UserError("--max_steps is required: streamed pair shards have no length")
+    if values.get("precompute_ref_log_probs"):
+        raise UserError("--precompute_ref_log_probs is TRL's in-memory precompute, which needs a non-streamed "
+                        "dataset: run `stepdpo precompute-ref` to write per-step reference log-probs into "
+                        "the pair shards, then train on those")
     cuda = torch.cuda.is_available()
     if values.get("bf16") is None:
         values["bf16"] = cuda  # bf16 on CUDA, fp32 on CPU

@@ -96,5 +96,21 @@ class StepwiseDPOConfig(DPOConfig):
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        # TRL's own loss options that StepwiseDPOTrainer's losses do not read: refuse them rather
+        # than train silently with another loss than the one asked for.
+        ignored = {
+            "loss_type": (list(self.loss_type) if isinstance(self.loss_type, (list, tuple)) else [self.loss_type],
+                          ["sigmoid"]),
+            "loss_weights": (self.loss_weights, None),
+            "ld_alpha": (self.ld_alpha, None),
+            "label_smoothing": (self.label_smoothing, 0.0),
+            "use_weighting": (self.use_weighting, False),
+        }
+        for name, (value, default) in ignored.items():
+            if value != default:
+                raise ValueError(
+                    f"{name}={value!r} is a TRL DPOTrainer option that StepwiseDPOTrainer does not use; choose "
+                    f"the loss with stepwise_loss ({', '.join(LOSSES)}) and leave {name} at its default"
+                )
         if not 0.0 <= self.score_floor < 0.5:
             raise ValueError(f"score_floor must be in [0, 0.5), got {self.score_floor}")
