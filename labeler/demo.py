@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 from schemas.errors import UserError
@@ -59,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     _stage("ingest", ["ingest", "gsm8k", args.data, "-o", str(responses), "--limit", str(args.limit)])
     _stage("perturb", ["perturb", str(responses), "-o", str(perturbed), "--seed", "0"])
+    if (labeled / "run.json").is_file():
+        # The demo labels from scratch (--no-cache): an earlier demo's run folder would be resumed
+        # with rows of its own inputs (another --limit, --data) or refused (another --judge).
+        shutil.rmtree(labeled)
     _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled), "--no-cache"])
     _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error", "--continuation", "rest"])
 
