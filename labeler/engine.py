@@ -283,6 +283,8 @@ class Engine:
     async def run(self, rows: Sequence[dict[str, Any]], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
         """Label ``rows`` into the run folder; returns the manifest it wrote."""
         started_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        # Before anything is written: a refused run must not stamp its judge on the folder.
+        self.run_dir.check_judge(self.judge.name, self.fingerprint)
         info = dict(manifest or {})
         previous = self.run_dir.read_manifest() or {}
         runs = list(previous.get("runs", []))

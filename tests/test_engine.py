@@ -350,3 +350,15 @@ def test_plain_run_after_sharded_jobs_in_one_folder_labels_nothing_twice(env, fa
     # And another judge may not write into the folder of this one through another job name.
     rc, log = label(capsys, inp, env / "run", "--num-shards", "4", "--shard-index", "0", judge="openai:gpt-4o")
     assert rc == 2 and "write to a new -o folder" in log
+
+
+def test_refused_judge_leaves_the_run_folder_as_it_was(env, fake, capsys):
+    inp, rows = responses(env, 10)
+    assert label(capsys, inp, env / "run")[0] == 0
+    before = (env / "run" / "run.json").read_text()
+    rc, log = label(capsys, inp, env / "run", judge="gsm8k-calc")
+    assert rc == 2 and "write to a new -o folder" in log
+    assert (env / "run" / "run.json").read_text() == before  # was rewritten with the refused judge
+    fake.reset_counts()
+    rc, log = label(capsys, inp, env / "run")  # and the right judge was then refused too
+    assert rc == 0 and fake.total_requests == 0, log
