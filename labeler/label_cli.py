@@ -60,8 +60,8 @@ class LabelConfig:
     shard_index: int = field(default=0, metadata={"help": "which of --num-shards this machine labels (0-based)"})
     limit: int | None = field(default=None, metadata={"help": "label only the first N responses (after "
                                                                  "sharding)", "metavar": "N"})
-    dry_run: bool = field(default=False, metadata={"help": "print the token and cost estimate, send nothing, "
-                                                           "write nothing"})
+    dry_run: bool = field(default=False, metadata={"help": "print the token and cost estimate of the rows not "
+                                                           "already done or cached, send nothing, write nothing"})
     prices: str | None = field(
         default=None, metadata={"help": "JSON/YAML file of model → {input, cached_input, output} USD per 1M "
                                         "tokens, overriding the built-in price table", "metavar": "FILE"})
@@ -108,6 +108,40 @@ def _check(cfg: LabelConfig) -> None:
             raise UserError(f"--{name} must be positive")
 
 
+def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tuple[list[dict], dict[str, int]]:
+    """The rows a real run would pay for: not already done in RUN_DIR, not in the judge cache.
+
+    Reads only; a missing run folder or cache folder is created by nothing."""
+    from pathlib import Path
+
+    from labeler.cache import JudgeCache, cache_key, default_cache_dir
+    from labeler.engine import item_of
+    from labeler.rundir import RunDir
+
+    run_dir = RunDir(output, cfg.shard_index, cfg.num_shards)
+    done: set[str] = set()
+    if run_dir.path.is_dir():
+        run_dir.check_judge(judge.name, judge.fingerprint())  # what the real run would refuse
+        done = run_dir.done_ids()
+    todo = [r for r in rows if r["response_id"] not in done]
+    skipped = {"already_done": len(rows) - len(todo), "cached": 0}
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    if cfg.cache and cache_dir.is_dir():
+        cache = JudgeCache(cache_dir)
+        try:
+            fp, misses = judge.fingerprint(), []
+            for row in todo:
+                hit = cache.get(cache_key(fp, row["prompt"], row["steps"], judge.cache_inputs(item_of(row))))
+                if hit is not None and len(hit.scores) == len(row["steps"]):
+                    skipped["cached"] += 1
+                else:
+                    misses.append(row)
+            todo = misses
+        finally:
+            cache.close()
+    return todo, skipped
+
+
 def run(args: argparse.Namespace) -> int:
     from labeler.cache import JudgeCache
     from labeler.engine import Engine, EngineConfig, estimate, load_rows
@@ -124,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
     rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index)
     if cfg.dry_run:
+        rows, skipped = _dry_run_todo(rows, judge, cfg, args.output)
         est = estimate(rows, judge, price_for(judge.price_model, prices))
+        est.update(skipped)
         if judge.name.partition(":")[0] in ("openai", "anthropic"):  # online vs --batch price
             from labeler.batch.runner import batch_costs
 
@@ -132,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(est, indent=2))
         cost = "unknown (no price for this model; pass --prices FILE)" if est["cost_usd"] is None \
             else f"${est['cost_usd']:.4f}"
-        print(f"dry run: {est['rows']} responses, {est['steps']} steps, {est['requests']} requests, "
+        free = f" ({skipped['already_done']} already done, {skipped['cached']} in the cache: free)" \
+            if skipped["already_done"] or skipped["cached"] else ""
+        print(f"dry run: {est['rows']} responses{free}, {est['steps']} steps, {est['requests']} requests, "
               f"~{est['input_tokens']} input + ~{est['output_tokens']} output tokens, cost ≤ {cost}",
               file=sys.stderr)
         if est.get("batch_cost_usd") is not None:

@@ -362,3 +362,18 @@ def test_refused_judge_leaves_the_run_folder_as_it_was(env, fake, capsys):
     fake.reset_counts()
     rc, log = label(capsys, inp, env / "run")  # and the right judge was then refused too
     assert rc == 0 and fake.total_requests == 0, log
+
+
+def test_dry_run_counts_only_what_a_rerun_would_pay_for(env, fake, capsys):
+    inp, rows = responses(env, 20)
+    assert label(capsys, inp, env / "run", "--limit", "12")[0] == 0
+    # 12 done in the folder; 12 also in the cache, which a fresh folder would reuse.
+    for out, done, cached, todo in ((env / "run", 12, 0, 8), (env / "fresh", 0, 12, 8)):
+        rc = main(["label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(out), "--dry-run"])
+        captured = capsys.readouterr()
+        est = json.loads(captured.out)
+        assert rc == 0 and (est["already_done"], est["cached"], est["rows"]) == (done, cached, todo)
+        assert f"dry run: {todo} responses ({done} already done, {cached} in the cache: free)" in captured.err
+    assert not (env / "fresh").exists()
+    rc = main(["label", str(inp), "--judge", "gsm8k-calc", "-o", str(env / "run"), "--dry-run"])
+    assert rc == 2 and "write to a new -o folder" in capsys.readouterr().err
