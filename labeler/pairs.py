@@ -363,6 +363,8 @@ def build_pairs(rows: Sequence[dict[str, Any]], cfg: PairsConfig, stats: Counter
         raise UserError(f"unknown continuation '{cfg.continuation}'; choose step or rest")
     if cfg.aggregate not in AGGREGATIONS:
         raise UserError(f"unknown aggregation '{cfg.aggregate}'; choose one of {', '.join(AGGREGATIONS)}")
+    if not 0.0 <= cfg.threshold <= 1.0:  # as `stepdpo inspect --threshold`: scores are in [0, 1]
+        raise UserError(f"--threshold must be in [0, 1], got {cfg.threshold}")
     groups = _groups(rows)
     stats["problems"] = len(groups)
     seen: set[str] = set()

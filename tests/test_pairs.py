@@ -358,3 +358,10 @@ def test_a_response_scored_twice_by_one_judge_keeps_its_first_ok_row(tmp_path: P
     (p,) = read_table(tmp_path / "pairs", PAIRS).to_pylist()
     assert (p["chosen_steps"], p["rejected_steps"]) == (["x"], ["y"])
     assert json.loads((tmp_path / "pairs" / "pairs.json").read_text())["counts"]["duplicate_rows"] == 2
+
+
+def test_threshold_outside_the_score_range_is_refused() -> None:
+    """Like `stepdpo inspect --threshold`; 2.0 made every step an error and silently no pairs."""
+    for bad in (2.0, -0.1, float("nan")):
+        with pytest.raises(UserError, match="--threshold must be in"):
+            build_pairs([], PairsConfig(threshold=bad), Counter())
