@@ -205,3 +205,26 @@ def test_trl_loss_options_the_stepwise_losses_ignore_are_refused(tmp_path, flag,
 
 def _typed(value):
     return {"true": True}.get(value, value if not value[0].isdigit() else float(value))
+
+
+def test_streamed_pairs_are_shuffled_like_trls_random_sampler(setup, tmp_path, monkeypatch):
+    from trainer import data
+
+    root, model, pairs = setup  # 20 pairs in 3 shards
+    ids = lambda ds: [r["prompt"] + r["chosen"] for r in ds]  # noqa: E731
+    in_order = ids(data.load_pairs(pairs))
+    shuffled = data.load_pairs(pairs, shuffle_seed=0)
+    first = ids(shuffled)
+    assert first != in_order and sorted(first) == sorted(in_order)  # nothing lost or duplicated
+    assert ids(data.load_pairs(pairs, shuffle_seed=0)) == first  # deterministic per seed
+    shuffled.set_epoch(1)
+    assert ids(shuffled) != first  # a new order every epoch
+    # The CLI shuffles with --seed unless --train_sampling_strategy sequential.
+    seen = []
+    real = data.load_pairs
+    monkeypatch.setattr(data, "load_pairs", lambda *a, **kw: seen.append(kw.get("shuffle_seed")) or real(*a, **kw))
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no", "--seed", "7"]
+    assert main(base) == 0
+    assert main([*base, "--train_sampling_strategy", "sequential"]) == 0
+    assert seen == [7, None]

@@ -2,7 +2,9 @@
 
 Every StepwiseDPOConfig field (all of TRL's DPOConfig / transformers' TrainingArguments plus the
 stepwise ones) is an option below; --config FILE.yaml sets any of them, and a flag given on the
-command line wins over the file. Streaming data has no length, so --max_steps is required.
+command line wins over the file. Streaming data has no length, so --max_steps is required; the
+stream is shuffled (shard order and a 10,000-row buffer, per epoch) unless
+--train_sampling_strategy sequential.
 Pair shards with precomputed per-step reference log-probs (`stepdpo precompute-ref`) train with
 no reference model in memory. Runs as is under `accelerate launch` (DDP, FSDP, DeepSpeed):
 
@@ -219,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
         targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets,
                                  task_type="CAUSAL_LM")
-    dataset = load_pairs(load_pairs_dir, sep=config.step_separator, streaming=True)
+    # The Trainer ignores train_sampling_strategy for a stream: shuffle it here unless sequential.
+    shuffle = config.train_sampling_strategy != "sequential"
+    dataset = load_pairs(load_pairs_dir, sep=config.step_separator, streaming=True,
+                         shuffle_seed=config.seed if shuffle else None)
     eval_dataset = load_pairs(eval_pairs, sep=config.step_separator, streaming=True) if eval_pairs else None
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,13 +73,28 @@ def to_example(row: Mapping[str, Any], sep: str) -> dict[str, Any]:
     return out
 
 
+SHUFFLE_BUFFER = 10_000
+
+
 def load_pairs(
-    path: str | os.PathLike, sep: str = "\n", streaming: bool = True
+    path: str | os.PathLike, sep: str = "\n", streaming: bool = True, shuffle_seed: int | None = None,
+    buffer_size: int = SHUFFLE_BUFFER,
 ):
-    """The pair shards under ``path`` as a `datasets` (Iterable)Dataset of preference rows."""
+    """The pair shards under ``path`` as a `datasets` (Iterable)Dataset of preference rows.
+
+    Shards hold a problem's pairs next to each other, and the Trainer cannot sample an
+    `IterableDataset`, so pass ``shuffle_seed`` to shuffle the shard order and the rows within a
+    ``buffer_size`` window (reshuffled every epoch: the Trainer calls ``set_epoch``), as TRL's
+    default random sampler does for a map-style dataset.
+    """
     import datasets
 
     files = [str(f) for f in pair_files(path)]
     ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+    if shuffle_seed is not None:
+        # One input shard at a time: interleaving several makes `datasets` sleep 5 s at every
+        # epoch end (an Arrow thread-shutdown workaround); the shard order is shuffled anyway.
+        ds = (ds.shuffle(seed=shuffle_seed, buffer_size=buffer_size, max_buffer_input_shards=1) if streaming
+              else ds.shuffle(seed=shuffle_seed))
     drop = [c for c in (ds.column_names or []) if c not in STEP_COLUMNS]
     return ds.map(to_example, fn_kwargs={"sep": sep}, remove_columns=drop)
