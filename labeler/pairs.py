@@ -384,6 +384,29 @@ def build_pairs(rows: Sequence[dict[str, Any]], cfg: PairsConfig, stats: Counter
     return out
 
 
+def _check_only_pairs(out_dir: Path) -> None:
+    """Refuse an output folder holding anything but earlier pair shards (e.g. ``-o`` naming the
+    labeled run itself): its shards would be overwritten or deleted as stale."""
+    if not out_dir.is_dir():
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.tables import kind_of_schema
+
+    for f in sorted(out_dir.glob("*.parquet")):
+        if f.name.startswith("."):
+            continue
+        try:
+            tag = kind_of_schema(pq.read_schema(f))
+        except (pa.ArrowInvalid, OSError):
+            tag = None
+        kind = (tag or "not a stepdpo file").partition("/")[0]
+        if kind != PAIRS.name:
+            raise UserError(f"-o {out_dir} holds {f.name} ({kind}), which writing pairs there would "
+                            "overwrite or delete; choose another -o folder")
+
+
 def write_pairs(pairs: Sequence[dict[str, Any]], out_dir: str | os.PathLike, shard_size: int) -> list[Path]:
     """Write ``part-NNNNN.parquet`` shards and remove stale shards of an earlier, larger run."""
     if shard_size < 1:
@@ -391,6 +414,7 @@ def write_pairs(pairs: Sequence[dict[str, Any]], out_dir: str | os.PathLike, sha
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pairs are written as a folder of shards")
+    _check_only_pairs(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for n, start in enumerate(range(0, max(len(pairs), 1), shard_size)):

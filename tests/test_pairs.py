@@ -365,3 +365,15 @@ def test_threshold_outside_the_score_range_is_refused() -> None:
     for bad in (2.0, -0.1, float("nan")):
         with pytest.raises(UserError, match="--threshold must be in"):
             build_pairs([], PairsConfig(threshold=bad), Counter())
+
+
+def test_output_folder_holding_other_files_is_refused(tmp_path: Path, capsys) -> None:
+    """`stepdpo pairs RUN -o RUN` replaced the paid step_scores shards with pair shards."""
+    run = write_run(tmp_path / "run", [row([S0, S1, S2], [1.0, 1.0, 1.0]), row([S0, X1, X2], [1.0, 0.0, 0.0])])
+    before = (run / "part-00000.parquet").read_bytes()
+    assert main(["pairs", str(run), "-o", str(run)]) == 2
+    assert "choose another -o folder" in capsys.readouterr().err
+    assert (run / "part-00000.parquet").read_bytes() == before
+    # Rewriting an earlier pairs folder is still fine.
+    assert main(["pairs", str(run), "-o", str(tmp_path / "pairs")]) == 0
+    assert main(["pairs", str(run), "-o", str(tmp_path / "pairs")]) == 0
