@@ -228,3 +228,11 @@ def test_streamed_pairs_are_shuffled_like_trls_random_sampler(setup, tmp_path, m
     assert main(base) == 0
     assert main([*base, "--train_sampling_strategy", "sequential"]) == 0
     assert seen == [7, None]
+
+
+def test_final_line_reports_the_run_loss_when_no_step_was_logged(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no"]) == 0
+    final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final:")]
+    assert len(final) == 1 and "train_loss=0.69" in final[0] and "--logging_steps 10 > --max_steps 1" in final[0]

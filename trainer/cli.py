@@ -245,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
                  else "adapter switched off" if peft_config is not None
                  else args.ref_model or "frozen copy of the policy")
     if precomputed and not trainer.uses_precomputed_ref and trainer.is_world_process_zero():
-        print("note: the shards carry precomputed reference log-probs, but a reference model was given")
+        print(f"note: the shards carry precomputed reference log-probs; they are not used, the reference is: "
+              f"{reference}")
     trainer.train()
     trainer.save_model(os.fspath(out))
     if trainer.is_world_process_zero():
@@ -257,5 +258,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"config: {out / 'stepwise_config.json'}")
         print(f"metrics: {metrics_path}")
         keys = ("loss", "rewards/accuracies", "rewards/margins", "step/margin", "step/first_error_weight")
-        print("final: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
+        if last:
+            print("final: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
+        else:
+            summary = next((h for h in trainer.state.log_history if "train_loss" in h), {})
+            mean = f"train_loss={summary['train_loss']:.4g}" if "train_loss" in summary else "no loss"
+            print(f"final: {mean} (mean over the run; no step was logged: --logging_steps "
+                  f"{config.logging_steps:g} > --max_steps {config.max_steps})")
     return 0
