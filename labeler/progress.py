@@ -120,7 +120,7 @@ class Progress:
             self._task = asyncio.create_task(self._log_loop())
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
         if self._live is not None:
             self._live.stop()
         if self._task is not None:
@@ -130,4 +130,6 @@ class Progress:
             except asyncio.CancelledError:
                 pass
         if self.mode != "none":
-            print(f"{self.label}: finished: {self.stats.line()}", file=self.stream, flush=True)
+            # Ctrl-C (CancelledError/KeyboardInterrupt) or a crash: the run did not finish.
+            end = "finished" if exc_type is None else "stopped"
+            print(f"{self.label}: {end}: {self.stats.line()}", file=self.stream, flush=True)

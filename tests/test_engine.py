@@ -377,3 +377,23 @@ def test_dry_run_counts_only_what_a_rerun_would_pay_for(env, fake, capsys):
     assert not (env / "fresh").exists()
     rc = main(["label", str(inp), "--judge", "gsm8k-calc", "-o", str(env / "run"), "--dry-run"])
     assert rc == 2 and "write to a new -o folder" in capsys.readouterr().err
+
+
+def test_progress_says_stopped_not_finished_when_interrupted():
+    import asyncio
+    import io
+
+    from labeler.progress import Progress, Stats
+
+    async def go(fail: bool) -> str:
+        stream = io.StringIO()
+        try:
+            async with Progress(Stats(), "log", 60, stream=stream):
+                if fail:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass
+        return stream.getvalue()
+
+    assert asyncio.run(go(False)).startswith("label: finished: ")
+    assert asyncio.run(go(True)).startswith("label: stopped: ")
