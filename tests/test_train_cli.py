@@ -236,3 +236,13 @@ def test_final_line_reports_the_run_loss_when_no_step_was_logged(setup, tmp_path
                  "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no"]) == 0
     final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final:")]
     assert len(final) == 1 and "train_loss=0.69" in final[0] and "--logging_steps 10 > --max_steps 1" in final[0]
+
+
+def test_bad_reference_model_and_lora_targets_are_clear_errors(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "1"]
+    assert main([*base, "--ref_model", str(tmp_path / "missing")]) == 2
+    assert "cannot load the reference model" in capsys.readouterr().err
+    assert main([*base, "--lora_r", "4", "--lora_targets", "nope_proj"]) == 2
+    assert "LoRA: Target modules {'nope_proj'} not found" in capsys.readouterr().err

@@ -213,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
         tokenizer.pad_token = tokenizer.eos_token
     ref_model = None
     if args.ref_model:
-        ref_model = AutoModelForCausalLM.from_pretrained(args.ref_model, **(config.model_init_kwargs or {}))
+        try:
+            ref_model = AutoModelForCausalLM.from_pretrained(args.ref_model, **(config.model_init_kwargs or {}))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the reference model '{args.ref_model}': {exc}".splitlines()[0]) from exc
     peft_config = None
     if args.lora_r:
         from peft import LoraConfig
@@ -229,16 +232,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    trainer = StepwiseDPOTrainer(
-        args.model,
-        ref_model=ref_model,
-        args=config,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[_metrics_callback(metrics_path)],
-    )
+    try:
+        trainer = StepwiseDPOTrainer(
+            args.model,
+            ref_model=ref_model,
+            args=config,
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[_metrics_callback(metrics_path)],
+        )
+    except ValueError as exc:
+        from peft.utils.error import PeftError
+
+        if isinstance(exc, PeftError):  # e.g. --lora_targets naming modules the model lacks
+            raise UserError(f"LoRA: {exc}".splitlines()[0]) from exc
+        raise
     if trainer.is_world_process_zero() and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
     reference = ("precomputed per-step log-probs" if trainer.uses_precomputed_ref
