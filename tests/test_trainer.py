@@ -221,3 +221,15 @@ def test_public_api_is_importable_from_the_package():
     # ...and importing the package alone stays light (the CLI imports it before parsing).
     code = "import sys, trainer; assert 'trl' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "margin", "soft_label", "step_weighted"])
+def test_first_error_weight_metric_is_the_weight_the_loss_applies(tiny, rows, tmp_path, kind):
+    tr = _ours(tiny, rows, tmp_path, stepwise_loss=kind, step_temperature=2.0)
+    with torch.no_grad():
+        _loss(tr, _batch(tr))
+    weight = tr._metrics["train"]["step/first_error_weight"][-1]
+    if kind == "step_weighted":  # the error step (lowest score) is up-weighted on the rejected side
+        assert weight > 1.0
+    else:  # these losses weight every step alike
+        assert weight == pytest.approx(1.0)

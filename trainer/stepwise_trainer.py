@@ -310,8 +310,8 @@ class StepwiseDPOTrainer(DPOTrainer):
                                   - losses.masked_sum(batch.rho_l, batch.mask_l) / k_l)
             m["step/margin"].append(acc.gather(step_margin.detach()).mean().item())
             a_l = loss_metrics.get("weights_l")
-            if a_l is None:
-                a_l = losses.step_weights(batch.q_l, batch.mask_l, -self.args.step_temperature)
+            if a_l is None:  # the loss weights every step alike: report the weight it applies, 1
+                a_l = batch.mask_l.to(batch.rho_l.dtype)
             is_err = (batch.q_l < 0.5) & batch.mask_l.bool()
             has_err = is_err.any(dim=-1)
             first = is_err.float().argmax(dim=-1)
