@@ -157,8 +157,24 @@ def validate(table: pa.Table, kind: Kind, path: str | os.PathLike | None = None)
                 ) from exc
         if not field.nullable and col.null_count:
             raise UserError(f"{where}column '{field.name}' has {col.null_count} null value(s); it is required")
+        if field.name == "steps" and len(col):
+            _check_steps(col, kind, where)
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=kind.stamped)
+
+
+def _check_steps(col: pa.ChunkedArray, kind: Kind, where: str) -> None:
+    """A solution has at least one step and no step is null (judges index steps by position)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(col)
+    empty = pc.sum(pc.equal(lengths, 0)).as_py() or 0
+    if empty:
+        first = pc.index(lengths, 0).as_py()
+        raise UserError(f"{where}'{kind.name}' row {first}: 'steps' is empty ({empty} row(s) with no step)")
+    nulls = pc.list_flatten(col).null_count
+    if nulls:
+        raise UserError(f"{where}column 'steps' holds {nulls} null step(s); every step must be a string")
 
 
 def from_rows(rows: Sequence[dict[str, Any]], kind: Kind) -> pa.Table:

@@ -310,3 +310,24 @@ def test_lazy_package_exports():
     assert set(schemas.__all__) <= set(dir(schemas))
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         _ = schemas.nope
+
+
+def test_empty_or_null_steps_are_refused_on_read_and_write(tmp_path):
+    """A hand-made file with no steps (or a null step) crashed `label --judge gsm8k-calc`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from schemas.errors import UserError
+    from schemas.tables import RESPONSES, read_table, validate
+
+    base = {"response_id": "r", "problem_id": "p", "source": "t", "prompt": "Q", "final_answer": None,
+            "gold_answer": None, "reference_scores": None, "meta": None}
+    for steps, message in (([], "'steps' is empty"), (["a", None], "null step")):
+        table = pa.Table.from_pylist([{**base, "steps": ["ok"]}, {**base, "steps": steps}], schema=RESPONSES.stamped)
+        with pytest.raises(UserError, match=message):
+            validate(table, RESPONSES)
+        pq.write_table(table, tmp_path / "bad.parquet")
+        with pytest.raises(UserError, match="bad.parquet"):
+            read_table(tmp_path / "bad.parquet", RESPONSES)
+    validate(pa.Table.from_pylist([{**base, "steps": ["a"]}], schema=RESPONSES.stamped), RESPONSES)
