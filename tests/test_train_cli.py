@@ -246,3 +246,41 @@ def test_bad_reference_model_and_lora_targets_are_clear_errors(setup, tmp_path, 
     assert "cannot load the reference model" in capsys.readouterr().err
     assert main([*base, "--lora_r", "4", "--lora_targets", "nope_proj"]) == 2
     assert "LoRA: Target modules {'nope_proj'} not found" in capsys.readouterr().err
+
+
+CHATML = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_chat_template_renders_the_problem_as_a_user_turn(setup, tmp_path, capsys):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from trainer.alignment import chat_prompt
+    from trainer.data import load_pairs
+
+    root, model, pairs = setup
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "r0"),
+                 "--max_steps", "1", "--chat_template", "true"]) == 2
+    assert "has no chat template" in capsys.readouterr().err
+    chat = tmp_path / "chat-model"
+    shutil.copytree(model, chat)
+    tok = AutoTokenizer.from_pretrained(chat)
+    tok.chat_template = CHATML
+    tok.save_pretrained(chat)
+    row = next(iter(load_pairs(pairs)))
+    assert chat_prompt(tok, row["question"], row["prefix_steps"]) == (
+        f"<|user|>{row['question']}\n<|assistant|>" + "".join(s + "\n" for s in row["prefix_steps"]))
+    # precompute-ref and train agree on the chat layout; a run without it is refused.
+    filled = tmp_path / "filled"
+    assert main(["precompute-ref", "--pairs", str(pairs), "--model", str(chat), "-o", str(filled),
+                 "--chat-template"]) == 0
+    base = ["train", "--pairs", str(filled), "--model", str(chat), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+            "--learning_rate", "0", "--save_strategy", "no"]
+    assert main(base) == 2
+    assert "chat_template=False (precomputed with True)" in capsys.readouterr().err
+    assert main([*base, "--chat_template", "true"]) == 0
+    final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final:")][0]
+    assert "loss=0.6931," in final  # the precomputed chat-layout reference equals the policy (lr 0)

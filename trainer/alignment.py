@@ -92,6 +92,21 @@ def _offset_step_ids(offsets: Sequence[tuple[int, int]], prompt_len: int, text_s
     return out
 
 
+def chat_prompt(tokenizer, question: str, prefix_steps: Sequence[str], sep: str = "\n") -> str:
+    """The prompt for a chat model: the problem as a user turn rendered with the tokenizer's chat
+    template (with the generation prompt), then the shared prefix steps as the start of the
+    assistant's answer, each closed by ``sep`` (as `schemas.convert.format_prompt` closes them).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True, but the tokenizer has no chat template")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and _ids(tokenizer, "")[:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]  # the tokenizer adds BOS itself: do not train on two
+    return text + "".join(step + sep for step in prefix_steps)
+
+
 def tokenize_pair(
     tokenizer,
     prompt: str,

@@ -165,13 +165,16 @@ def check_precompute_settings(pairs: str | os.PathLike, config) -> None:
         saved = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
+    saved.setdefault("chat_template", False)  # written before the option existed
     ours = {"max_length": config.max_length, "truncation_mode": config.truncation_mode,
-            "step_separator": config.step_separator, "add_eos": config.add_eos}
+            "step_separator": config.step_separator, "add_eos": config.add_eos,
+            "chat_template": config.chat_template}
     theirs = {"max_length": "--max-length", "truncation_mode": "--truncation-mode",
               "step_separator": "--step-separator", "add_eos": "--add-eos"}
     diff = [f"{k}={ours[k]!r} (precomputed with {saved[k]!r})" for k in ours if k in saved and saved[k] != ours[k]]
     if diff:
-        flags = " ".join(f"{theirs[k]} {ours[k] if ours[k] is not None else 0}" for k in ours
+        flags = " ".join(f"{theirs[k]} {ours[k] if ours[k] is not None else 0}" if k in theirs
+                         else ("--chat-template" if ours[k] else "without --chat-template") for k in ours
                          if k in saved and saved[k] != ours[k])
         raise UserError(f"{meta}: the reference log-probs were computed with other settings than this run: "
                         f"{'; '.join(diff)}. Rerun `stepdpo precompute-ref ... {flags}`, train with the same "
@@ -211,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot load the tokenizer of '{args.model}': {exc}".splitlines()[0]) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"--chat_template: the tokenizer of '{args.model}' has no chat template")
     ref_model = None
     if args.ref_model:
         try:

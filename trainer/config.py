@@ -77,6 +77,14 @@ class StepwiseDPOConfig(DPOConfig):
         default=DEFAULT_SEPARATOR,
         metadata={"help": "Text between steps; must match the one the pairs were written with."},
     )
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Render the problem with the tokenizer's chat template (a user turn plus the "
+            "generation prompt); prefix steps and completions are the assistant's text. Use it for "
+            "chat/instruct models; off, the prompt is plain text, as TRL does for non-conversational data."
+        },
+    )
     add_eos: str = field(
         default="auto",
         metadata={

@@ -21,6 +21,7 @@ from schemas.tables import PAIRS, parquet_files, validate
 
 # Columns the trainer keeps from a pairs row (besides the formatted prompt/chosen/rejected).
 STEP_COLUMNS = (
+    "prefix_steps",
     "chosen_steps",
     "rejected_steps",
     "chosen_scores",
@@ -61,15 +62,18 @@ def to_example(row: Mapping[str, Any], sep: str) -> dict[str, Any]:
     """A pairs row as a TRL preference row (prompt/chosen/rejected text) plus the step columns.
 
     The shared prefix goes into the prompt with `schemas.convert.format_prompt`, the one place
-    the text layout is defined, so the labeler and the trainer cannot disagree on it.
+    the text layout is defined, so the labeler and the trainer cannot disagree on it. The bare
+    problem (``question``) and ``prefix_steps`` are kept for `alignment.chat_prompt`.
     """
     out = {
         "prompt": format_prompt(row["prompt"], row.get("prefix_steps") or (), sep),
         "chosen": format_completion(row["chosen_steps"], sep),
         "rejected": format_completion(row["rejected_steps"], sep),
+        "question": row["prompt"],  # the bare problem, for `chat_template`
     }
     for key in STEP_COLUMNS:
         out[key] = row.get(key)
+    out["prefix_steps"] = list(out["prefix_steps"] or [])
     return out
 
 

@@ -1,8 +1,8 @@
 """Write per-step reference log-probs into pair shards, so training needs no reference model.
 
 Reads every shard of --pairs, runs the reference model once over each pair (tokenized and
-truncated exactly as `stepdpo train` will: same separator, EOS rule, max length and truncation
-mode), and writes the same shards to -o with `ref_chosen_step_logps` / `ref_rejected_step_logps`
+truncated exactly as `stepdpo train` will: same separator, EOS rule, chat template, max length
+and truncation mode), and writes the same shards to -o with `ref_chosen_step_logps` / `ref_rejected_step_logps`
 filled. One shard is in memory at a time. A step truncated away gets log-prob 0, as in training.
 """
 
@@ -36,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="text between steps, as in training (default: newline)")
     parser.add_argument("--add-eos", default="auto", choices=["auto", "always", "never"],
                         help="EOS rule, as in training (default: auto)")
+    parser.add_argument("--chat-template", action="store_true",
+                        help="render the problem with the tokenizer's chat template, as `train --chat_template true`")
     parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="weights dtype: auto = bfloat16 on CUDA, float32 on CPU (default: auto)")
 
@@ -48,7 +50,8 @@ def _cfg(sep: str, add_eos: str) -> SimpleNamespace:
 
 def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAULT_SEPARATOR,
                          add_eos: str = "auto", max_length: int | None = 1024,
-                         truncation_mode: str = "keep_start", batch_size: int = 8):
+                         truncation_mode: str = "keep_start", batch_size: int = 8,
+                         chat_template: bool = False):
     """Per-step reference log-probs ``(chosen, rejected)`` for pairs rows, one list per row.
 
     ``model`` must carry TRL's fused LM head (see :func:`load_reference`) so the numbers are
@@ -57,7 +60,7 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
     import torch
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from trainer.alignment import tokenize_pair
+    from trainer.alignment import chat_prompt, tokenize_pair
     from trainer.data import to_example
     from trainer.stepwise_trainer import StepwiseCollator, per_token_logps, step_sums
 
@@ -72,7 +75,9 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
         examples = []
         for row in rows[start:start + batch_size]:
             ex = to_example(row, sep)
-            ex.update(tokenize_pair(tokenizer, ex["prompt"], ex["chosen_steps"], ex["rejected_steps"],
+            prompt = (chat_prompt(tokenizer, ex["question"], ex["prefix_steps"], sep) if chat_template
+                      else ex["prompt"])
+            ex.update(tokenize_pair(tokenizer, prompt, ex["chosen_steps"], ex["rejected_steps"],
                                     sep=sep, add_eos=add_eos, strategy=ex.get("strategy")))
             examples.append(ex)
         batch = collator(examples)
@@ -134,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         rows = table.to_pylist()
         chosen, rejected = reference_step_logps(
             model, tokenizer, rows, sep=args.step_separator, add_eos=args.add_eos,
-            max_length=max_length, truncation_mode=args.truncation_mode, batch_size=args.batch_size)
+            max_length=max_length, truncation_mode=args.truncation_mode, batch_size=args.batch_size,
+            chat_template=args.chat_template)
         for row, c, r in zip(rows, chosen, rejected, strict=True):
             row["ref_chosen_step_logps"] = c
             row["ref_rejected_step_logps"] = r
@@ -142,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         n += len(rows)
         print(f"{f.name}: {len(rows)} pairs", flush=True)
     settings = {"model": args.model, "max_length": max_length, "truncation_mode": args.truncation_mode,
-                "step_separator": args.step_separator, "add_eos": args.add_eos, "pairs": n,
+                "step_separator": args.step_separator, "add_eos": args.add_eos,
+                "chat_template": args.chat_template, "pairs": n,
                 "source": os.fspath(args.pairs)}
     (out / "precompute.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {n} pairs with reference step log-probs to {out} in {time.perf_counter() - t0:.1f}s "

@@ -24,7 +24,13 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
 from trainer import losses
-from trainer.alignment import NO_STEP, collate_step_fields, collate_step_ids, tokenize_pair
+from trainer.alignment import (
+    NO_STEP,
+    chat_prompt,
+    collate_step_fields,
+    collate_step_ids,
+    tokenize_pair,
+)
 from trainer.config import StepwiseDPOConfig
 
 STEP_COLUMNS = [
@@ -162,11 +168,19 @@ class StepwiseDPOTrainer(DPOTrainer):
                 f"the {dataset_name} dataset has no 'chosen_steps': build it with trainer.data.load_pairs"
             )
         tokenizer = self._tokenizer
+        if args.chat_template:
+            if "question" not in first:
+                raise ValueError(f"chat_template needs the {dataset_name} rows' 'question' and 'prefix_steps': "
+                                 "build the dataset with trainer.data.load_pairs")
+            chat_prompt(tokenizer, "", [], args.step_separator)  # fails early without a template
 
         def tokenize(example):
+            prompt = example["prompt"]
+            if args.chat_template:
+                prompt = chat_prompt(tokenizer, example["question"], example["prefix_steps"], args.step_separator)
             return tokenize_pair(
                 tokenizer,
-                example["prompt"],
+                prompt,
                 example["chosen_steps"],
                 example["rejected_steps"],
                 sep=args.step_separator,
