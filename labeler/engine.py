@@ -133,6 +133,7 @@ def summarize(run_dir: RunDir) -> dict[str, Any]:
     parts = run_dir.parts()
     totals = {"rows": 0, "ok": 0, "error": 0, "input_tokens": 0, "output_tokens": 0,
               "cached_tokens": 0, "cost_usd": 0.0, "shards": len(parts)}
+    unknown = False
     for part in parts:
         t = pq.read_table(part, columns=["status", "input_tokens", "output_tokens", "cached_tokens", "cost_usd"])
         totals["rows"] += t.num_rows
@@ -140,8 +141,11 @@ def summarize(run_dir: RunDir) -> dict[str, Any]:
         for col in ("input_tokens", "output_tokens", "cached_tokens"):
             totals[col] += pc.sum(t.column(col)).as_py() or 0
         totals["cost_usd"] += pc.sum(t.column("cost_usd")).as_py() or 0.0
+        tokens = pc.add(t.column("input_tokens").fill_null(0), t.column("output_tokens").fill_null(0))
+        unknown = unknown or pc.any(pc.and_(pc.is_null(t.column("cost_usd")), pc.greater(tokens, 0))).as_py()
     totals["error"] = totals["rows"] - totals["ok"]
-    totals["cost_usd"] = round(totals["cost_usd"], 6)
+    # Tokens of a model with no known price: the cost is unknown (None), never a made-up 0.
+    totals["cost_usd"] = None if unknown else round(totals["cost_usd"], 6)
     return totals
 
 
@@ -289,7 +293,7 @@ class Engine:
         previous = self.run_dir.read_manifest() or {}
         runs = list(previous.get("runs", []))
         state = "interrupted"
-        self.stats = Stats()
+        self.stats = Stats(cost_known=self.price is not None)
         try:
             todo = self.plan(rows)
             size = max(1, self.judge.batch_size)

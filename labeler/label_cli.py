@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     s = engine.stats
     print(f"label: {totals['rows']} rows in {args.output} (ok {totals['ok']}, error {totals['error']}); "
           f"this run: {s.done} labeled, {s.skipped} already done, {s.cache_hits} from cache, "
-          f"{s.requests} requests, ${s.cost_usd:.4f}", file=sys.stderr)
+          f"{s.requests} requests, cost {s.cost_text()}", file=sys.stderr)
     if totals["error"]:
         print(f"label: {totals['error']} response(s) ended in error; rerun the same command to retry them",
               file=sys.stderr)

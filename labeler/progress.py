@@ -28,6 +28,7 @@ class Stats:
     output_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0  # spent by this run's requests (cache hits cost nothing)
+    cost_known: bool = True  # False: the model has no price (--prices FILE), cost_usd means nothing
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -50,8 +51,11 @@ class Stats:
             f"{self.done}/{self.total} rows ({pct:.1f}%), {self.rate:.1f} rows/s, ok {self.ok}, "
             f"error {self.error}, cache hits {self.cache_hits}, requests {self.requests}, "
             f"retries {self.retries}, tokens in {_k(self.input_tokens)} (cached {_k(self.cached_tokens)}) "
-            f"out {_k(self.output_tokens)}, cost ${self.cost_usd:.4f}, ETA {eta}"
+            f"out {_k(self.output_tokens)}, cost {self.cost_text()}, ETA {eta}"
         )
+
+    def cost_text(self) -> str:
+        return f"${self.cost_usd:.4f}" if self.cost_known else "unknown (no price for this model: --prices FILE)"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +63,7 @@ class Stats:
             "ok": self.ok, "error": self.error, "cache_hits": self.cache_hits,
             "requests": self.requests, "retries": self.retries, "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens, "cached_tokens": self.cached_tokens,
-            "cost_usd": round(self.cost_usd, 6), "elapsed_s": round(self.elapsed, 3),
+            "cost_usd": round(self.cost_usd, 6) if self.cost_known else None, "elapsed_s": round(self.elapsed, 3),
             "rows_per_s": round(self.rate, 3),
         }
 
@@ -99,7 +103,8 @@ class Progress:
         table.add_row("[bold]rows[/]", f"{s.done}/{s.total} ({pct:.1f}%)", "[bold]rows/s[/]", f"{s.rate:.1f}",
                       "[bold]ETA[/]", eta)
         table.add_row("[green]ok[/]", str(s.ok), "[red]error[/]", str(s.error), "cache hits", str(s.cache_hits))
-        table.add_row("requests", str(s.requests), "retries", str(s.retries), "cost", f"${s.cost_usd:.4f}")
+        table.add_row("requests", str(s.requests), "retries", str(s.retries), "cost",
+                      f"${s.cost_usd:.4f}" if s.cost_known else "unknown")
         table.add_row("tokens in", _k(s.input_tokens), "cached", _k(s.cached_tokens), "out", _k(s.output_tokens))
         return table
 

@@ -397,3 +397,19 @@ def test_progress_says_stopped_not_finished_when_interrupted():
 
     assert asyncio.run(go(False)).startswith("label: finished: ")
     assert asyncio.run(go(True)).startswith("label: stopped: ")
+
+
+def test_model_without_a_price_reports_unknown_cost_not_zero(env, fake, capsys):
+    """`openai:` with a model missing from the price table spent tokens but showed $0.0000."""
+    from labeler.inspection.stats import load as load_run
+    from labeler.inspection.stats import summarize
+
+    inp, rows = responses(env, 5)
+    rc, log = label(capsys, inp, env / "run", judge="openai:gpt-9-unpriced")
+    assert rc == 0 and "cost unknown (no price for this model" in log and "$0.0000" not in log
+    manifest = json.loads((env / "run" / "run.json").read_text())
+    assert manifest["totals"]["cost_usd"] is None and manifest["runs"][-1]["cost_usd"] is None
+    assert manifest["totals"]["input_tokens"] > 0
+    rep = summarize(load_run(env / "run"))
+    assert rep["cost_usd"] is None and rep["judges"][0]["cost_usd"] is None
+    assert rep["judges"][0]["cost_per_1k_steps"] is None

@@ -291,6 +291,12 @@ def summarize_responses(loaded: Loaded, threshold: float) -> dict[str, Any]:
     return out
 
 
+def _unpriced(t: pa.Table) -> pa.ChunkedArray:
+    """Rows that spent tokens but carry no cost: their model had no price (cost unknown)."""
+    tokens = pc.add(t.column("input_tokens").fill_null(0), t.column("output_tokens").fill_null(0))
+    return pc.and_(pc.is_null(t.column("cost_usd")), pc.greater(tokens, 0))
+
+
 def _judges(t: pa.Table) -> list[dict[str, Any]]:
     """Per (judge, fingerprint): rows, status, tokens, cost, and cost per 1k scored steps."""
     steps = np.maximum(explode(t.column("scores")).lengths, 0)
@@ -304,12 +310,13 @@ def _judges(t: pa.Table) -> list[dict[str, Any]]:
         "output_tokens": t.column("output_tokens").fill_null(0),
         "cached_tokens": t.column("cached_tokens").fill_null(0),
         "cost_usd": t.column("cost_usd").fill_null(0.0),
+        "unpriced": pc.cast(_unpriced(t), pa.int64()),
         "latency_s": t.column("latency_s"),
     })
     grouped = work.group_by(["judge", "judge_fingerprint"]).aggregate([
         ([], "count_all"), ("ok", "sum"), ("steps", "sum"), ("input_tokens", "sum"),
         ("output_tokens", "sum"), ("cached_tokens", "sum"), ("cost_usd", "sum"),
-        ("latency_s", "mean"),
+        ("unpriced", "sum"), ("latency_s", "mean"),
     ]).to_pylist()
     out = []
     for g in sorted(grouped, key=lambda g: (g["judge"], g["judge_fingerprint"])):
@@ -324,8 +331,10 @@ def _judges(t: pa.Table) -> list[dict[str, Any]]:
             "input_tokens": g["input_tokens_sum"],
             "output_tokens": g["output_tokens_sum"],
             "cached_tokens": g["cached_tokens_sum"],
-            "cost_usd": _num(g["cost_usd_sum"]),
-            "cost_per_1k_steps": _num(1000.0 * g["cost_usd_sum"] / n_steps) if n_steps else None,
+            # Rows that used tokens of a model with no known price: the cost is unknown, not 0.
+            "cost_usd": None if g["unpriced_sum"] else _num(g["cost_usd_sum"]),
+            "cost_per_1k_steps": _num(1000.0 * g["cost_usd_sum"] / n_steps)
+            if n_steps and not g["unpriced_sum"] else None,
             "tokens_per_step": _num((g["input_tokens_sum"] + g["output_tokens_sum"]) / n_steps)
             if n_steps else None,
             "mean_latency_s": _num(g["latency_s_mean"]),
@@ -344,7 +353,7 @@ def summarize_step_scores(loaded: Loaded, threshold: float) -> dict[str, Any]:
         "input": _sum(t, "input_tokens"), "output": _sum(t, "output_tokens"),
         "cached": _sum(t, "cached_tokens"),
     }
-    out["cost_usd"] = _sum(t, "cost_usd")
+    out["cost_usd"] = None if pc.any(_unpriced(t)).as_py() else _sum(t, "cost_usd")
     ex = explode(t.column("scores"))
     out["steps"] = step_counts(ex.lengths)
     scored = ex.lengths >= 0
