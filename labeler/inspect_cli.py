@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             from labeler.inspection.show import render
 
             render(console, shown, cfg.threshold)
+        elif cfg.show:
+            print(f"--show: no rows match --where {cfg.where}", file=sys.stderr)
     if cfg.html is not None or cfg.plots is not None:
         from labeler.inspection import plots
 

@@ -324,3 +324,9 @@ def test_show_reads_text_only_from_the_shards_it_prints(tmp_path, capsys, monkey
     assert len(opened) == 1 and set(opened[0][1]) == {"prompt", "steps", "final_answer", "gold_answer"}
     texts = stats.take_rows(full, np.array([199, 0, 41]), ["prompt"]).column("prompt").to_pylist()
     assert [t.split(":")[0] for t in texts] == ["Problem 39", "Problem 0", "Problem 1"]
+
+
+def test_show_says_so_when_no_row_matches(tmp_path, capsys):
+    path = write_rows(tmp_path / "hand.parquet", score_rows(HAND))
+    assert main(["inspect", str(path), "--show", "3", "--where", "errors"]) == 0
+    assert "--show: no rows match --where errors" in capsys.readouterr().err
