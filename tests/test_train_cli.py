@@ -284,3 +284,13 @@ def test_chat_template_renders_the_problem_as_a_user_turn(setup, tmp_path, capsy
     assert main([*base, "--chat_template", "true"]) == 0
     final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final:")][0]
     assert "loss=0.6931," in final  # the precomputed chat-layout reference equals the policy (lr 0)
+
+
+def test_max_length_zero_is_no_limit_and_a_run_with_no_pair_left_fails(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    assert _train_config(["--output_dir", str(tmp_path / "o"), "--max_steps", "1", "--max_length", "0"]).max_length is None
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "2", "--max_length", "8"])
+    assert code == 2
+    assert "no training step ran" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()

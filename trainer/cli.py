@@ -2,9 +2,9 @@
 
 Every StepwiseDPOConfig field (all of TRL's DPOConfig / transformers' TrainingArguments plus the
 stepwise ones) is an option below; --config FILE.yaml sets any of them, and a flag given on the
-command line wins over the file. Streaming data has no length, so --max_steps is required; the
-stream is shuffled (shard order and a 10,000-row buffer, per epoch) unless
---train_sampling_strategy sequential.
+command line wins over the file. --max_length 0 means no limit. Streaming data has no length, so
+--max_steps is required; the stream is shuffled (shard order and a 10,000-row buffer, per epoch)
+unless --train_sampling_strategy sequential.
 Pair shards with precomputed per-step reference log-probs (`stepdpo precompute-ref`) train with
 no reference model in memory. Runs as is under `accelerate launch` (DDP, FSDP, DeepSpeed):
 
@@ -119,6 +119,8 @@ def build_config(args: argparse.Namespace):
     values = _merged_config(args)
     if not values.get("max_steps") or values["max_steps"] <= 0:
         raise UserError("--max_steps is required: streamed pair shards have no length")
+    if values.get("max_length") is not None and values["max_length"] <= 0:
+        values["max_length"] = None  # 0 = no limit, as in `stepdpo precompute-ref --max-length 0`
     if values.get("precompute_ref_log_probs"):
         raise UserError("--precompute_ref_log_probs is TRL's in-memory precompute, which needs a non-streamed "
                         "dataset: run `stepdpo precompute-ref` to write per-step reference log-probs into "
@@ -263,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the shards carry precomputed reference log-probs; they are not used, the reference is: "
               f"{reference}")
     trainer.train()
+    if trainer.state.global_step == 0:
+        limit = (f": every pair's prompt is at least --max_length {config.max_length} tokens"
+                 if config.max_length is not None and config.truncation_mode == "keep_start" else "")
+        raise UserError(f"no training step ran, no pair was left to train on{limit}; nothing was saved")
     trainer.save_model(os.fspath(out))
     if trainer.is_world_process_zero():
         (out / "stepwise_config.json").write_text(config.to_json_string(), encoding="utf-8")
