@@ -144,7 +144,7 @@ def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tup
 
 def run(args: argparse.Namespace) -> int:
     from labeler.cache import JudgeCache
-    from labeler.engine import Engine, EngineConfig, estimate, load_rows
+    from labeler.engine import EngineConfig, estimate, load_rows
     from labeler.judges.config import JudgeConfig
     from labeler.judges.registry import create_judge
     from labeler.pricing import load_prices, price_for
@@ -187,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
     cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
     info = {"input": str(args.input), "config": dataclasses.asdict(cfg),
             "judge_config": dataclasses.asdict(judge_cfg)}
+    with run_dir.locked():
+        return _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info)
+
+
+def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
+    from labeler.engine import Engine
+
     if args.batch:  # provider batch mode: labeler/batch/runner.py
         from labeler.batch.runner import run_from_cli
 

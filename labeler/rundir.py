@@ -16,10 +16,11 @@ its end, so the folder always converges to one row per response.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,26 @@ class RunDir:
         if status is not None:
             table = table.filter(pc.equal(table.column("status"), status))
         return table
+
+    # -- one writer per job ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this job's lock while labeling: a second ``stepdpo label`` of the same job (the
+        same command in another terminal) would pay for every row again and its shards would
+        overwrite the first one's. Jobs of other ``--shard-index`` values have their own lock."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): unguarded, as before
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / f".{self.manifest_path.stem}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.path}: another `stepdpo label` is writing this run folder "
+                                "(same job); wait for it or stop it, then rerun") from None
+            yield
 
     # -- manifest ----------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:

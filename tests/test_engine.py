@@ -240,7 +240,7 @@ def test_split_across_machines(env, fake, capsys):
         rc, _ = label(capsys, inp, env / "run", "--num-shards", "2", "--shard-index", str(k))
         assert rc == 0
     assert fake.total_requests == 60
-    names = sorted(p.name for p in (env / "run").iterdir())
+    names = sorted(p.name for p in (env / "run").iterdir() if not p.name.endswith(".lock"))
     assert names == ["part-k0-of-2-00000.parquet", "part-k1-of-2-00000.parquet",
                      "run-k0-of-2.json", "run-k1-of-2.json"]
     parts = [pq.read_table(env / "run" / n).column("response_id").to_pylist() for n in names[:2]]
@@ -413,3 +413,18 @@ def test_model_without_a_price_reports_unknown_cost_not_zero(env, fake, capsys):
     rep = summarize(load_run(env / "run"))
     assert rep["cost_usd"] is None and rep["judges"][0]["cost_usd"] is None
     assert rep["judges"][0]["cost_per_1k_steps"] is None
+
+
+def test_second_label_of_the_same_job_is_refused_while_the_first_runs(env, fake, capsys):
+    """Two identical commands would both pay for every row and overwrite each other's shards."""
+    from labeler.rundir import RunDir
+
+    inp, rows = responses(env, 6)
+    with RunDir(env / "run").locked():  # the first `stepdpo label`, still running
+        rc, log = label(capsys, inp, env / "run")
+        assert rc == 2 and "another `stepdpo label` is writing this run folder" in log
+        assert fake.total_requests == 0
+        # Another machine's job of a --num-shards split has its own lock.
+        assert label(capsys, inp, env / "run", "--num-shards", "2", "--shard-index", "1")[0] == 0
+    assert label(capsys, inp, env / "run")[0] == 0
+    assert_exact_set(env / "run", rows)
