@@ -61,3 +61,13 @@ def test_stepdpo_label_with_reference_end_to_end(tmp_path, capsys):
     assert rows and all(r["status"] == "ok" for r in rows)
     assert all(r["scores"] == r["reference_scores"] for r in rows)
     assert any(0.0 in r["scores"] for r in rows) and any(1.0 in r["scores"] for r in rows)
+
+
+def test_nan_label_is_an_error_row_not_a_crash_of_the_cache_key():
+    from labeler.cache import cache_key
+
+    judge = create_judge("reference", JudgeConfig())
+    item = Item("r", "p", ["a", "b"], reference_scores=[1.0, float("nan")])
+    assert cache_key(judge.fingerprint(), item.prompt, item.steps, judge.cache_inputs(item))
+    [v] = run([item])
+    assert v.error and "not in [0, 1]" in v.error

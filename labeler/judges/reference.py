@@ -54,7 +54,10 @@ class ReferenceJudge(Judge):
         return {"version": REFERENCE_VERSION}
 
     def cache_inputs(self, item: Item) -> dict[str, Any] | None:
-        return {"reference_scores": None if item.reference_scores is None else list(item.reference_scores)}
+        scores = item.reference_scores
+        # NaN is not JSON: keep it distinct in the key, as text (check_reference rejects it).
+        return {"reference_scores": None if scores is None else
+                [s if s is None or math.isfinite(s) else str(s) for s in scores]}
 
     async def judge(self, items: list[Item]) -> list[Verdict]:
         return [check_reference(item) for item in items]
