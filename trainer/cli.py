@@ -3,7 +3,7 @@
 Every StepwiseDPOConfig field (all of TRL's DPOConfig / transformers' TrainingArguments plus the
 stepwise ones) is an option below; --config FILE.yaml sets any of them, and a flag given on the
 command line wins over the file. --max_length 0 means no limit. Streaming data has no length, so
---max_steps is required; the stream is shuffled (shard order and a 10,000-row buffer, per epoch)
+--max_steps is required; the stream is shuffled (shard order and a 1,000-row buffer, per epoch)
 unless --train_sampling_strategy sequential.
 Pair shards with precomputed per-step reference log-probs (`stepdpo precompute-ref`) train with
 no reference model in memory. Runs as is under `accelerate launch` (DDP, FSDP, DeepSpeed):

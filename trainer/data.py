@@ -77,7 +77,7 @@ def to_example(row: Mapping[str, Any], sep: str) -> dict[str, Any]:
     return out
 
 
-SHUFFLE_BUFFER = 10_000
+SHUFFLE_BUFFER = 1_000  # datasets' default: mixes ~hundreds of problems, a few MB of rows
 
 
 def load_pairs(
