@@ -294,3 +294,47 @@ def test_max_length_zero_is_no_limit_and_a_run_with_no_pair_left_fails(setup, tm
     assert code == 2
     assert "no training step ran" in capsys.readouterr().err
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_precompute_resumes_with_the_same_settings_and_train_refuses_an_unfinished_one(setup, tmp_path, capsys,
+                                                                                      monkeypatch):
+    from trainer import precompute
+
+    root, model, pairs = setup  # 3 shards
+    filled = tmp_path / "filled"
+    real = precompute.reference_step_logps
+    calls = []
+
+    def interrupted(*a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(len(a[2]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(precompute, "reference_step_logps", interrupted)
+    argv = ["precompute-ref", "--pairs", str(pairs), "--model", str(model), "-o", str(filled)]
+    assert main(argv) == 130  # stopped during the second shard
+    assert len(list(filled.glob("*.parquet"))) == 1
+    code = main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1"])
+    assert code == 2 and "did not finish" in capsys.readouterr().err
+    assert main([*argv, "--max-length", "512"]) == 2  # other settings: not mixed into the same folder
+    assert "made with other settings (max_length)" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(precompute, "reference_step_logps",
+                        lambda *a, **kw: seen.append(len(a[2])) or real(*a, **kw))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(already done)" in out and len(seen) == 2  # only the two unfinished shards were computed
+    assert has_precomputed_ref(filled) and read_table(filled, PAIRS).num_rows == 20
+    assert json.loads((filled / "precompute.json").read_text())["complete"] is True
+
+
+def test_precompute_reports_progress_per_batch(setup):
+    from trainer.precompute import load_reference, reference_step_logps
+
+    root, model, _ = setup
+    ref, tok = load_reference(str(model))
+    done = []
+    reference_step_logps(ref, tok, gsm8k_pair_rows(7), batch_size=3, progress=done.append)
+    assert done == [3, 6, 7]

@@ -167,6 +167,9 @@ def check_precompute_settings(pairs: str | os.PathLike, config) -> None:
         saved = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
+    if saved.get("complete") is False:
+        raise UserError(f"{meta}: `stepdpo precompute-ref` did not finish writing these shards; rerun it "
+                        "(it resumes) before training on them")
     saved.setdefault("chat_template", False)  # written before the option existed
     ours = {"max_length": config.max_length, "truncation_mode": config.truncation_mode,
             "step_separator": config.step_separator, "add_eos": config.add_eos,

@@ -2,8 +2,10 @@
 
 Reads every shard of --pairs, runs the reference model once over each pair (tokenized and
 truncated exactly as `stepdpo train` will: same separator, EOS rule, chat template, max length
-and truncation mode), and writes the same shards to -o with `ref_chosen_step_logps` / `ref_rejected_step_logps`
-filled. One shard is in memory at a time. A step truncated away gets log-prob 0, as in training.
+and truncation mode), and writes the same shards to -o with `ref_chosen_step_logps` /
+`ref_rejected_step_logps` filled. One shard is in memory at a time. Progress is printed every
+30 s; an interrupted run resumes when rerun with the same command (finished shards are kept).
+A step truncated away gets log-prob 0, as in training.
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ def _cfg(sep: str, add_eos: str) -> SimpleNamespace:
 def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAULT_SEPARATOR,
                          add_eos: str = "auto", max_length: int | None = 1024,
                          truncation_mode: str = "keep_start", batch_size: int = 8,
-                         chat_template: bool = False):
+                         chat_template: bool = False, progress=None):
     """Per-step reference log-probs ``(chosen, rejected)`` for pairs rows, one list per row.
+
+    ``progress``, when given, is called with the number of rows done after every batch.
 
     ``model`` must carry TRL's fused LM head (see :func:`load_reference`) so the numbers are
     the ones the trainer would compute with a live reference model.
@@ -94,6 +98,8 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
         for i, ex in enumerate(examples):
             chosen_out.append(steps[i, : len(ex["chosen_steps"])].tolist())
             rejected_out.append(steps[b + i, : len(ex["rejected_steps"])].tolist())
+        if progress is not None:
+            progress(len(chosen_out))
     return chosen_out, rejected_out
 
 
@@ -130,28 +136,57 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: write to a new folder, not over the input shards")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    model, tokenizer = load_reference(args.model, args.dtype)
     max_length = args.max_length or None
+    settings = {"model": args.model, "max_length": max_length, "truncation_mode": args.truncation_mode,
+                "step_separator": args.step_separator, "add_eos": args.add_eos,
+                "chat_template": args.chat_template, "source": os.fspath(args.pairs)}
+    meta = out / "precompute.json"
+    if meta.is_file():  # a rerun resumes, but only with the same settings
+        try:
+            before = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise UserError(f"{out} holds reference log-probs made with other settings ({', '.join(changed)}): "
+                            "write to a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({**settings, "complete": False}, indent=2) + "\n", encoding="utf-8")
+    model, tokenizer = load_reference(args.model, args.dtype)
     t0 = time.perf_counter()
     n = 0
-    for f in files:
+    for index, f in enumerate(files, 1):
         table = read_table(f, PAIRS)
+        done = out / f.name
+        if done.is_file():  # finished by an interrupted run with the same settings
+            try:
+                kept = read_table(done, PAIRS)
+            except UserError:
+                kept = None
+            if kept is not None and kept.column("pair_id").to_pylist() == table.column("pair_id").to_pylist():
+                n += table.num_rows
+                print(f"{f.name}: {table.num_rows} pairs (already done)", flush=True)
+                continue
         rows = table.to_pylist()
+        last = [time.perf_counter()]
+
+        def report(count, name=f.name, total=len(rows), index=index, last=last):
+            now = time.perf_counter()
+            if now - last[0] >= 30:
+                last[0] = now
+                print(f"{name} ({index}/{len(files)}): {count}/{total} pairs, {now - t0:.0f}s", flush=True)
+
         chosen, rejected = reference_step_logps(
             model, tokenizer, rows, sep=args.step_separator, add_eos=args.add_eos,
             max_length=max_length, truncation_mode=args.truncation_mode, batch_size=args.batch_size,
-            chat_template=args.chat_template)
+            chat_template=args.chat_template, progress=report)
         for row, c, r in zip(rows, chosen, rejected, strict=True):
             row["ref_chosen_step_logps"] = c
             row["ref_rejected_step_logps"] = r
-        write_table(from_rows(rows, PAIRS), out / f.name, PAIRS)
+        write_table(from_rows(rows, PAIRS), done, PAIRS)
         n += len(rows)
         print(f"{f.name}: {len(rows)} pairs", flush=True)
-    settings = {"model": args.model, "max_length": max_length, "truncation_mode": args.truncation_mode,
-                "step_separator": args.step_separator, "add_eos": args.add_eos,
-                "chat_template": args.chat_template, "pairs": n,
-                "source": os.fspath(args.pairs)}
-    (out / "precompute.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    meta.write_text(json.dumps({**settings, "pairs": n, "complete": True}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {n} pairs with reference step log-probs to {out} in {time.perf_counter() - t0:.1f}s "
           f"({len(parquet_files(out))} shards)")
     return 0
