@@ -205,8 +205,8 @@ class Engine:
                 verdicts = await self.judge.judge(items)
             except RetryableError as exc:
                 limiter.update(exc.headers)
-                if exc.retry_after:
-                    limiter.pause(exc.retry_after)
+                if exc.retry_after:  # held to --max-backoff, like the retry's own wait
+                    limiter.pause(min(exc.retry_after, self.config.retry.max_wait))
                 usage = getattr(exc, "usage", None)
                 if usage:  # a malformed answer still cost its tokens: count them as spent
                     stats.input_tokens += usage["input_tokens"]

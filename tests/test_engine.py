@@ -428,3 +428,13 @@ def test_second_label_of_the_same_job_is_refused_while_the_first_runs(env, fake,
         assert label(capsys, inp, env / "run", "--num-shards", "2", "--shard-index", "1")[0] == 0
     assert label(capsys, inp, env / "run")[0] == 0
     assert_exact_set(env / "run", rows)
+
+
+def test_huge_retry_after_is_held_to_max_backoff(env, fake, capsys):
+    """A 429 with retry-after: 3600 stalled every request for an hour despite --max-backoff."""
+    inp, rows = responses(env, 3)
+    fake.faults = FaultConfig(script=["429"], retry_after=3600)
+    start = time.monotonic()
+    rc, log = label(capsys, inp, env / "run", "--max-backoff", "0.2")
+    assert rc == 0 and time.monotonic() - start < 8, log
+    assert_exact_set(env / "run", rows)
