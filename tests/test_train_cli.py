@@ -338,3 +338,17 @@ def test_precompute_reports_progress_per_batch(setup):
     done = []
     reference_step_logps(ref, tok, gsm8k_pair_rows(7), batch_size=3, progress=done.append)
     assert done == [3, 6, 7]
+
+
+def test_resume_from_checkpoint_continues_the_run(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    out = tmp_path / "run"
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(out),
+            "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_steps", "2"]
+    assert main([*base, "--max_steps", "1", "--resume_from_checkpoint", "last"]) == 2
+    assert "no checkpoint-N folder" in capsys.readouterr().err
+    assert main([*base, "--max_steps", "2"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    assert main([*base, "--max_steps", "3", "--resume_from_checkpoint", "last"]) == 0
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2, 3]  # the resumed run trained step 3 only, and appended to the log

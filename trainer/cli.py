@@ -259,15 +259,25 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, PeftError):  # e.g. --lora_targets naming modules the model lacks
             raise UserError(f"LoRA: {exc}".splitlines()[0]) from exc
         raise
-    if trainer.is_world_process_zero() and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
+    resume = config.resume_from_checkpoint
+    if resume is not None and str(resume).lower() in ("last", "true"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
+        if resume is None:
+            raise UserError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint-N folder "
+                            f"in {out}")
+    elif resume is not None and not Path(resume).is_dir():
+        raise UserError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    if trainer.is_world_process_zero() and metrics_path.exists() and resume is None:
+        metrics_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
     reference = ("precomputed per-step log-probs" if trainer.uses_precomputed_ref
                  else "adapter switched off" if peft_config is not None
                  else args.ref_model or "frozen copy of the policy")
     if precomputed and not trainer.uses_precomputed_ref and trainer.is_world_process_zero():
         print(f"note: the shards carry precomputed reference log-probs; they are not used, the reference is: "
               f"{reference}")
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     if trainer.state.global_step == 0:
         limit = (f": every pair's prompt is at least --max_length {config.max_length} tokens"
                  if config.max_length is not None and config.truncation_mode == "keep_start" else "")
