@@ -233,3 +233,14 @@ def test_first_error_weight_metric_is_the_weight_the_loss_applies(tiny, rows, tm
         assert weight > 1.0
     else:  # these losses weight every step alike
         assert weight == pytest.approx(1.0)
+
+
+def test_eval_rows_without_precomputed_reference_fail_at_init(tiny, rows, tmp_path):
+    filled = [dict(r, ref_chosen_step_logps=[-1.0] * len(r["chosen_steps"]),
+                   ref_rejected_step_logps=[-1.0] * len(r["rejected_steps"])) for r in rows]
+    tok = AutoTokenizer.from_pretrained(tiny)
+    args = StepwiseDPOConfig(**_common(tmp_path, eval_strategy="steps", eval_steps=1))
+    with pytest.raises(ValueError, match="the eval rows do not"):
+        StepwiseDPOTrainer(AutoModelForCausalLM.from_pretrained(tiny), args=args,
+                           train_dataset=Dataset.from_list(preference_rows(filled)),
+                           eval_dataset=Dataset.from_list(preference_rows(rows)), processing_class=tok)

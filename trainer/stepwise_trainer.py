@@ -141,6 +141,15 @@ class StepwiseDPOTrainer(DPOTrainer):
             and first.get("ref_chosen_step_logps") is not None
             and first.get("ref_rejected_step_logps") is not None
         )
+        if self.uses_precomputed_ref and eval_dataset is not None:
+            evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+            for name, ds in evals.items():
+                row = next(iter(ds), {})
+                if row.get("ref_chosen_step_logps") is None or row.get("ref_rejected_step_logps") is None:
+                    raise ValueError(
+                        f"the train rows carry precomputed reference step log-probs but the {name} rows do "
+                        "not: run `stepdpo precompute-ref` on the eval shards too, or pass a reference model"
+                    )
         if self.uses_precomputed_ref:
             # Tells TRL not to build a reference model; our `_precompute_ref_logps` is a no-op.
             args.precompute_ref_log_probs = True
