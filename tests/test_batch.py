@@ -455,3 +455,16 @@ def test_openai_batch_failing_validation_records_the_reason_and_is_retried(fake,
     manifest, _ = batch_label("openai", rows, tmp_path / "run", tmp_path / "cache")
     assert api.submissions["openai"] == 2 and manifest["totals"]["ok"] == 25
     assert len(scores_by_id(tmp_path / "run")) == 25
+
+
+def test_batch_with_a_model_without_a_price_reports_unknown_cost(fake, tmp_path, capsys):
+    rows = make_rows(6)
+    responses = tmp_path / "responses.parquet"
+    write_table(from_rows(rows, RESPONSES), responses, RESPONSES)
+    run = tmp_path / "run"
+    assert cli_main(["label", str(responses), "--judge", "openai:gpt-9-unpriced", "-o", str(run), "--batch",
+                     "--poll-interval", "0.001", "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "cost unknown" in err and "$0.0000" not in err
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["runs"][-1]["cost_usd"] is None and manifest["totals"]["cost_usd"] is None

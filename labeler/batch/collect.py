@@ -313,5 +313,7 @@ def _ingest(
     summary.input_tokens += tokens[0]
     summary.output_tokens += tokens[1]
     summary.cached_tokens += tokens[2]
+    priced = getattr(sink, "price", True) is not None  # no price for the model: the cost is unknown
     log(f"{rec.provider} batch {rec.batch_id} {rec.status}: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f", ${cost_total:.4f} at batch price")
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + (f", ${cost_total:.4f} at batch price" if priced else ", cost unknown (no price for this model)"))

@@ -134,7 +134,7 @@ def run_batch_label(
         "batches_attached": summary.attached, "batches_pending": summary.pending,
         "ok": summary.rows.get("ok", 0), "error": summary.rows.get("error", 0),
         "input_tokens": summary.input_tokens, "output_tokens": summary.output_tokens,
-        "cached_tokens": summary.cached_tokens, "cost_usd": round(summary.cost_usd, 6),
+        "cached_tokens": summary.cached_tokens, "cost_usd": round(summary.cost_usd, 6) if price is not None else None,
         "shards_written": engine.shards_written + sink.shards,
     }
     out = {
@@ -175,7 +175,8 @@ def run_from_cli(args: Any, judge: Judge, rows: Sequence[dict[str, Any]], run_di
     print(f"label --batch: {totals['rows']} rows in {run_dir.path} (ok {totals['ok']}, error {totals['error']}); "
           f"this run: {len(this['batches_submitted'])} batch(es) submitted, {len(this['batches_attached'])} "
           f"attached, {this['rows_skipped_done']} already done, {this['cache_hits']} from cache, "
-          f"${this['cost_usd']:.4f} at batch price", file=sys.stderr)
+          + (f"${this['cost_usd']:.4f} at batch price" if this["cost_usd"] is not None
+             else "cost unknown (no price for this model: --prices FILE)"), file=sys.stderr)
     if this["batches_pending"]:
         print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
               f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)
