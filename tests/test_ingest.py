@@ -436,3 +436,9 @@ def test_per_step_label_errors(capsys, tmp_path, label, message):
     else:
         assert code == 2
         assert err.strip() == f"stepdpo ingest: error: data.jsonl:1: {message} (use --skip-invalid to skip such records)"
+
+
+def test_a_folder_is_named_as_a_folder(capsys, tmp_path):
+    """A folder (e.g. a downloaded dataset) was reported as 'no such file'."""
+    code, _, err = ingest(capsys, "gsm8k", tmp_path, "-o", tmp_path / "o.parquet")
+    assert code == 2 and f"{tmp_path}: is a folder; give its files" in err

@@ -141,6 +141,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record | tuple[str, Record
     file (missing, not Parquet, a broken JSON array) raise UserError at once.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give its files, e.g. {path}/*.jsonl")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     if path.suffix.lower() == ".parquet":
