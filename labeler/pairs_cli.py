@@ -22,6 +22,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import sys
 
 from labeler.options import add_dataclass_arguments, dataclass_from_args
 
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from labeler.pairs import PairsConfig, make_pairs
 
     cfg = dataclass_from_args(PairsConfig, args)
+    if cfg.strategy != "first-error" and cfg.continuation != "step":
+        print(f"pairs: --continuation {cfg.continuation} applies to --strategy first-error only; "
+              f"{cfg.strategy} pairs hold whole solutions", file=sys.stderr)
     manifest = make_pairs(args.runs, args.output, cfg)
     counts = manifest["counts"]
     print(

@@ -377,3 +377,10 @@ def test_output_folder_holding_other_files_is_refused(tmp_path: Path, capsys) ->
     # Rewriting an earlier pairs folder is still fine.
     assert main(["pairs", str(run), "-o", str(tmp_path / "pairs")]) == 0
     assert main(["pairs", str(run), "-o", str(tmp_path / "pairs")]) == 0
+
+
+def test_continuation_without_first_error_says_it_does_nothing(tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "run", [row([S0, S1, S2], [1.0, 1.0, 1.0]), row([S0, X1, X2], [1.0, 0.0, 0.0])])
+    assert main(["pairs", str(run), "-o", str(tmp_path / "p"), "--strategy", "best-worst",
+                 "--continuation", "rest"]) == 0
+    assert "--continuation rest applies to --strategy first-error only" in capsys.readouterr().err
