@@ -352,3 +352,18 @@ def test_resume_from_checkpoint_continues_the_run(setup, tmp_path, capsys):
     assert main([*base, "--max_steps", "3", "--resume_from_checkpoint", "last"]) == 0
     steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == [1, 2, 3]  # the resumed run trained step 3 only, and appended to the log
+
+
+def test_saved_config_is_a_valid_config_file_for_the_next_run(setup, tmp_path):
+    root, model, pairs = setup
+    filled = tmp_path / "filled"
+    assert main(["precompute-ref", "--pairs", str(pairs), "--model", str(model), "-o", str(filled)]) == 0
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(first),
+                 "--max_steps", "1", "--beta", "0.3", "--save_strategy", "no"]) == 0
+    saved = json.loads((first / "stepwise_config.json").read_text())
+    assert saved["pad_token"] is None and saved["precompute_ref_log_probs"] is False  # not '<PAD_TOKEN>' / True
+    assert main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(second),
+                 "--config", str(first / "stepwise_config.json")]) == 0
+    again = json.loads((second / "stepwise_config.json").read_text())
+    assert {k for k in saved if saved[k] != again.get(k)} == {"output_dir"}

@@ -186,6 +186,16 @@ def check_precompute_settings(pairs: str | os.PathLike, config) -> None:
                         "settings, or pass --ref_model")
 
 
+def _config_json(config) -> str:
+    """The config as a file `--config` accepts back: `to_dict` masks every *_token field (meant for
+    hub tokens) and the trainer turns precompute_ref_log_probs on for precomputed shards."""
+    d = config.to_dict()
+    d["pad_token"] = config.pad_token
+    d["hub_token"] = None  # never write a credential
+    d["precompute_ref_log_probs"] = False  # set by the trainer; `stepdpo train` refuses it as a flag
+    return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     from trainer.data import has_precomputed_ref, load_pairs
 
@@ -284,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no training step ran, no pair was left to train on{limit}; nothing was saved")
     trainer.save_model(os.fspath(out))
     if trainer.is_world_process_zero():
-        (out / "stepwise_config.json").write_text(config.to_json_string(), encoding="utf-8")
+        (out / "stepwise_config.json").write_text(_config_json(config), encoding="utf-8")
         logs = [h for h in trainer.state.log_history if "loss" in h]
         last = logs[-1] if logs else {}
         print(f"reference: {reference}")
