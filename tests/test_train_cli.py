@@ -367,3 +367,10 @@ def test_saved_config_is_a_valid_config_file_for_the_next_run(setup, tmp_path):
                  "--config", str(first / "stepwise_config.json")]) == 0
     again = json.loads((second / "stepwise_config.json").read_text())
     assert {k for k in saved if saved[k] != again.get(k)} == {"output_dir"}
+
+
+def test_reference_line_names_the_reference_model_also_with_lora(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1", "--lora_r", "4", "--ref_model", str(model), "--save_strategy", "no"]) == 0
+    assert f"reference: {model}" in capsys.readouterr().out

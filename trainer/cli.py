@@ -282,8 +282,9 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_world_process_zero() and metrics_path.exists() and resume is None:
         metrics_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
     reference = ("precomputed per-step log-probs" if trainer.uses_precomputed_ref
+                 else args.ref_model if args.ref_model
                  else "adapter switched off" if peft_config is not None
-                 else args.ref_model or "frozen copy of the policy")
+                 else "frozen copy of the policy")
     if precomputed and not trainer.uses_precomputed_ref and trainer.is_world_process_zero():
         print(f"note: the shards carry precomputed reference log-probs; they are not used, the reference is: "
               f"{reference}")
