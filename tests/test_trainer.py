@@ -244,3 +244,10 @@ def test_eval_rows_without_precomputed_reference_fail_at_init(tiny, rows, tmp_pa
         StepwiseDPOTrainer(AutoModelForCausalLM.from_pretrained(tiny), args=args,
                            train_dataset=Dataset.from_list(preference_rows(filled)),
                            eval_dataset=Dataset.from_list(preference_rows(rows)), processing_class=tok)
+
+
+def test_pairs_whose_prompt_fills_max_length_are_dropped_with_a_warning(tiny, rows, tmp_path):
+    long = dict(rows[1], prompt=rows[1]["prompt"] * 20)
+    with pytest.warns(UserWarning, match="skipping pairs whose prompt"):
+        tr = _ours(tiny, [rows[0], long, rows[2]], tmp_path)
+    assert len(tr.train_dataset) == 2

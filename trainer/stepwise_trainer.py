@@ -13,6 +13,7 @@ switched off, or precomputed per step in the pair shards (then no reference mode
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import datasets
@@ -203,7 +204,19 @@ class StepwiseDPOTrainer(DPOTrainer):
         dataset = dataset.map(tokenize, **map_kwargs)
         if args.max_length is not None and args.truncation_mode == "keep_start":
             max_length = args.max_length
-            dataset = dataset.filter(lambda e: len(e["prompt_ids"]) < max_length)
+            warned = []
+
+            def fits(e):
+                if len(e["prompt_ids"]) < max_length:
+                    return True
+                if not warned:  # TRL drops these silently; a long first-error prefix makes many
+                    warned.append(True)
+                    warnings.warn(f"{dataset_name}: skipping pairs whose prompt (problem + prefix steps) fills "
+                                  f"max_length={max_length} tokens (no completion token would be left); raise "
+                                  "max_length or use truncation_mode keep_end", stacklevel=2)
+                return False
+
+            dataset = dataset.filter(fits)
         return dataset
 
     def _set_signature_columns_if_needed(self):
