@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
-from schemas.tables import STEP_SCORES, from_rows, validate, write_table
+from schemas.tables import STEP_SCORES, from_rows, kind_of_schema, validate, write_table
 
 _ANY_PART = re.compile(r"^part-(?:k\d+-of-\d+-)?\d{5,}\.parquet$")
 _ANY_MANIFEST = re.compile(r"^run(?:-k\d+-of-\d+)?\.json$")
@@ -86,9 +86,19 @@ class RunDir:
         return sorted(p for p in self.path.iterdir() if _ANY_PART.match(p.name))
 
     def _read_status(self, part: Path) -> pa.Table:
+        return self._read_columns(part, ["response_id", "status"])
+
+    def _read_columns(self, part: Path, columns: list[str]) -> pa.Table:
         try:
-            return pq.read_table(part, columns=["response_id", "status"])
+            return pq.read_table(part, columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
+            try:
+                tag = kind_of_schema(pq.read_schema(part)) or "not a stepdpo file"
+            except (pa.ArrowInvalid, OSError):
+                tag = None
+            if tag is not None and tag.partition("/")[0] != STEP_SCORES.name:
+                raise UserError(f"{part}: a '{tag.partition('/')[0]}' file, not a labeled shard: this folder is "
+                                "not a run folder; choose another -o folder") from None
             raise UserError(f"{part}: unreadable shard ({exc}); move it away and rerun") from exc
 
     def statuses(self) -> dict[str, str]:
@@ -203,7 +213,7 @@ class RunDir:
                 )
         parts = self.parts()
         if parts:
-            t = pq.read_table(parts[0], columns=["judge_fingerprint"])
+            t = self._read_columns(parts[0], ["judge_fingerprint"])
             found = set(t.column("judge_fingerprint").to_pylist())
             if found - {fingerprint}:
                 raise UserError(

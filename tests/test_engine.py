@@ -438,3 +438,12 @@ def test_huge_retry_after_is_held_to_max_backoff(env, fake, capsys):
     rc, log = label(capsys, inp, env / "run", "--max-backoff", "0.2")
     assert rc == 0 and time.monotonic() - start < 8, log
     assert_exact_set(env / "run", rows)
+
+
+def test_output_folder_of_another_kind_is_named_not_dumped_as_an_arrow_schema(env, capsys):
+    inp, rows = responses(env, 3)
+    other = env / "not-a-run"
+    write_responses(rows, other / "part-00000.parquet")  # e.g. -o naming a pairs or responses folder
+    rc, log = label(capsys, inp, other, judge="gsm8k-calc")
+    assert rc == 2 and "a 'responses' file, not a labeled shard" in log and "choose another -o folder" in log
+    assert len(log.strip().splitlines()) == 1
