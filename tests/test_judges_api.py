@@ -237,3 +237,14 @@ def test_answer_cut_off_at_max_tokens_is_an_error_row_not_a_retry(monkeypatch):
         assert v.error and "cut off at 64 output tokens" in v.error and "--max-output-tokens" in v.error
         assert v.scores == [None] * len(ITEM.steps)
         assert (v.input_tokens, v.output_tokens) == (100, 64)  # billed, so counted
+
+
+def test_openai_reasoning_models_get_no_default_temperature(monkeypatch):
+    """o3-mini, o4-mini, gpt-5… answer 400 'temperature is not supported' to temperature 0."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    for model in ("o3-mini", "o4-mini-2025-04-16", "o1", "gpt-5-mini", "o3"):
+        assert "temperature" not in create_judge(f"openai:{model}", JudgeConfig()).request_body(ITEM), model
+    for model in ("gpt-4o-mini", "gpt-4.1", "gpt-5-chat-latest", "omni-moderation"):
+        assert create_judge(f"openai:{model}", JudgeConfig()).request_body(ITEM)["temperature"] == 0.0, model
+    body = create_judge("openai:o3-mini", JudgeConfig(temperature=1.0)).request_body(ITEM)
+    assert body["temperature"] == 1.0  # an explicit choice is sent as given

@@ -76,6 +76,10 @@ def calibrated_scores(text: str, tokens: list[dict[str, Any]], n_steps: int) -> 
     return scores if len(scores) == n_steps else None
 
 
+#: OpenAI reasoning models (o1, o3-mini, o4-mini, gpt-5…; not gpt-5-chat), which refuse temperature.
+_REASONING = re.compile(r"^(?:o\d+(?:-|$)|gpt-5(?!-chat))")
+
+
 class OpenAIJudge(HttpJudge):
     sdk = "openai"
 
@@ -113,6 +117,11 @@ class OpenAIJudge(HttpJudge):
             "temperature": self.config.temperature,
             self.token_field: self.config.max_output_tokens,
         }
+        if self.token_field == "max_completion_tokens" and _REASONING.match(self.model) \
+                and self.config.temperature == 0.0:
+            # OpenAI's reasoning models answer 400 to any temperature but their own (1): the
+            # default 0 is left out for them; an explicit --temperature is still sent.
+            del body["temperature"]
         if self.config.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = 5
