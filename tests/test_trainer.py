@@ -251,3 +251,23 @@ def test_pairs_whose_prompt_fills_max_length_are_dropped_with_a_warning(tiny, ro
     with pytest.warns(UserWarning, match="skipping pairs whose prompt"):
         tr = _ours(tiny, [rows[0], long, rows[2]], tmp_path)
     assert len(tr.train_dataset) == 2
+
+
+def test_moe_router_aux_loss_is_added_as_trl_adds_it(tiny, rows, tmp_path):
+    from transformers import MixtralConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    cfg = MixtralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2,
+                        router_aux_loss_coef=0.5, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    losses_by_coef, aux = {}, None
+    for coef in (None, 0.0):  # None: the architecture's own coefficient (0.5); 0.0: off
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg)
+        tr = _ours(tiny, rows[:2], tmp_path, model=model, per_device_train_batch_size=2, router_aux_loss_coef=coef)
+        with torch.no_grad():
+            losses_by_coef[coef] = _loss(tr, _batch(tr, 2)).item()
+        if coef is None:
+            aux = tr._metrics["train"]["aux_loss"][-1]
+    assert aux is not None and aux > 0
+    assert losses_by_coef[None] == pytest.approx(losses_by_coef[0.0] + 0.5 * aux, abs=1e-5)

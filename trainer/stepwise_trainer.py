@@ -256,7 +256,10 @@ class StepwiseDPOTrainer(DPOTrainer):
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         step_ids = extra["step_ids"][:, 1:]  # the step of the token each log-prob scores
 
-        policy_tok, outputs = per_token_logps(model, model_kwargs, labels)
+        policy_kwargs = dict(model_kwargs)
+        if getattr(self, "aux_loss_enabled", False):  # MoE: the router's load-balancing loss, as TRL adds
+            policy_kwargs["output_router_logits"] = True
+        policy_tok, outputs = per_token_logps(model, policy_kwargs, labels)
         policy_tok = policy_tok[:, -seq_len:]
         q_w, q_l = extra["chosen_step_scores"], extra["rejected_step_scores"]
         k_max = q_w.size(1)
@@ -292,6 +295,10 @@ class StepwiseDPOTrainer(DPOTrainer):
         )
         per_example, loss_metrics = losses.compute_loss(args.stepwise_loss, batch, args)
         loss = per_example.mean()
+        if getattr(self, "aux_loss_enabled", False) and getattr(outputs, "aux_loss", None) is not None:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+            self._metrics[mode]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item())
 
         self._log_metrics(mode, outputs, inputs, policy_seq, chosen_logratios, rejected_logratios,
                           batch, loss_metrics, seq_len)
