@@ -24,16 +24,15 @@ example:
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
-import operator
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labeler.judges.calc import CalcError, safe_eval
 from labeler.options import add_dataclass_arguments, dataclass_from_args
 from schemas.errors import UserError
 from schemas.ids import response_id, sha256_hex
@@ -76,15 +75,6 @@ NOTE = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 NUMBER = re.compile(r"(?<![\d.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])")
 LEADING_NUMBER = re.compile(r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])")
 
-_BINOPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
 
 
 def parse_number(text: str) -> float | None:
@@ -98,32 +88,12 @@ def parse_number(text: str) -> float | None:
 
 
 def evaluate(expr: str) -> float | None:
-    """Evaluate a calculator note's expression with a whitelist (no eval); None if it can't be."""
-    cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", expr).replace("$", "").strip()
-    if not cleaned:
-        return None
+    """A calculator note's value, by the same whitelisted evaluator the gsm8k-calc judge uses
+    (so perturb and the judge never disagree on what a note computes); None if it can't be."""
     try:
-        tree = ast.parse(cleaned, mode="eval")
-        value = _eval(tree.body)
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
+        return safe_eval(expr)
+    except CalcError:
         return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _eval(node: ast.AST) -> float:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(
-        node.value, bool
-    ):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = _eval(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
-            raise ValueError("exponent too large")
-        return _BINOPS[type(node.op)](left, right)
-    raise ValueError(f"unsupported expression element {type(node).__name__}")
 
 
 def _decimals(text: str) -> int:
