@@ -374,3 +374,16 @@ def test_reference_line_names_the_reference_model_also_with_lora(setup, tmp_path
     assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
                  "--max_steps", "1", "--lora_r", "4", "--ref_model", str(model), "--save_strategy", "no"]) == 0
     assert f"reference: {model}" in capsys.readouterr().out
+
+
+def test_empty_pair_shards_are_skipped_and_all_empty_is_a_clear_error(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    empty = tmp_path / "empty"
+    write_table(from_rows([], PAIRS), empty / "part-00000.parquet", PAIRS)  # `stepdpo pairs` with no pair made
+    base = ["train", "--model", str(model), "--output_dir", str(tmp_path / "run"), "--max_steps", "1",
+            "--save_strategy", "no"]
+    assert main([*base, "--pairs", str(empty)]) == 2
+    assert "no pairs to train on (every shard is empty)" in capsys.readouterr().err
+    mixed = write_pairs(tmp_path / "mixed", gsm8k_pair_rows(4))
+    write_table(from_rows([], PAIRS), mixed / "part-00009.parquet", PAIRS)
+    assert main([*base, "--pairs", str(mixed)]) == 0

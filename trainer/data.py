@@ -93,7 +93,10 @@ def load_pairs(
     """
     import datasets
 
-    files = [str(f) for f in pair_files(path)]
+    # `datasets` cannot stream a 0-row Parquet file (an Arrow "BatchSize" error): skip those.
+    files = [str(f) for f in pair_files(path) if pq.ParquetFile(f).metadata.num_rows > 0]
+    if not files:
+        raise UserError(f"{path}: no pairs to train on (every shard is empty)")
     ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
     if shuffle_seed is not None:
         # One input shard at a time: interleaving several makes `datasets` sleep 5 s at every
