@@ -59,7 +59,8 @@ def test_every_token_has_exactly_one_step_and_steps_concatenate(tokenizer):
                 assert sids == sorted(sids)  # a step id never goes back
                 groups = [[t for t, s in zip(ids, sids, strict=True) if s == k] for k in range(len(steps))]
                 assert [t for g in groups for t in g] == ids  # concatenated step tokens == TRL's tokens
-                eos = tokenizer.eos_token if len(steps) > 1 and strategy != "first-error" else ""
+                multi = max(len(ex["chosen_steps"]), len(ex["rejected_steps"])) > 1
+                eos = tokenizer.eos_token if multi else ""
                 text = "".join(tokenizer.decode(g) for g in groups)
                 assert text == format_completion(steps) + eos
                 # each step's tokens decode to that step (plus its separator): boundaries are exact
@@ -69,11 +70,21 @@ def test_every_token_has_exactly_one_step_and_steps_concatenate(tokenizer):
 
 def test_first_error_single_step_gets_no_eos(tokenizer):
     ex = preference_rows(gsm8k_pair_rows(1, strategy="first-error"))[0]
-    out = tokenize_pair(tokenizer, ex["prompt"], ex["chosen_steps"], ex["rejected_steps"], strategy="first-error")
+    out = tokenize_pair(tokenizer, ex["prompt"], ["x = 3"], ["x = 4"])
     assert tokenizer.eos_token_id not in out["chosen_ids"]
     assert tokenizer.eos_token_id not in out["rejected_ids"]
-    full = tokenize_pair(tokenizer, ex["prompt"], ["a", "b"], ["c", "d"], strategy="best-worst")
+    full = tokenize_pair(tokenizer, ex["prompt"], ["a", "b"], ["c", "d"])
     assert full["chosen_ids"][-1] == tokenizer.eos_token_id
+    assert full["rejected_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_eos_is_decided_per_pair_never_per_side(tokenizer):
+    # first-error with --continuation rest: the chosen rest has 3 steps, the rejected rest is its
+    # last (wrong) step; both run to the end of a solution, so both end with EOS. Were EOS given
+    # to one side only, the model would learn "EOS is good" instead of the step difference.
+    out = tokenize_pair(tokenizer, "Q:\n", ["a = 1", "b = 2", "c = 3"], ["c = 4"])
+    assert out["chosen_ids"][-1] == tokenizer.eos_token_id
+    assert out["rejected_ids"][-1] == tokenizer.eos_token_id
 
 
 def test_a_token_straddling_a_boundary_still_gets_one_step(tokenizer):

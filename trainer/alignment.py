@@ -58,14 +58,20 @@ def completion_step_ids(
     return [min(bisect_right(bounds, i), last) for i in range(prompt_len, len(full_ids))]
 
 
-def wants_eos(mode: str, steps: Sequence[str], strategy: str | None) -> bool:
-    """Step-DPO rule: a single-step continuation (or any first-error pair) gets no EOS, so the
-    model does not learn to stop after one step; a whole solution ends with EOS as in TRL."""
+def wants_eos(mode: str, chosen_steps: Sequence[str], rejected_steps: Sequence[str]) -> bool:
+    """Whether both completions of a pair end with EOS (decided per pair, never per side, so EOS
+    itself is never what separates chosen from rejected).
+
+    Step-DPO rule (``auto``): a pair of single-step continuations (first-error pairs with
+    ``--continuation step``) gets no EOS, so the model does not learn to stop after one step;
+    completions that run to the end of a solution (whole solutions, ``--continuation rest``)
+    end with EOS, as in TRL.
+    """
     if mode == "always":
         return True
     if mode == "never":
         return False
-    return len(steps) > 1 and strategy != "first-error"
+    return max(len(chosen_steps), len(rejected_steps)) > 1
 
 
 def _offset_step_ids(offsets: Sequence[tuple[int, int]], prompt_len: int, text_start: int,
@@ -114,18 +120,15 @@ def tokenize_pair(
     rejected_steps: Sequence[str],
     sep: str = "\n",
     add_eos: str = "auto",
-    strategy: str | None = None,
 ) -> dict[str, list[int]]:
     """TRL's prompt/chosen/rejected ids plus per-token step ids for both completions.
 
     A fast tokenizer does it in one batched call with offsets (the ids equal TRL's one-by-one
     calls); any other tokenizer falls back to tokenizing each step prefix.
     """
-    eos = tokenizer.eos_token or ""
-    suffix_w = eos if wants_eos(add_eos, chosen_steps, strategy) else ""
-    suffix_l = eos if wants_eos(add_eos, rejected_steps, strategy) else ""
-    text_w = prompt + format_completion(chosen_steps, sep) + suffix_w
-    text_l = prompt + format_completion(rejected_steps, sep) + suffix_l
+    suffix = (tokenizer.eos_token or "") if wants_eos(add_eos, chosen_steps, rejected_steps) else ""
+    text_w = prompt + format_completion(chosen_steps, sep) + suffix
+    text_l = prompt + format_completion(rejected_steps, sep) + suffix
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text=[prompt, text_w, text_l], return_offsets_mapping=True)
         prompt_ids, full_w, full_l = (list(x) for x in enc["input_ids"])
@@ -137,8 +140,8 @@ def tokenize_pair(
         prompt_ids = _ids(tokenizer, prompt)
         full_w, full_l = _ids(tokenizer, text_w), _ids(tokenizer, text_l)
         prompt_len = min(common_prefix_length(prompt_ids, full_w), common_prefix_length(prompt_ids, full_l))
-        bounds_w = step_boundaries(tokenizer, prompt, chosen_steps, sep, full_w, suffix_w)
-        bounds_l = step_boundaries(tokenizer, prompt, rejected_steps, sep, full_l, suffix_l)
+        bounds_w = step_boundaries(tokenizer, prompt, chosen_steps, sep, full_w, suffix)
+        bounds_l = step_boundaries(tokenizer, prompt, rejected_steps, sep, full_l, suffix)
         step_w = completion_step_ids(full_w, prompt_len, bounds_w, len(chosen_steps))
         step_l = completion_step_ids(full_l, prompt_len, bounds_l, len(rejected_steps))
     return {

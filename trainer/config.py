@@ -88,8 +88,9 @@ class StepwiseDPOConfig(DPOConfig):
     add_eos: str = field(
         default="auto",
         metadata={
-            "help": "Append EOS to completions: auto (not to a single-step completion or a "
-            "first-error pair, so Step-DPO does not teach stopping after one step), always, never.",
+            "help": "Append EOS to both completions of a pair: auto (not when both are single "
+            "steps, e.g. first-error pairs with --continuation step, so Step-DPO does not teach "
+            "stopping after one step; yes for completions that run to the end), always, never.",
             "choices": list(EOS_MODES),
         },
     )

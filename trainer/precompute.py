@@ -82,7 +82,7 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
             prompt = (chat_prompt(tokenizer, ex["question"], ex["prefix_steps"], sep) if chat_template
                       else ex["prompt"])
             ex.update(tokenize_pair(tokenizer, prompt, ex["chosen_steps"], ex["rejected_steps"],
-                                    sep=sep, add_eos=add_eos, strategy=ex.get("strategy")))
+                                    sep=sep, add_eos=add_eos))
             examples.append(ex)
         batch = collator(examples)
         mask = batch["completion_mask"]

@@ -195,7 +195,6 @@ class StepwiseDPOTrainer(DPOTrainer):
                 example["rejected_steps"],
                 sep=args.step_separator,
                 add_eos=args.add_eos,
-                strategy=example.get("strategy"),
             )
 
         map_kwargs = {}
