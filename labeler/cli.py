@@ -27,6 +27,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.cli", "train with stepwise DPO on TRL from pair shards"),
 }
 
+# How to pick up an interrupted command where resuming is not simply running it again.
+RESUME_HINTS = {
+    "train": "add --resume_from_checkpoint last to continue from the last saved checkpoint",
+    "demo": "rerun it; finished stages are redone quickly",
+    "inspect": "nothing was written",
+}
+
 EPILOG = """\
 a typical job:
   stepdpo ingest gsm8k data/gsm8k/test_sample.jsonl -o work/responses.parquet
@@ -101,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stepdpo {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"stepdpo {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        how = RESUME_HINTS.get(name, "rerun the same command to resume")
+        print(f"stepdpo {name}: interrupted; {how}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `stepdpo inspect ... | head`
         return 0
