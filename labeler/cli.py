@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # How to pick up an interrupted command where resuming is not simply running it again.
 RESUME_HINTS = {
     "train": "add --resume_from_checkpoint last to continue from the last saved checkpoint",
-    "demo": "rerun it; finished stages are redone quickly",
+    "demo": "rerun it",
     "inspect": "nothing was written",
 }
 

@@ -61,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
     _stage("ingest", ["ingest", "gsm8k", args.data, "-o", str(responses), "--limit", str(args.limit)])
     _stage("perturb", ["perturb", str(responses), "-o", str(perturbed), "--seed", "0"])
     if (labeled / "run.json").is_file():
-        # The demo labels from scratch (--no-cache): an earlier demo's run folder would be resumed
+        # The demo labels from scratch: an earlier demo's run folder would be resumed
         # with rows of its own inputs (another --limit, --data) or refused (another --judge).
         shutil.rmtree(labeled)
-    _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled), "--no-cache"])
+    # A free judge needs no cache; a paid one keeps it, so rerunning the demo costs nothing twice.
+    free = args.judge in ("gsm8k-calc", "reference")
+    _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled)]
+           + (["--no-cache"] if free else []))
     _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error", "--continuation", "rest"])
 
     model = args.model
