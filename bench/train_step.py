@@ -135,8 +135,7 @@ def _stream_child(pairs_dir: str, batch: int) -> None:
     cfg = StepwiseDPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], bf16=False, use_cpu=True)
     collator = StepwiseCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=1024), cfg)
     # Shuffled like `stepdpo train` streams it (shard order + a bounded row buffer).
-    ds = load_pairs(pairs_dir, shuffle_seed=0).map(lambda e: tokenize_pair(tok, e["prompt"], e["chosen_steps"], e["rejected_steps"],
-                                                           strategy=e["strategy"]))
+    ds = load_pairs(pairs_dir, shuffle_seed=0).map(lambda e: tokenize_pair(tok, e["prompt"], e["chosen_steps"], e["rejected_steps"]))
     before = _rss_mb()
     samples = []
     start = time.perf_counter()
