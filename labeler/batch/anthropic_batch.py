@@ -10,38 +10,25 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from labeler.batch.base import Limits, Poll, Result, Transport, error_text
 from labeler.batch.state import BatchRecord
-from schemas.errors import UserError
 
 LIMITS = Limits(max_requests=100_000, max_bytes=256 * 1024 * 1024)
 
 
 class AnthropicBatchTransport(Transport):
     provider = "anthropic"
+    key_env = "ANTHROPIC_API_KEY"
+    url_env = "ANTHROPIC_BASE_URL"
+    default_limits = LIMITS
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        limits: Limits = LIMITS,
-        timeout: float = 600.0,
-    ) -> None:
+    def _make_client(self, key: str, base_url: str | None, timeout: float) -> Any:
         import anthropic
 
-        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-        if not key:
-            raise UserError("ANTHROPIC_API_KEY is not set; batch mode needs it to submit and poll batches")
-        self.limits = limits
-        self.client = anthropic.Anthropic(
-            api_key=key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"), max_retries=3, timeout=timeout
-        )
-        self.base_url = str(self.client.base_url).rstrip("/")
+        return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=3, timeout=timeout)
 
     def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:
         req = {"custom_id": custom_id, "params": body}

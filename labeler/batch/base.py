@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import abc
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from labeler.batch.state import FINAL_STATUSES, BatchRecord
+from schemas.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,24 @@ class Result:
 
 class Transport(abc.ABC):
     provider: str
-    limits: Limits
+    #: Environment variables of the key and base URL (the online judges read the same ones).
+    key_env: str
+    url_env: str
+    default_limits: Limits
     base_url: str | None = None
+
+    def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
+                 limits: Limits | None = None, timeout: float = 600.0) -> None:
+        key = api_key or os.environ.get(self.key_env)
+        if not key:
+            raise UserError(f"{self.key_env} is not set; batch mode needs it to submit and poll batches")
+        self.limits = limits or self.default_limits
+        self.client = self._make_client(key, base_url or os.environ.get(self.url_env), timeout)
+        self.base_url = str(self.client.base_url).rstrip("/")
+
+    @abc.abstractmethod
+    def _make_client(self, key: str, base_url: str | None, timeout: float) -> Any:
+        """The SDK's sync client (its own few retries are fine here: polls are idempotent)."""
 
     @abc.abstractmethod
     def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:

@@ -9,13 +9,11 @@ error files are downloaded and joined by ``custom_id``: output order is not inpu
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from labeler.batch.base import Limits, Poll, Result, Transport, error_text
 from labeler.batch.state import BatchRecord
-from schemas.errors import UserError
 
 ENDPOINT = "/v1/chat/completions"
 LIMITS = Limits(max_requests=50_000, max_bytes=200 * 1024 * 1024)
@@ -24,25 +22,14 @@ META_KEY = "stepdpo_key"
 
 class OpenAIBatchTransport(Transport):
     provider = "openai"
+    key_env = "OPENAI_API_KEY"
+    url_env = "OPENAI_BASE_URL"
+    default_limits = LIMITS
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        limits: Limits = LIMITS,
-        timeout: float = 600.0,
-    ) -> None:
+    def _make_client(self, key: str, base_url: str | None, timeout: float) -> Any:
         import openai
 
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise UserError("OPENAI_API_KEY is not set; batch mode needs it to submit and poll batches")
-        self.limits = limits
-        self.client = openai.OpenAI(
-            api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), max_retries=3, timeout=timeout
-        )
-        self.base_url = str(self.client.base_url).rstrip("/")
+        return openai.OpenAI(api_key=key, base_url=base_url, max_retries=3, timeout=timeout)
 
     def encode(self, custom_id: str, body: dict[str, Any]) -> bytes:
         line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.ids import sha256_hex
@@ -112,12 +112,3 @@ class Judge(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most judges hold nothing
         """Release clients and models."""
-
-
-@dataclass
-class JudgeSpec:
-    """A parsed ``--judge`` value: ``PREFIX:MODEL`` (``MODEL@URL`` for openai-compatible)."""
-
-    prefix: str
-    model: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
