@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from labeler.inspect_cli import build_report  # noqa: E402
 from labeler.inspection.stats import COLUMNS  # noqa: E402
 from schemas import first_error  # noqa: E402
+from stepdpo.commands.inspect import build_report  # noqa: E402
 from tests.inspect_fixtures import write_run  # noqa: E402
 
 

@@ -32,10 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labeler.cli import main as stepdpo  # noqa: E402
 from labeler.judges.base import Item  # noqa: E402
 from labeler.judges.config import JudgeConfig  # noqa: E402
 from schemas.tables import STEP_SCORES, read_table  # noqa: E402
+from stepdpo.cli import main as stepdpo  # noqa: E402
 from tests.fakes.responses import gsm8k_rows, write_responses  # noqa: E402
 
 GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl", REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]

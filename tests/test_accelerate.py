@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("accelerate")
 
-from labeler.cli import main  # noqa: E402
+from stepdpo.cli import main  # noqa: E402
 from tests.trainer_util import gsm8k_pair_rows, write_pairs  # noqa: E402
 from trainer.tiny_model import build_tiny_model  # noqa: E402
 
@@ -37,7 +37,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     # --multi_gpu picks the torchrun launcher; with no GPU accelerate runs MULTI_CPU over gloo.
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "labeler.cli", *common, "--per_device_train_batch_size", "2",
+           "-m", "stepdpo.cli", *common, "--per_device_train_batch_size", "2",
            "--output_dir", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=500)

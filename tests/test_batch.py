@@ -30,16 +30,16 @@ from labeler.batch.runner import (  # noqa: E402
     provider_of,
     run_batch_label,
 )
-from labeler.cache import JudgeCache  # noqa: E402
-from labeler.cli import main as cli_main  # noqa: E402
-from labeler.engine import Engine, EngineConfig, load_rows  # noqa: E402
+from labeler.engine.cache import JudgeCache  # noqa: E402
+from labeler.engine.pricing import load_prices  # noqa: E402
+from labeler.engine.rundir import RunDir  # noqa: E402
+from labeler.engine.runner import Engine, EngineConfig, load_rows  # noqa: E402
 from labeler.judges.config import JudgeConfig  # noqa: E402
 from labeler.judges.registry import create_judge  # noqa: E402
-from labeler.pricing import load_prices  # noqa: E402
-from labeler.rundir import RunDir  # noqa: E402
 from schemas.errors import UserError  # noqa: E402
 from schemas.ids import response_id  # noqa: E402
 from schemas.tables import RESPONSES, STEP_SCORES, from_rows, read_table, write_table  # noqa: E402
+from stepdpo.cli import main as cli_main  # noqa: E402
 from tests.fakes.batch_api import attach  # noqa: E402
 from tests.fakes.llm_server import FakeLLMServer, score_of  # noqa: E402
 
@@ -149,12 +149,12 @@ def test_2000_rows_through_batch_equal_online(provider, fake, tmp_path):
 KILL_SCRIPT = """
 import sys
 from labeler.batch.runner import BatchOptions, run_batch_label
-from labeler.cache import JudgeCache
-from labeler.engine import load_rows
+from labeler.engine.cache import JudgeCache
+from labeler.engine.runner import load_rows
 from labeler.judges.config import JudgeConfig
 from labeler.judges.registry import create_judge
-from labeler.pricing import load_prices
-from labeler.rundir import RunDir
+from labeler.engine.pricing import load_prices
+from labeler.engine.rundir import RunDir
 spec, responses, run, cache = sys.argv[1:5]
 run_batch_label(create_judge(spec, JudgeConfig()), load_rows(responses), RunDir(run), cache=JudgeCache(cache),
                 prices=load_prices(), options=BatchOptions(poll_interval=600, batch_max_requests=150))

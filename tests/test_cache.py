@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from labeler.cache import JudgeCache, cache_key, default_cache_dir
+from labeler.engine.cache import JudgeCache, cache_key, default_cache_dir
 from labeler.judges.base import Verdict
 
 
@@ -78,8 +78,8 @@ def _one_solution(path: Path, **fields) -> Path:
 
 def test_answers_that_depend_on_labels_or_gold_are_not_replayed_for_other_labels(tmp_path, capsys):
     """Same prompt and steps, different human labels / gold answer: the cache must not answer."""
-    from labeler.cli import main
     from schemas.tables import STEP_SCORES, read_table
+    from stepdpo.cli import main
 
     def label(inp: Path, judge: str, out: str) -> list[dict]:
         assert main(["label", str(inp), "--judge", judge, "-o", str(tmp_path / out),

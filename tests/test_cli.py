@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labeler.cli import COMMANDS, main
+from stepdpo.cli import COMMANDS, TRAIN_COMMANDS, main
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "trl", "openai", "anthropic", "datasets", "accelerate", "peft")
@@ -26,7 +26,7 @@ def test_help_lists_every_command_fast_and_light():
     code = f"""
 import io, json, sys, time, contextlib
 t0 = time.perf_counter()
-from labeler.cli import main
+from stepdpo.cli import main
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     rc = main(["--help"])
@@ -80,7 +80,7 @@ def test_unknown_command_exits_2(capsys):
 def test_user_error_is_one_line_without_traceback(tmp_path):
     missing = tmp_path / "missing.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "labeler.cli", "ingest", "gsm8k", str(missing), "-o", str(tmp_path / "o.parquet")],
+        [sys.executable, "-m", "stepdpo.cli", "ingest", "gsm8k", str(missing), "-o", str(tmp_path / "o.parquet")],
         capture_output=True, text=True, cwd=REPO, check=False,
     )
     assert done.returncode == 2
@@ -109,7 +109,7 @@ def test_ingest_help_documents_every_source(capsys):
     assert "--label-kind first-error" in out
 
 
-LABELER_COMMANDS = [n for n, (m, _) in COMMANDS.items() if m.startswith("labeler.")]
+LABELER_COMMANDS = [n for n in COMMANDS if n not in TRAIN_COMMANDS]
 
 
 def test_labeler_command_help_stays_light():
@@ -118,7 +118,7 @@ def test_labeler_command_help_stays_light():
     assert "ingest" in present
     code = f"""
 import contextlib, io, json, sys
-from labeler.cli import main
+from stepdpo.cli import main
 codes = {{}}
 for name in {present!r}:
     buf = io.StringIO()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from labeler import demo
-from labeler.cli import main
+from stepdpo.cli import main
+from stepdpo.commands import demo
 
 
 def test_demo_rerun_with_other_inputs_relabels_from_scratch(tmp_path, monkeypatch, capsys):

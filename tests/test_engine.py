@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from labeler.cli import main
 from schemas.tables import STEP_SCORES, read_table
+from stepdpo.cli import main
 from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
@@ -117,7 +117,7 @@ def test_sigkill_mid_run_then_rerun_gives_exact_set(env, fake, capsys):
     fake.faults = FaultConfig(latency_s=0.05)
     run = env / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "labeler.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
+        [sys.executable, "-m", "stepdpo.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
          "--concurrency", "2", "--shard-size", "10", "--progress", "none"],
         cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -163,7 +163,7 @@ def test_fingerprint_and_cache(env, fake, capsys, tmp_path):
     assert json.loads((env / "b" / "run.json").read_text())["judge_fingerprint"] == fp
 
     template = tmp_path / "my_rubric.txt"
-    default = (REPO / "labeler" / "templates" / "step_judge_v1.txt").read_text()
+    default = (REPO / "labeler" / "judges" / "templates" / "step_judge_v1.txt").read_text()
     template.write_text(default.replace("meticulous", "strict"))
     fake.reset_counts()
     rc, _ = label(capsys, inp, env / "c", "--template", str(template))
@@ -298,7 +298,7 @@ def test_repeated_sigkill_with_errors_converges(env, fake, capsys):
     inp, rows = responses(env, 120)
     run = env / "run"
     fake.faults = FaultConfig(latency_s=0.03, p500=0.3, seed=11)
-    cmd = [sys.executable, "-m", "labeler.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
+    cmd = [sys.executable, "-m", "stepdpo.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
            "--concurrency", "2", "--shard-size", "5", "--max-attempts", "1", "--progress", "none"]
     for wanted in (2, 5, 9):  # kill once the folder holds this many shards (or the run ends)
         proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL,
@@ -322,7 +322,7 @@ def test_repeated_sigkill_with_errors_converges(env, fake, capsys):
 
 
 def test_limit_and_num_shards_must_be_positive(env, capsys):
-    from labeler.engine import load_rows
+    from labeler.engine.runner import load_rows
 
     inp, rows = responses(env, 5)
     assert load_rows(inp, limit=0) == []  # was one row
@@ -383,7 +383,7 @@ def test_progress_says_stopped_not_finished_when_interrupted():
     import asyncio
     import io
 
-    from labeler.progress import Progress, Stats
+    from labeler.engine.progress import Progress, Stats
 
     async def go(fail: bool) -> str:
         stream = io.StringIO()
@@ -417,7 +417,7 @@ def test_model_without_a_price_reports_unknown_cost_not_zero(env, fake, capsys):
 
 def test_second_label_of_the_same_job_is_refused_while_the_first_runs(env, fake, capsys):
     """Two identical commands would both pay for every row and overwrite each other's shards."""
-    from labeler.rundir import RunDir
+    from labeler.engine.rundir import RunDir
 
     inp, rows = responses(env, 6)
     with RunDir(env / "run").locked():  # the first `stepdpo label`, still running

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "trl", "accelerate", "peft", "datasets")
 # Modules allowed to import the heavy stack at module level: the local PRM judge only.
 HEAVY_ALLOWED = {"labeler.judges.prm"}
+# Command modules that may import the training stack when they run.
+TRAIN_COMMAND_MODULES = {"stepdpo.commands.train", "stepdpo.commands.precompute_ref"}
 
 
 def _modules(package: str) -> list[str]:
@@ -47,9 +49,9 @@ def _run(code: str) -> dict:
 def test_core_imports_pull_in_no_heavy_stack():
     code = f"""
 import json, sys
-import schemas, labeler, labeler.cli, labeler.judges, labeler.ingest, labeler.ingest.cli
-import labeler.ingest.gsm8k, labeler.ingest.prm800k, labeler.ingest.generic, labeler.splitters
-import labeler.options, labeler.judges.registry, labeler.judges.config, labeler.judges.base
+import schemas, labeler, stepdpo.cli, labeler.judges, labeler.sources.ingest, stepdpo.commands.ingest
+import labeler.sources.ingest.gsm8k, labeler.sources.ingest.prm800k, labeler.sources.ingest.generic, labeler.sources.splitters
+import stepdpo.options, labeler.judges.registry, labeler.judges.config, labeler.judges.base
 print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))
 """
     assert _run(code) == []
@@ -57,8 +59,9 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))
 
 def test_every_labeler_module_is_free_of_torch_and_transformers():
     """Import each labeler module in turn and name the first one that drags torch in."""
-    modules = [m for m in _modules("labeler") if m not in HEAVY_ALLOWED]
-    assert "labeler.ingest.cli" in modules and len(modules) > 10
+    modules = [m for m in _modules("labeler") + _modules("stepdpo")
+               if m not in HEAVY_ALLOWED and m not in TRAIN_COMMAND_MODULES]
+    assert "stepdpo.commands.ingest" in modules and len(modules) > 10
     code = f"""
 import importlib, json, sys
 culprits, broken = {{}}, {{}}
@@ -147,15 +150,15 @@ def test_ast_scan_catches_every_import_form(tmp_path):
     src = tmp_path / "m.py"
     src.write_text(
         "import labeler\n"
-        "from labeler.cli import main\n"
+        "from stepdpo.cli import main\n"
         "def f():\n"
-        "    import labeler.ingest as li\n"
+        "    import labeler.sources.ingest as li\n"
         "    import importlib\n"
-        "    importlib.import_module('labeler.splitters')\n"
+        "    importlib.import_module('labeler.sources.splitters')\n"
         "from . import sibling\n"
     )
     assert sorted(n for _, n in _imports(src)) == sorted(
-        ["labeler", "labeler.cli", "labeler.ingest", "importlib", "labeler.splitters"]
+        ["labeler", "stepdpo.cli", "labeler.sources.ingest", "importlib", "labeler.sources.splitters"]
     )
 
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from labeler.cli import main
 from schemas import RESPONSES, read_table, response_id
+from stepdpo.cli import main
 
 DATA = Path(__file__).parent / "data"
 PRM1 = DATA / "prm800k" / "phase1_sample.jsonl"
@@ -381,17 +381,17 @@ def test_mapping_errors(capsys, tmp_path, args, message):
 def test_ingest_subprocess_and_help(tmp_path, gsm8k_sample):
     """The real console entry point: exit codes, summary on stdout, and --help with examples."""
     out = tmp_path / "r.parquet"
-    done = subprocess.run([sys.executable, "-m", "labeler.cli", "ingest", "gsm8k", str(gsm8k_sample),
+    done = subprocess.run([sys.executable, "-m", "stepdpo.cli", "ingest", "gsm8k", str(gsm8k_sample),
                            "-o", str(out), "--limit", "5"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"wrote 5 responses to {out} (from {gsm8k_sample})"
     for sub in ("gsm8k", "prm800k", "jsonl"):
-        h = subprocess.run([sys.executable, "-m", "labeler.cli", "ingest", sub, "--help"],
+        h = subprocess.run([sys.executable, "-m", "stepdpo.cli", "ingest", sub, "--help"],
                            capture_output=True, text=True, check=False)
         assert h.returncode == 0
         assert f"stepdpo ingest {sub} " in h.stdout and "examples:" in h.stdout
         assert "--skip-invalid" in h.stdout and "--limit 100" in h.stdout
-    h = subprocess.run([sys.executable, "-m", "labeler.cli", "ingest", "jsonl", "--help"],
+    h = subprocess.run([sys.executable, "-m", "stepdpo.cli", "ingest", "jsonl", "--help"],
                        capture_output=True, text=True, check=False).stdout
     for opt in ("--prompt-field", "--steps-field", "--response-field", "--split", "--id-field",
                 "--answer-field", "--gold-field", "--label-field", "--label-kind", "--source",

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from labeler.cli import main
-from labeler.inspect_cli import build_report
 from labeler.inspection import agreement, stats
 from schemas import PAIRS, RESPONSES, first_error
+from stepdpo.cli import main
+from stepdpo.commands.inspect import build_report
 from tests.inspect_fixtures import score_rows, synthetic_run, write_rows, write_run
 
 # The hand-worked example (threshold 0.5): (id, reference labels, judge scores).

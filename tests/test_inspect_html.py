@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from labeler.cli import main
+from stepdpo.cli import main
 from tests.inspect_fixtures import score_rows, write_rows, write_run
 
 PLOTS = ["score_by_position", "first_error", "calibration", "cost_per_1k_steps"]

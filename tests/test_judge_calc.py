@@ -158,8 +158,8 @@ def test_judge_metadata():
 
 def test_stepdpo_label_with_gsm8k_calc_end_to_end(tmp_path, gsm8k_sample, capsys):
     """ingest → label → step_scores shards: untouched rows pass, one corrupted note is caught."""
-    from labeler.cli import main
     from schemas.tables import STEP_SCORES, read_table
+    from stepdpo.cli import main
 
     lines = gsm8k_sample.read_text(encoding="utf-8").splitlines()
     bad = json.loads(lines[0])

@@ -158,8 +158,8 @@ def test_importing_the_judge_module_does_not_import_torch():
 
 
 def test_stepdpo_label_with_prm_end_to_end(models, tmp_path, gsm8k_sample, capsys):
-    from labeler.cli import main
     from schemas.tables import STEP_SCORES, read_table
+    from stepdpo.cli import main
 
     responses = tmp_path / "responses.parquet"
     assert main(["ingest", "gsm8k", str(gsm8k_sample), "-o", str(responses)]) == 0

@@ -48,8 +48,8 @@ def test_stepdpo_label_with_reference_end_to_end(tmp_path, capsys):
     """PRM800K human ratings come out of `stepdpo label --judge reference` as the scores."""
     from pathlib import Path
 
-    from labeler.cli import main
     from schemas.tables import STEP_SCORES, read_table
+    from stepdpo.cli import main
 
     data = Path(__file__).parent / "data" / "prm800k"
     responses = tmp_path / "responses.parquet"
@@ -64,7 +64,7 @@ def test_stepdpo_label_with_reference_end_to_end(tmp_path, capsys):
 
 
 def test_nan_label_is_an_error_row_not_a_crash_of_the_cache_key():
-    from labeler.cache import cache_key
+    from labeler.engine.cache import cache_key
 
     judge = create_judge("reference", JudgeConfig())
     item = Item("r", "p", ["a", "b"], reference_scores=[1.0, float("nan")])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from labeler.cli import main
-from labeler.pairs import PairsConfig, build_pairs, make_pairs
+from labeler.pairs.build import PairsConfig, build_pairs, make_pairs
 from schemas.errors import UserError
 from schemas.ids import pair_id, response_id
 from schemas.tables import PAIRS, RESPONSES, STEP_SCORES, from_rows, read_table, write_table
+from stepdpo.cli import main
 
 PROMPT = "Tom has 3 apples and buys 4 more. He eats 2. How many are left?"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labeler.cli import main
-from labeler.perturb import (
+from labeler.sources.perturb import (
     NOTE,
     NUMBER,
     PerturbConfig,
@@ -20,10 +19,11 @@ from labeler.perturb import (
 from schemas.errors import UserError
 from schemas.ids import response_id
 from schemas.tables import RESPONSES, STEP_SCORES, from_rows, read_table, write_table
+from stepdpo.cli import main
 
 
 def gsm8k_rows(path: Path) -> list[dict]:
-    """`responses` rows from GSM8K jsonl, built by hand (independent of labeler.ingest)."""
+    """`responses` rows from GSM8K jsonl, built by hand (independent of labeler.sources.ingest)."""
     rows = []
     for i, line in enumerate(path.read_text().splitlines()):
         obj = json.loads(line)

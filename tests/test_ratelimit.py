@@ -9,11 +9,17 @@ import time
 
 import pytest
 
+from labeler.engine.pricing import PRICES, Price, load_prices, price_for
+from labeler.engine.ratelimit import RateLimiter
+from labeler.engine.retry import (
+    RetryPolicy,
+    backoff,
+    call_with_retries,
+    parse_duration,
+    parse_retry_after,
+)
+from labeler.engine.rundir import RunDir
 from labeler.judges.base import FatalError, RetryableError
-from labeler.pricing import PRICES, Price, load_prices, price_for
-from labeler.ratelimit import RateLimiter
-from labeler.retry import RetryPolicy, backoff, call_with_retries, parse_duration, parse_retry_after
-from labeler.rundir import RunDir
 from schemas.errors import UserError
 from schemas.tables import STEP_SCORES, read_table
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labeler.splitters import SPLITTER_NAMES, SplitError, get_splitter, native_steps
+from labeler.sources.splitters import SPLITTER_NAMES, SplitError, get_splitter, native_steps
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("trl")
 
-from labeler.cli import main  # noqa: E402
 from schemas.errors import UserError  # noqa: E402
 from schemas.tables import PAIRS, RESPONSES, from_rows, read_table, write_table  # noqa: E402
+from stepdpo.cli import main  # noqa: E402
 from tests.trainer_util import gsm8k_pair_rows, write_pairs  # noqa: E402
 from trainer.config import StepwiseDPOConfig  # noqa: E402
 from trainer.data import has_precomputed_ref  # noqa: E402
@@ -129,7 +129,7 @@ def test_shards_with_some_rows_unfilled_do_not_count_as_precomputed(setup, tmp_p
 def _train_config(argv):
     import argparse
 
-    from trainer import cli as train_cli
+    from stepdpo.commands import train as train_cli
 
     parser = argparse.ArgumentParser()
     train_cli.configure(parser)

@@ -156,7 +156,7 @@ def submit_and_collect(
 ) -> BatchSummary:
     """Judge ``rows`` (responses not yet done and not cached) through the provider's batch API.
 
-    ``job`` is the run folder's job tag (:attr:`labeler.rundir.RunDir.tag`), so machines that
+    ``job`` is the run folder's job tag (:attr:`labeler.engine.rundir.RunDir.tag`), so machines that
     share a folder with ``--num-shards`` attach only to their own batches.
 
     ``after_submit`` is called once per batch right after its id is persisted (tests abort

@@ -4,12 +4,11 @@
 done rows, answer cached ones), then rows that failed inside an earlier batch retried online
 (``--batch-retry online``) through the engine itself, then the rest through
 :func:`labeler.batch.collect.submit_and_collect`, then ``run.json`` with batch pricing (half
-the online rate). :func:`run_from_cli` is the label command's call into it.
+the online rate). The label command (`stepdpo/commands/label.py`) calls :func:`run_batch_label`.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ from labeler.batch.state import BatchRecord
 from labeler.judges.base import Judge
 
 __all__ = ["BATCH_DISCOUNT", "BatchOptions", "BatchSummary", "Sink", "batch_costs", "batch_error_ids",
-           "make_transport", "provider_of", "run_batch_label", "run_from_cli", "submit_and_collect"]
+           "make_transport", "provider_of", "run_batch_label", "submit_and_collect"]
 
 
 def batch_error_ids(run_dir: Any) -> set[str]:
@@ -64,8 +63,8 @@ def run_batch_label(
     after_submit: Callable[[BatchRecord], None] | None = None,
     log: Callable[[str], None] = _say,
 ) -> dict[str, Any]:
-    """Label ``rows`` (responses dicts, as :func:`labeler.engine.load_rows` gives) into the
-    :class:`labeler.rundir.RunDir` ``run_dir`` through the provider's batch API; returns the
+    """Label ``rows`` (responses dicts, as :func:`labeler.engine.runner.load_rows` gives) into the
+    :class:`labeler.engine.rundir.RunDir` ``run_dir`` through the provider's batch API; returns the
     ``run.json`` it wrote.
 
     Same cache, same rows, same shards and same resume rule as the online engine: only the
@@ -76,8 +75,8 @@ def run_batch_label(
     import datetime as dt
 
     from labeler.batch.sink import RunSink
-    from labeler.engine import RUN_SCHEMA, Engine, EngineConfig, summarize
-    from labeler.pricing import price_for
+    from labeler.engine.pricing import price_for
+    from labeler.engine.runner import RUN_SCHEMA, Engine, EngineConfig, summarize
 
     options = options or BatchOptions()
     provider_of(judge.name)
@@ -153,34 +152,3 @@ def run_batch_label(
     }
     run_dir.write_manifest(out)
     return out
-
-
-def run_from_cli(args: Any, judge: Judge, rows: Sequence[dict[str, Any]], run_dir: Any, cache: Any,
-                 prices: Mapping[str, Any], engine_config: Any, info: Mapping[str, Any]) -> int:
-    """``stepdpo label ... --batch`` after the label command has parsed and loaded everything."""
-    from labeler.options import dataclass_from_args
-
-    options = dataclass_from_args(BatchOptions, args)
-    if options.poll_interval <= 0:
-        from schemas.errors import UserError
-
-        raise UserError("--poll-interval must be positive")
-    try:
-        manifest = run_batch_label(judge, rows, run_dir, cache=cache, prices=prices, options=options,
-                                   engine_config=engine_config, manifest=info)
-    finally:
-        if cache is not None:
-            cache.close()
-    totals, this = manifest["totals"], manifest["runs"][-1]
-    print(f"label --batch: {totals['rows']} rows in {run_dir.path} (ok {totals['ok']}, error {totals['error']}); "
-          f"this run: {len(this['batches_submitted'])} batch(es) submitted, {len(this['batches_attached'])} "
-          f"attached, {this['rows_skipped_done']} already done, {this['cache_hits']} from cache, "
-          + (f"${this['cost_usd']:.4f} at batch price" if this["cost_usd"] is not None
-             else "cost unknown (no price for this model: --prices FILE)"), file=sys.stderr)
-    if this["batches_pending"]:
-        print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
-              f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)
-    elif totals["error"]:
-        print(f"label --batch: {totals['error']} response(s) ended in error; rerun the same command to retry "
-              f"them ({'online' if options.batch_retry == 'online' else 'in a new batch'})", file=sys.stderr)
-    return 0

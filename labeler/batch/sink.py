@@ -1,8 +1,8 @@
 """The run folder side of batch mode, built from the online engine's own pieces.
 
-Rows are made by :func:`labeler.engine.build_row` and go into the same ``step_scores`` shards
-through :class:`labeler.rundir.RunDir` (so its resume rule and compaction cover batch rows
-too); answers go into the same :class:`labeler.cache.JudgeCache` under the same keys; costs
+Rows are made by :func:`labeler.engine.runner.build_row` and go into the same ``step_scores`` shards
+through :class:`labeler.engine.rundir.RunDir` (so its resume rule and compaction cover batch rows
+too); answers go into the same :class:`labeler.engine.cache.JudgeCache` under the same keys; costs
 come from the same price table (the runner applies the batch discount).
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from labeler.cache import JudgeCache, cache_key
-from labeler.engine import build_row, item_of, verdict_cost
+from labeler.engine.cache import JudgeCache, cache_key
+from labeler.engine.pricing import Price
+from labeler.engine.rundir import RunDir
+from labeler.engine.runner import build_row, item_of, verdict_cost
 from labeler.judges.base import Judge, Verdict
-from labeler.pricing import Price
-from labeler.rundir import RunDir
 
 
 class RunSink:

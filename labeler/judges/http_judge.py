@@ -18,9 +18,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from labeler.engine.retry import parse_retry_after
 from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
 from labeler.judges.config import JudgeConfig
-from labeler.retry import parse_retry_after
 from schemas.errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 429}

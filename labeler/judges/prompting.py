@@ -19,7 +19,7 @@ from schemas.errors import UserError
 from schemas.ids import sha256_hex
 
 DEFAULT_TEMPLATE = "step_judge_v1"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 VERDICTS = ("correct", "neutral", "incorrect")
 #: How a verdict maps to a score when a judge gives only the verdict (PRM800K's 1 / 0 / -1).
 VERDICT_SCORE = {"correct": 1.0, "neutral": 0.5, "incorrect": 0.0}

@@ -26,8 +26,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from labeler.options import add_dataclass_arguments, dataclass_from_args
 from schemas.errors import UserError
+from stepdpo.options import add_dataclass_arguments, dataclass_from_args
 
 
 @dataclass
@@ -114,9 +114,9 @@ def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tup
     Reads only; a missing run folder or cache folder is created by nothing."""
     from pathlib import Path
 
-    from labeler.cache import JudgeCache, cache_key, default_cache_dir
-    from labeler.engine import item_of
-    from labeler.rundir import RunDir
+    from labeler.engine.cache import JudgeCache, cache_key, default_cache_dir
+    from labeler.engine.rundir import RunDir
+    from labeler.engine.runner import item_of
 
     run_dir = RunDir(output, cfg.shard_index, cfg.num_shards)
     done: set[str] = set()
@@ -143,13 +143,13 @@ def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tup
 
 
 def run(args: argparse.Namespace) -> int:
-    from labeler.cache import JudgeCache
-    from labeler.engine import EngineConfig, estimate, load_rows
+    from labeler.engine.cache import JudgeCache
+    from labeler.engine.pricing import load_prices, price_for
+    from labeler.engine.retry import RetryPolicy
+    from labeler.engine.rundir import RunDir
+    from labeler.engine.runner import EngineConfig, estimate, load_rows
     from labeler.judges.config import JudgeConfig
     from labeler.judges.registry import create_judge
-    from labeler.pricing import load_prices, price_for
-    from labeler.retry import RetryPolicy
-    from labeler.rundir import RunDir
 
     cfg = dataclass_from_args(LabelConfig, args)
     _check(cfg)
@@ -192,12 +192,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
-    from labeler.engine import Engine
+    from labeler.engine.runner import Engine
 
     if args.batch:  # provider batch mode: labeler/batch/runner.py
-        from labeler.batch.runner import run_from_cli
 
-        return run_from_cli(args, judge, rows, run_dir, cache, prices, engine_cfg, info)
+        return _label_batch(args, judge, rows, run_dir, cache, prices, engine_cfg, info)
     engine = Engine(judge, run_dir, engine_cfg, cache, prices)
 
     async def go() -> dict:
@@ -219,4 +218,36 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
     if totals["error"]:
         print(f"label: {totals['error']} response(s) ended in error; rerun the same command to retry them",
               file=sys.stderr)
+    return 0
+
+
+def _label_batch(args: argparse.Namespace, judge, rows: list[dict], run_dir, cache,
+                 prices: dict, engine_config, info: dict) -> int:
+    """``stepdpo label ... --batch`` after the label command has parsed and loaded everything."""
+    from labeler.batch.collect import BatchOptions
+    from labeler.batch.runner import run_batch_label
+
+    options = dataclass_from_args(BatchOptions, args)
+    if options.poll_interval <= 0:
+        from schemas.errors import UserError
+
+        raise UserError("--poll-interval must be positive")
+    try:
+        manifest = run_batch_label(judge, rows, run_dir, cache=cache, prices=prices, options=options,
+                                   engine_config=engine_config, manifest=info)
+    finally:
+        if cache is not None:
+            cache.close()
+    totals, this = manifest["totals"], manifest["runs"][-1]
+    print(f"label --batch: {totals['rows']} rows in {run_dir.path} (ok {totals['ok']}, error {totals['error']}); "
+          f"this run: {len(this['batches_submitted'])} batch(es) submitted, {len(this['batches_attached'])} "
+          f"attached, {this['rows_skipped_done']} already done, {this['cache_hits']} from cache, "
+          + (f"${this['cost_usd']:.4f} at batch price" if this["cost_usd"] is not None
+             else "cost unknown (no price for this model: --prices FILE)"), file=sys.stderr)
+    if this["batches_pending"]:
+        print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
+              f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)
+    elif totals["error"]:
+        print(f"label --batch: {totals['error']} response(s) ended in error; rerun the same command to retry "
+              f"them ({'online' if options.batch_retry == 'online' else 'in a new batch'})", file=sys.stderr)
     return 0

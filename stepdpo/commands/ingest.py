@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labeler.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import add_dataclass_arguments, dataclass_from_args
 
 EPILOG = """\
 sources:
@@ -87,7 +87,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from labeler.ingest.generic import FieldMapping
+    from labeler.sources.ingest.generic import FieldMapping
 
     parser.epilog = EPILOG
     sub = parser.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
@@ -114,20 +114,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _row_builder(args: argparse.Namespace) -> Callable[[Any], dict[str, Any]]:
     if args.source_kind == "gsm8k":
-        from labeler.ingest import gsm8k
+        from labeler.sources.ingest import gsm8k
 
         return gsm8k.to_row
     if args.source_kind == "prm800k":
-        from labeler.ingest import prm800k
+        from labeler.sources.ingest import prm800k
 
         return prm800k.to_row
-    from labeler.ingest.generic import FieldMapping, row_builder
+    from labeler.sources.ingest.generic import FieldMapping, row_builder
 
     return row_builder(dataclass_from_args(FieldMapping, args))
 
 
 def run(args: argparse.Namespace) -> int:
-    from labeler.ingest.common import ResponsesWriter, ingest_records
+    from labeler.sources.ingest.common import ResponsesWriter, ingest_records
     from schemas.errors import UserError
 
     if args.limit is not None and args.limit < 1:

@@ -3,9 +3,9 @@
 One asyncio loop runs ``concurrency`` workers. Each takes the next batch of responses
 (``judge.batch_size`` of them; 1 for API judges, where all steps of a response go in ONE
 request), waits for the rate limiter, calls the judge, retries what is retryable
-(:mod:`labeler.retry`), and turns each answer into a ``step_scores`` row. Answers are cached
-(:mod:`labeler.cache`) the moment they arrive; rows are written in shards of ``shard_size``
-(:mod:`labeler.rundir`). A run killed at any point loses at most the rows of its unwritten
+(:mod:`labeler.engine.retry`), and turns each answer into a ``step_scores`` row. Answers are cached
+(:mod:`labeler.engine.cache`) the moment they arrive; rows are written in shards of ``shard_size``
+(:mod:`labeler.engine.rundir`). A run killed at any point loses at most the rows of its unwritten
 shard, and those come back from the cache for free on the rerun.
 
 Reusing the pieces (the provider-batch mode does):
@@ -33,13 +33,13 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from labeler.cache import JudgeCache, cache_key
+from labeler.engine.cache import JudgeCache, cache_key
+from labeler.engine.pricing import Price, price_for
+from labeler.engine.progress import Progress, Stats
+from labeler.engine.ratelimit import RateLimiter
+from labeler.engine.retry import RetryPolicy, call_with_retries
+from labeler.engine.rundir import RunDir
 from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
-from labeler.pricing import Price, price_for
-from labeler.progress import Progress, Stats
-from labeler.ratelimit import RateLimiter
-from labeler.retry import RetryPolicy, call_with_retries
-from labeler.rundir import RunDir
 from schemas.ids import shard_of
 from schemas.tables import RESPONSES, read_table
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from labeler.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import add_dataclass_arguments, dataclass_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from labeler.pairs import PairsConfig
+    from labeler.pairs.build import PairsConfig
 
     parser.add_argument(
         "runs", nargs="+", metavar="RUN_DIR", help="labeled run folders or step_scores Parquet files"
@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labeler.pairs import PairsConfig, make_pairs
+    from labeler.pairs.build import PairsConfig, make_pairs
 
     cfg = dataclass_from_args(PairsConfig, args)
     if cfg.strategy != "first-error" and cfg.continuation != "step":

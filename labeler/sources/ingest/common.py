@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.splitters import SplitError, native_steps
+from labeler.sources.splitters import SplitError, native_steps
 from schemas.atomic import atomic_open
 from schemas.errors import UserError
 from schemas.ids import canonical_json, response_id, sha256_hex

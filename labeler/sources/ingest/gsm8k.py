@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from labeler.ingest.common import Record, RecordError, make_row, text_field
-from labeler.splitters import get_splitter
+from labeler.sources.ingest.common import Record, RecordError, make_row, text_field
+from labeler.sources.splitters import get_splitter
 
 SOURCE = "gsm8k"
 _LINES = get_splitter("lines")

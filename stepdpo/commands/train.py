@@ -8,7 +8,7 @@ unless --train_sampling_strategy sequential.
 Pair shards with precomputed per-step reference log-probs (`stepdpo precompute-ref`) train with
 no reference model in memory. Runs as is under `accelerate launch` (DDP, FSDP, DeepSpeed):
 
-  accelerate launch -m labeler.cli train --pairs work/pairs --model Qwen/Qwen2.5-0.5B-Instruct \\
+  accelerate launch -m stepdpo.cli train --pairs work/pairs --model Qwen/Qwen2.5-0.5B-Instruct \\
       --output_dir work/model --max_steps 500 --stepwise_loss step_weighted
 
 Writes the model, tokenizer, stepwise_config.json and metrics.jsonl to --output_dir.

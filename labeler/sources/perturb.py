@@ -23,20 +23,16 @@ example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from labeler.judges.calc import CalcError, safe_eval
-from labeler.options import add_dataclass_arguments, dataclass_from_args
 from schemas.errors import UserError
 from schemas.ids import response_id, sha256_hex
-from schemas.tables import RESPONSES, from_rows, read_table, write_table
 
 
 @dataclass
@@ -365,29 +361,3 @@ def perturb_rows(rows: list[dict[str, Any]], cfg: PerturbConfig) -> tuple[list[d
         stats["perturbed_rows"] += bool(made)
     stats["output_rows"] = len(out)
     return out, stats
-
-
-# ---------------------------------------------------------------- command
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="INPUT", help="a `responses` Parquet file or folder (from `stepdpo ingest`)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output `responses` Parquet file")
-    add_dataclass_arguments(parser, PerturbConfig, "perturbation")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(PerturbConfig, args)
-    table = read_table(args.input, RESPONSES)
-    rows, stats = perturb_rows(table.to_pylist(), cfg)
-    out = Path(args.output)
-    if out.is_dir():
-        raise UserError(f"{out}: is a folder; give a .parquet file name for the output")
-    write_table(from_rows(rows, RESPONSES), out, RESPONSES)
-    skipped = ", ".join(f"{n} {why}" for why, n in sorted(stats["skipped"].items())) or "none"
-    print(
-        f"perturb: {stats['input_rows']} input rows, {stats['variants']} variants of "
-        f"{stats['perturbed_rows']} solutions, {stats['output_rows']} rows written to {out}"
-    )
-    print(f"perturb: not perturbed: {skipped}")
-    return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from schemas.errors import UserError
 
-BUNDLED = Path(__file__).resolve().parent.parent / "data" / "gsm8k" / "test_sample.jsonl"
+BUNDLED = Path(__file__).resolve().parents[2] / "data" / "gsm8k" / "test_sample.jsonl"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _stage(title: str, argv: list[str]) -> None:
-    from labeler.cli import main
+    from stepdpo.cli import main
 
     print(f"\n== {title}\n$ stepdpo {shlex.join(argv)}", flush=True)
     code = main(argv)

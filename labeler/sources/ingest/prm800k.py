@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labeler.ingest.common import Record, RecordError, get_field, make_row, text_field
+from labeler.sources.ingest.common import Record, RecordError, get_field, make_row, text_field
 
 SOURCE = "prm800k"
 RATING_TO_SCORE = {-1: 0.0, 0: 0.5, 1: 1.0}

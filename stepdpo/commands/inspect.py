@@ -26,8 +26,8 @@ import pyarrow as pa
 
 from labeler.inspection import agreement, stats
 from labeler.inspection.show import WHERE, WHERE_HELP
-from labeler.options import add_dataclass_arguments, dataclass_from_args
 from schemas.errors import UserError
+from stepdpo.options import add_dataclass_arguments, dataclass_from_args
 
 
 @dataclass

@@ -16,16 +16,19 @@ from schemas.errors import UserError
 
 # name -> (module, one-line summary). Order is the order of a typical job.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("labeler.demo", "run the whole pipeline on bundled GSM8K data, no keys, no network"),
-    "ingest": ("labeler.ingest.cli", "turn GSM8K / PRM800K / any JSONL into a responses file"),
-    "perturb": ("labeler.perturb", "make flawed variants of correct solutions (no API needed)"),
-    "label": ("labeler.label_cli", "score every step with a judge into step_scores shards"),
-    "batches": ("labeler.batch_cli", "show or cancel provider batch jobs of a labeling run"),
-    "inspect": ("labeler.inspect_cli", "summarise, compare and report on any stepdpo file"),
-    "pairs": ("labeler.pairs_cli", "build preference pairs from labeled runs"),
-    "precompute-ref": ("trainer.precompute", "write per-step reference log-probs into pair shards"),
-    "train": ("trainer.cli", "train with stepwise DPO on TRL from pair shards"),
+    "demo": ("stepdpo.commands.demo", "run the whole pipeline on bundled GSM8K data, no keys, no network"),
+    "ingest": ("stepdpo.commands.ingest", "turn GSM8K / PRM800K / any JSONL into a responses file"),
+    "perturb": ("stepdpo.commands.perturb", "make flawed variants of correct solutions (no API needed)"),
+    "label": ("stepdpo.commands.label", "score every step with a judge into step_scores shards"),
+    "batches": ("stepdpo.commands.batches", "show or cancel provider batch jobs of a labeling run"),
+    "inspect": ("stepdpo.commands.inspect", "summarise, compare and report on any stepdpo file"),
+    "pairs": ("stepdpo.commands.pairs", "build preference pairs from labeled runs"),
+    "precompute-ref": ("stepdpo.commands.precompute_ref", "write per-step reference log-probs into pair shards"),
+    "train": ("stepdpo.commands.train", "train with stepwise DPO on TRL from pair shards"),
 }
+
+# Commands that need the `train` extra (torch, TRL).
+TRAIN_COMMANDS = {"train", "precompute-ref"}
 
 # How to pick up an interrupted command where resuming is not simply running it again.
 RESUME_HINTS = {
@@ -89,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             missing = exc.name or str(exc)
-            if missing.split(".")[0] in ("schemas", "labeler", "trainer"):
+            if missing.split(".")[0] in ("schemas", "labeler", "trainer", "stepdpo"):
                 raise  # our own bug: keep the traceback
-            extra = "train" if module_name.startswith("trainer") else "all"
+            extra = "train" if name in TRAIN_COMMANDS else "all"
             raise UserError(
                 f"this command needs '{missing}', which is not installed "
                 f"(pip install 'stepwise-dpo[{extra}]')"

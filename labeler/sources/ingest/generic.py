@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from labeler.ingest.common import (
+from labeler.sources.ingest.common import (
     Record,
     RecordError,
     check_scores,
@@ -27,7 +27,7 @@ from labeler.ingest.common import (
     stable_problem_id,
     text_field,
 )
-from labeler.splitters import SplitError, get_splitter, native_steps
+from labeler.sources.splitters import SplitError, get_splitter, native_steps
 from schemas.errors import UserError
 
 LABEL_KINDS = ("first-error", "per-step")

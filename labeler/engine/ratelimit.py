@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 
-from labeler.retry import parse_duration
+from labeler.engine.retry import parse_duration
 
 
 class _Bucket:
