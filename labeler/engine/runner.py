@@ -242,23 +242,53 @@ class Engine:
             raise RuntimeError(f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(batch)} items")
         latency = (time.monotonic() - start) / len(batch)
         for row, item, v in zip(batch, items, verdicts, strict=True):
-            cost = verdict_cost(v, self.price)
-            stats.input_tokens += v.input_tokens
-            stats.output_tokens += v.output_tokens
-            stats.cached_tokens += v.cached_tokens
-            stats.cost_usd += cost or 0.0
-            if v.error is None and len(v.scores) != len(item.steps):
-                v.error = f"judge gave {len(v.scores)} score(s) for {len(item.steps)} step(s)"
-            if v.error is None and self.cache is not None:
-                self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps,
-                                         self.judge.cache_inputs(item)), v)
-            self._emit(build_row(row, self.judge, verdict=v, attempts=attempts, cost=cost, latency=latency))
+            self.record(row, item, v, attempts=attempts, latency=latency)
+
+    def record(self, row: dict[str, Any], item: Item, v: Verdict, *, attempts: int = 1,
+               latency: float | None = None) -> None:
+        """Account for one answer (tokens, cost), cache it when it is good, and queue its row.
+
+        Every way of running the judge (the local worker pool, Ray) ends here, so the checks,
+        the cache and the row format are the same whichever ran it."""
+        stats = self.stats
+        cost = verdict_cost(v, self.price)
+        stats.input_tokens += v.input_tokens
+        stats.output_tokens += v.output_tokens
+        stats.cached_tokens += v.cached_tokens
+        stats.cost_usd += cost or 0.0
+        if v.error is None and len(v.scores) != len(item.steps):
+            v.error = f"judge gave {len(v.scores)} score(s) for {len(item.steps)} step(s)"
+        if v.error is None and self.cache is not None:
+            self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps,
+                                     self.judge.cache_inputs(item)), v)
+        self._emit(build_row(row, self.judge, verdict=v, attempts=attempts, cost=cost, latency=latency))
+
+    def record_error(self, row: dict[str, Any], error: str, *, attempts: int = 1,
+                     latency: float | None = None) -> None:
+        """Queue a row that failed: it is written with status=error and retried by a rerun."""
+        self._emit(build_row(row, self.judge, error=error, attempts=attempts, latency=latency))
 
     async def _worker(self, batches: Iterator[list[dict[str, Any]]]) -> None:
         for batch in batches:
             if self._abort is not None:
                 return
             await self._label(batch)
+
+    async def label_rows(self, todo: list[dict[str, Any]]) -> None:
+        """Label ``todo`` (rows neither done nor cached) with ``concurrency`` async workers.
+
+        A subclass may run the judge elsewhere (:mod:`labeler.engine.ray_engine` does) and
+        report each answer through :meth:`record` / :meth:`record_error`."""
+        size = max(1, self.judge.batch_size)
+        batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
+        workers = [asyncio.create_task(self._worker(batches))
+                   for _ in range(max(1, min(self.config.concurrency, len(todo))))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
     # the run ------------------------------------------------------------------------------
     def plan(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -296,17 +326,8 @@ class Engine:
         self.stats = Stats(cost_known=self.price is not None)
         try:
             todo = self.plan(rows)
-            size = max(1, self.judge.batch_size)
-            batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
             async with Progress(self.stats, self.config.progress, self.config.log_interval):
-                workers = [asyncio.create_task(self._worker(batches))
-                           for _ in range(max(1, min(self.config.concurrency, len(todo))))]
-                try:
-                    await asyncio.gather(*workers)
-                finally:
-                    for w in workers:
-                        w.cancel()
-                    await asyncio.gather(*workers, return_exceptions=True)
+                await self.label_rows(todo)
             state = "aborted" if self._abort is not None else "finished"
         finally:
             self._flush()
