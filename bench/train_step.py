@@ -124,12 +124,12 @@ def _stream_child(pairs_dir: str, batch: int) -> None:
     """Runs in a fresh process: stream every pair through the real input pipeline."""
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     from trainer.alignment import tokenize_pair
     from trainer.config import StepwiseDPOConfig
     from trainer.data import load_pairs
     from trainer.stepwise_trainer import StepwiseCollator
+    from trainer.trl_compat import DataCollatorForPreference
 
     tok = AutoTokenizer.from_pretrained(os.environ["BENCH_MODEL"])
     cfg = StepwiseDPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], bf16=False, use_cpu=True)

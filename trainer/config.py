@@ -121,5 +121,10 @@ class StepwiseDPOConfig(DPOConfig):
                     f"{name}={value!r} is a TRL DPOTrainer option that StepwiseDPOTrainer does not use; choose "
                     f"the loss with stepwise_loss ({', '.join(LOSSES)}) and leave {name} at its default"
                 )
+        if self.use_liger_kernel:
+            # Liger swaps the model's forward (and TRL routes such runs past its own loss code):
+            # the per-step log-probs would not be the ones the stepwise losses are defined on.
+            raise ValueError("use_liger_kernel is not supported by StepwiseDPOTrainer (it replaces the forward "
+                             "that computes per-step log-probs); leave it off")
         if not 0.0 <= self.score_floor < 0.5:
             raise ValueError(f"score_floor must be in [0, 0.5), got {self.score_floor}")

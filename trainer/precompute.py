@@ -37,11 +37,11 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
     the ones the trainer would compute with a live reference model.
     """
     import torch
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     from trainer.alignment import chat_prompt, tokenize_pair
     from trainer.data import to_example
     from trainer.stepwise_trainer import StepwiseCollator, per_token_logps, step_sums
+    from trainer.trl_compat import DataCollatorForPreference
 
     cfg = _cfg(sep, add_eos)
     base = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length,
@@ -82,7 +82,8 @@ def load_reference(model_id: str, dtype: str = "auto"):
     """Model + tokenizer, on CUDA when present, with TRL's fused LM head added."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl.trainer.utils import add_fused_lm_head
+
+    from trainer.trl_compat import add_fused_lm_head
 
     cuda = torch.cuda.is_available()
     if dtype == "auto":

@@ -1,11 +1,15 @@
 """StepwiseDPOTrainer: TRL 1.16's DPOTrainer with per-step log-ratios and step-aware losses.
 
-Override points (private in TRL, hence the exact pin; DESIGN.md §5):
+Override points (DESIGN.md §5; the private ones are listed, with their pinned signatures, in
+`trainer.trl_compat`, the only module that imports TRL internals):
 - `_prepare_dataset` tokenizes exactly as TRL does and adds per-token step ids;
 - `_set_signature_columns_if_needed` keeps the step columns alive (also for streaming data);
 - the collator lays step ids out like TRL lays out tokens (`trainer.alignment`);
-- `_compute_loss` pops the custom keys before the forward, takes TRL's fused per-token
-  log-probs, sums them per step with one `scatter_add`, and calls `trainer.losses`.
+- the public `compute_loss` (TRL routes every run through it, `use_liger_kernel` ones too,
+  which we refuse) calls `step_logratios` and then `trainer.losses`;
+- `step_logratios` pops the custom keys before the forward, takes TRL's fused per-token
+  log-probs and sums them per step with one `scatter_add`: the one method a packed or
+  prefix-shared layout overrides.
 Reference log-probs come from a reference model, from the policy with its PEFT adapter
 switched off, or precomputed per step in the pair shards (then no reference model exists).
 """
@@ -14,15 +18,13 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import torch
 from accelerate.utils import is_peft_model
 from trl import DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import use_adapter
 
 from trainer import losses
 from trainer.alignment import (
@@ -33,6 +35,11 @@ from trainer.alignment import (
     tokenize_pair,
 )
 from trainer.config import StepwiseDPOConfig
+from trainer.trl_compat import (
+    DataCollatorForPreference,
+    disable_gradient_checkpointing,
+    use_adapter,
+)
 
 STEP_COLUMNS = [
     "chosen_step_ids",
@@ -59,6 +66,23 @@ CUSTOM_KEYS = (
     "ref_rejected_step_logps",
 )
 NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *CUSTOM_KEYS}
+
+
+@dataclass
+class StepLogratios:
+    """What `StepwiseDPOTrainer.step_logratios` returns: rows are chosen then rejected, ``[2B, K]``
+    per step (``policy_steps``, ``ref_steps``, ``token_counts``: completion tokens per step, 0 for
+    a step truncated away) and ``[2B]`` per sequence; ``outputs`` is the policy forward's output
+    (entropy and logit metrics), ``model_kwargs`` re-runs it, ``seq_len`` is the scored length."""
+
+    policy_steps: torch.Tensor
+    ref_steps: torch.Tensor
+    policy_seq: torch.Tensor
+    ref_seq: torch.Tensor
+    token_counts: torch.Tensor
+    outputs: Any
+    model_kwargs: dict[str, Any]
+    seq_len: int
 
 
 class StepwiseCollator(DataCollatorForPreference):
@@ -244,9 +268,12 @@ class StepwiseDPOTrainer(DPOTrainer):
                 logps, _ = per_token_logps(self.ref_model, model_kwargs, labels)
         return logps
 
-    def _compute_loss(self, model, inputs, return_outputs):
-        mode = "train" if self.model.training else "eval"
-        args: StepwiseDPOConfig = self.args
+    def step_logratios(self, model, inputs: dict[str, Any]) -> StepLogratios:
+        """Per-step policy and reference log-probs of a collated batch (chosen rows, then rejected).
+
+        The one place that knows the batch layout (here: TRL's padded ``[2B, L]`` rows with
+        step ids per token); a packed layout overrides only this method.
+        """
         extra = {k: inputs[k] for k in CUSTOM_KEYS if k in inputs}
         model_kwargs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
         model_kwargs["use_cache"] = False
@@ -260,8 +287,7 @@ class StepwiseDPOTrainer(DPOTrainer):
             policy_kwargs["output_router_logits"] = True
         policy_tok, outputs = per_token_logps(model, policy_kwargs, labels)
         policy_tok = policy_tok[:, -seq_len:]
-        q_w, q_l = extra["chosen_step_scores"], extra["rejected_step_scores"]
-        k_max = q_w.size(1)
+        k_max = extra["chosen_step_scores"].size(1)
         policy_steps = step_sums(policy_tok, step_ids, k_max)
         policy_seq = policy_tok.sum(dim=1)
         if self.uses_precomputed_ref:
@@ -278,32 +304,44 @@ class StepwiseDPOTrainer(DPOTrainer):
             ref_tok = self._reference_token_logps(model_kwargs, labels)[:, -seq_len:]
             ref_steps = step_sums(ref_tok, step_ids, k_max)
             ref_seq = ref_tok.sum(dim=1)
-
         counts = step_sums(completion_mask[:, 1:].to(policy_tok.dtype), step_ids, k_max)
-        num_steps = torch.cat([extra["chosen_num_steps"], extra["rejected_num_steps"]])
-        slots = torch.arange(k_max, device=counts.device)
-        step_mask = (slots.unsqueeze(0) < num_steps.unsqueeze(1)) & (counts > 0)
-        rho = policy_steps - ref_steps
+        return StepLogratios(policy_steps=policy_steps, ref_steps=ref_steps, policy_seq=policy_seq,
+                             ref_seq=ref_seq, token_counts=counts, outputs=outputs,
+                             model_kwargs=model_kwargs, seq_len=seq_len)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stepwise loss of one batch (TRL's public hook; ``num_items_in_batch`` is unused,
+        as in TRL's DPOTrainer: the loss is a mean over pairs)."""
+        mode = "train" if self.model.training else "eval"
+        args: StepwiseDPOConfig = self.args
+        out = self.step_logratios(model, inputs)
+        q_w, q_l = inputs["chosen_step_scores"], inputs["rejected_step_scores"]
+        k_max = q_w.size(1)
+        num_steps = torch.cat([inputs["chosen_num_steps"], inputs["rejected_num_steps"]])
+        slots = torch.arange(k_max, device=out.token_counts.device)
+        step_mask = (slots.unsqueeze(0) < num_steps.unsqueeze(1)) & (out.token_counts > 0)
+        rho = out.policy_steps - out.ref_steps
         rho_w, rho_l = rho.chunk(2, dim=0)
         mask_w, mask_l = step_mask.chunk(2, dim=0)
-        chosen_logratios, rejected_logratios = (policy_seq - ref_seq).chunk(2, dim=0)
+        chosen_logratios, rejected_logratios = (out.policy_seq - out.ref_seq).chunk(2, dim=0)
         batch = losses.StepBatch(
             rho_w=rho_w, rho_l=rho_l, mask_w=mask_w, mask_l=mask_l, q_w=q_w, q_l=q_l,
-            r_w=extra["chosen_rewards"], r_l=extra["rejected_rewards"],
+            r_w=inputs["chosen_rewards"], r_l=inputs["rejected_rewards"],
             seq_w=chosen_logratios, seq_l=rejected_logratios,
         )
         per_example, loss_metrics = losses.compute_loss(args.stepwise_loss, batch, args)
         loss = per_example.mean()
+        outputs = out.outputs
         if getattr(self, "aux_loss_enabled", False) and getattr(outputs, "aux_loss", None) is not None:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(
                 self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item())
 
-        self._log_metrics(mode, outputs, inputs, policy_seq, chosen_logratios, rejected_logratios,
-                          batch, loss_metrics, seq_len)
+        self._log_metrics(mode, outputs, inputs, out.policy_seq, chosen_logratios, rejected_logratios,
+                          batch, loss_metrics, out.seq_len)
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**model_kwargs)
+                outputs = model(**out.model_kwargs)
             return loss, outputs
         return loss
 
@@ -367,4 +405,4 @@ class StepwiseDPOTrainer(DPOTrainer):
                 m["step/outcome_loss"].append(acc.gather(loss_metrics["outcome_loss"]).mean().item())
 
 
-__all__ = ["StepwiseDPOTrainer", "StepwiseCollator", "step_sums", "per_token_logps", "NO_STEP"]
+__all__ = ["StepwiseDPOTrainer", "StepwiseCollator", "StepLogratios", "step_sums", "per_token_logps", "NO_STEP"]
