@@ -53,6 +53,6 @@ class JudgeConfig:
     )
     trust_remote_code: bool = field(
         default=False,
-        metadata={"help": "prm only: run the model repo's own modelling code (Qwen2.5-Math-PRM "
-                          "needs it; only for repos you trust)"},
+        metadata={"help": "prm only: run the model repo's own modelling code (only for repos you "
+                          "trust; Qwen2.5-Math-PRM does not need it: it has a built-in loader)"},
     )

@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from labeler.judges.base import Item, Judge, Verdict
+from labeler.judges.prm_load import PRM_SUFFIX, TOKENIZER_FILES, files_digest, model_folder
 from schemas.errors import UserError
+from schemas.ids import sha256_hex
 
-PRM_VERSION = 1
+PRM_VERSION = 2  # 2: the fingerprint names the loaded class, tokenizer and remote code
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULTS: dict[str, tuple[str, str | None, str | None]] = {
     # style: (separator, positive token, negative token)
@@ -95,7 +97,12 @@ def candidate_id(tokenizer: Any, sep: str, word: str) -> int:
     own = tokenizer.encode(word, add_special_tokens=False)
     if not own:
         raise UserError(f"token {word!r} encodes to nothing with this tokenizer")
-    return own[-1]
+    if len(own) != 1:
+        raise UserError(f"token {word!r} is {len(own)} tokens with this tokenizer "
+                        f"({tokenizer.convert_ids_to_tokens(own)}); the PRM reads the probability "
+                        "of ONE token: pass --positive-token/--negative-token words that are one "
+                        "token each")
+    return own[0]
 
 
 @dataclass
@@ -137,13 +144,9 @@ class PRMJudge(Judge):
     # -- loading ---------------------------------------------------------------------------
     def _load(self, config: Any) -> None:
         import torch
-        from transformers import (
-            AutoConfig,
-            AutoModel,
-            AutoModelForCausalLM,
-            AutoModelForTokenClassification,
-            AutoTokenizer,
-        )
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+        from labeler.judges.prm_load import load_two_way_model
 
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         default_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
@@ -153,8 +156,12 @@ class PRMJudge(Judge):
             raise UserError(f"unknown dtype '{self.dtype_name}'; use bfloat16, float16 or float32")
         remote = bool(config.trust_remote_code)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=remote)
-            model_config = AutoConfig.from_pretrained(self.model_name, trust_remote_code=remote)
+            # A Qwen-style PRM is built by our own loader: its config needs no remote code either.
+            raw, _ = PretrainedConfig.get_config_dict(self.model_name)
+            builtin = any(str(a).endswith(PRM_SUFFIX) for a in raw.get("architectures") or [])
+            code = remote and not builtin
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=code)
+            model_config = AutoConfig.from_pretrained(self.model_name, trust_remote_code=code)
         except (OSError, ValueError) as exc:
             raise UserError(_load_error(self.model_name, exc)) from exc
         if not self.tokenizer.is_fast:
@@ -163,15 +170,19 @@ class PRMJudge(Judge):
         if self.device.type == "cuda":
             kwargs["attn_implementation"] = "sdpa"
         archs = list(getattr(model_config, "architectures", None) or [])
-        if self.style == "qwen":
-            auto = AutoModelForTokenClassification if any(
-                a.endswith("ForTokenClassification") for a in archs) else AutoModel
-        else:
-            auto = AutoModelForCausalLM
+        self.trust_remote_code = remote
+        self.auto_map = getattr(model_config, "auto_map", None)
         try:
-            self.model = auto.from_pretrained(self.model_name, **kwargs).to(self.device).eval()
+            if self.style == "qwen":
+                loaded = load_two_way_model(self.model_name, archs, kwargs, remote, self.class_index)
+                self.model, self._logits_at = loaded.model, loaded.logits_at
+                self.model_class = loaded.model_class
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(self.model_name, **kwargs)
+                self.model_class = type(self.model).__name__
         except (OSError, ValueError) as exc:
             raise UserError(_load_error(self.model_name, exc)) from exc
+        self.model = self.model.to(self.device).eval()
         limits = [getattr(model_config, "max_position_embeddings", None)]
         if config.max_length:
             limits.append(int(config.max_length))
@@ -186,6 +197,9 @@ class PRMJudge(Judge):
             self.candidates = [candidate_id(self.tokenizer, self.sep, self.positive),
                                candidate_id(self.tokenizer, self.sep, self.negative)]
         self.commit = getattr(model_config, "_commit_hash", None) or _local_identity(self.model_name)
+        folder = model_folder(self.model_name)
+        self.tokenizer_digest = files_digest(folder, TOKENIZER_FILES)
+        self.remote_code_digest = files_digest(folder, suffix=".py") if remote else None
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
@@ -194,6 +208,12 @@ class PRMJudge(Judge):
             "negative": self.negative, "class_index": self.class_index,
             "system": QWEN_SYSTEM if self.style == "qwen" else None,
             "max_length": self.max_length, "dtype": self.dtype_name,
+            # What was actually loaded and how the text becomes tokens (#16 item 10): the same
+            # name may resolve to another class with --trust-remote-code, or to other files.
+            "model_class": self.model_class, "trust_remote_code": self.trust_remote_code,
+            "auto_map": self.auto_map, "remote_code": self.remote_code_digest,
+            "tokenizer_files": self.tokenizer_digest,
+            "chat_template": sha256_hex(getattr(self.tokenizer, "chat_template", None) or "")[:16],
         }
 
     def estimate_tokens(self, item: Item) -> tuple[int, int]:
@@ -253,7 +273,7 @@ class PRMJudge(Judge):
             r = torch.tensor(rows, device=self.device, dtype=torch.long)
             c = torch.tensor(cols, device=self.device, dtype=torch.long)
             if self.style == "qwen":
-                logits = self.model(**inputs)[0][r, c].float()
+                logits = self._logits_at(inputs, r, c).float()
                 probs = torch.softmax(logits, dim=-1)[:, self.class_index]
             else:
                 probs = self._candidate_probs(inputs, r, c)
@@ -326,8 +346,6 @@ def _local_identity(model: str) -> str | None:
     sizes and modification times, so retrained weights saved into the same folder don't hit
     the cached scores of the old ones (a copied folder only costs a re-scoring)."""
     from pathlib import Path
-
-    from schemas.ids import sha256_hex
 
     folder = Path(model)
     if not folder.is_dir():
