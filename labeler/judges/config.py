@@ -56,3 +56,9 @@ class JudgeConfig:
         metadata={"help": "prm only: run the model repo's own modelling code (only for repos you "
                           "trust; Qwen2.5-Math-PRM does not need it: it has a built-in loader)"},
     )
+    # Outcome judge.
+    fill: str = field(
+        default="last",
+        metadata={"help": "answer-match only: write the outcome on the final step (last) or on every "
+                          "step (all)", "choices": ["last", "all"]},
+    )

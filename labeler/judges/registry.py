@@ -27,6 +27,9 @@ JUDGES: dict[str, tuple[str, str, str | None]] = {
     "prm": ("labeler.judges.prm:make_prm", "local process reward model: prm:PATH_OR_HUB_ID --style qwen|shepherd|yesno", "local"),
     "gsm8k-calc": ("labeler.judges.calc:make_calc", "free rule-based check of <<expr=result>> notes and the final answer", None),
     "reference": ("labeler.judges.reference:make_reference", "pass the source's human labels through", None),
+    "answer-match": ("labeler.judges.answer_match:make_answer_match",
+                     "free outcome check: final answer vs gold_answer (math-verify), on the last step "
+                     "(--fill all: every step); locates no first error", None),
 }
 
 
