@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stepdpo.commands.demo", "run the whole pipeline on bundled GSM8K data, no keys, no network"),
     "ingest": ("stepdpo.commands.ingest", "turn GSM8K / PRM800K / any JSONL into a responses file"),
     "perturb": ("stepdpo.commands.perturb", "make flawed variants of correct solutions (no API needed)"),
+    "generate": ("stepdpo.commands.generate", "sample solutions or continuations from a policy (hf, vLLM, APIs)"),
     "label": ("stepdpo.commands.label", "score every step with a judge into step_scores shards"),
     "batches": ("stepdpo.commands.batches", "show or cancel provider batch jobs of a labeling run"),
     "inspect": ("stepdpo.commands.inspect", "summarise, compare and report on any stepdpo file"),

@@ -1,0 +1,273 @@
+"""API generation backends through the official SDKs: ``openai-compatible:MODEL@URL`` (vLLM,
+SGLang, llama.cpp — raw completions for text templates, chat for ``--template chat``),
+``openai:MODEL`` and ``anthropic:MODEL`` (chat).
+
+They follow the API judges' conventions (:mod:`labeler.judges.http_judge`): keys from
+``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` (base URLs from ``OPENAI_BASE_URL`` /
+``ANTHROPIC_BASE_URL``), the SDK's retries off (``max_retries=0``: the engine retries, once,
+visibly), one total deadline per request, and the same error classes: 408/409/429 and 5xx
+retryable (with ``retry-after``), 401/403/404 stop the run, other 4xx fail the sample; keys are
+scrubbed from every message. Prices come from the judges' price table (``openai:`` and
+``anthropic:`` models; a server's own model has no known price).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+from typing import Any
+
+from labeler.engine.retry import parse_retry_after
+from labeler.judges.http_judge import (
+    ABORT_STATUS,
+    RETRYABLE_STATUS,
+    body_text,
+    lower_headers,
+    scrub,
+)
+from labeler.sources.generation.base import (
+    FatalError,
+    Generation,
+    Generator,
+    GenRequest,
+    RetryableError,
+    Sampling,
+)
+from schemas.errors import UserError
+
+CONTINUE_NOTE = ("\n\nThe solution so far is below. Continue it from exactly where it stops; write only "
+                 "what comes next.\n\n")
+
+
+class ApiGenerator(Generator):
+    """One request per sample; a subclass builds the body, sends it and reads the answer."""
+
+    batch_size = 1
+    sdk: str
+
+    def __init__(self, model: str, *, name: str, api_key: str, base_url: str | None,
+                 price_model: str | None, timeout: float) -> None:
+        if not model:
+            raise UserError(f"generator '{name}' needs a model name")
+        try:
+            importlib.import_module(self.sdk)
+        except ImportError as exc:
+            raise UserError(f"generator '{name}' needs the {self.sdk} package: "
+                            "pip install 'stepwise-dpo[api]'") from exc
+        self.model = model
+        self.name = name
+        self.price_model = price_model
+        self.timeout = timeout
+        self._api_key = api_key
+        self._base_url = base_url
+        self._client: Any = None
+
+    def classify(self, exc: Exception) -> Exception:
+        """The judges' error policy, for this SDK's exception family."""
+        sdk = importlib.import_module(self.sdk)
+        if isinstance(exc, (sdk.APITimeoutError, TimeoutError)):
+            return RetryableError(f"timeout: no complete answer within {self.timeout:g}s")
+        if isinstance(exc, sdk.APIConnectionError):
+            return RetryableError(scrub(f"connection error: {exc}", self._api_key))
+        if isinstance(exc, sdk.APIStatusError):
+            headers = lower_headers(exc.response.headers)
+            code = exc.status_code
+            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
+            if code in RETRYABLE_STATUS or code >= 500:
+                return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
+            fatal = FatalError(text, headers=headers)
+            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
+            return fatal
+        if isinstance(exc, sdk.APIResponseValidationError):
+            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
+        return exc
+
+    def body(self, request: GenRequest, sampling: Sampling) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, request: GenRequest, body: Any, headers: dict[str, str]) -> Generation:
+        raise NotImplementedError
+
+    def make_client(self) -> Any:
+        raise NotImplementedError
+
+    async def send(self, client: Any, body: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
+        if self._client is None:  # created inside the running event loop
+            self._client = self.make_client()
+        out = []
+        for request in requests:
+            try:
+                async with asyncio.timeout(self.timeout):  # total, not per read
+                    raw = await self.send(self._client, self.body(request, sampling))
+                    text, headers = await body_text(raw), lower_headers(raw.headers)
+            except Exception as exc:
+                classified = self.classify(exc)
+                if classified is exc:
+                    raise
+                raise classified from None
+            try:
+                body = json.loads(text)
+                out.append(self.parse(request, body, headers))
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                raise RetryableError(f"malformed answer: {type(exc).__name__}: {exc}"[:300], headers=headers) from None
+        return out
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _usage_openai(body: dict[str, Any]) -> dict[str, int]:
+    usage = body.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return {"input_tokens": int(usage.get("prompt_tokens") or 0),
+            "output_tokens": int(usage.get("completion_tokens") or 0),
+            "cached_tokens": int(details.get("cached_tokens") or 0)}
+
+
+class OpenAIGenerator(ApiGenerator):
+    """Chat Completions (``openai:``, and ``openai-compatible:`` with a chat template) or raw
+    Completions (``openai-compatible:`` with a text template)."""
+
+    sdk = "openai"
+
+    def __init__(self, model: str, *, compatible: bool, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.compatible = compatible
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        return {"model": self.model, "protocol": "openai-compatible" if self.compatible else "openai"}
+
+    def body(self, request: GenRequest, sampling: Sampling) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                                "seed": request.seed}
+        if not request.chat:
+            if not self.compatible:
+                raise UserError("openai: serves chat models only; use --template chat "
+                                "(or openai-compatible:MODEL@URL for raw completions)")
+            body.update(prompt=request.prompt + request.prefill, max_tokens=sampling.max_new_tokens)
+            return body
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        if self.compatible and request.prefill:
+            # vLLM / SGLang continue a final assistant message when asked to.
+            messages += [{"role": "user", "content": request.prompt},
+                         {"role": "assistant", "content": request.prefill}]
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        else:
+            shown = request.prompt + (CONTINUE_NOTE + request.prefill if request.prefill.strip() else "")
+            messages.append({"role": "user", "content": shown})
+        body.update(messages=messages)
+        body["max_tokens" if self.compatible else "max_completion_tokens"] = sampling.max_new_tokens
+        return body
+
+    def parse(self, request: GenRequest, body: Any, headers: dict[str, str]) -> Generation:
+        choice = body["choices"][0]
+        if "text" in choice:
+            text, prefilled = choice["text"], True
+        else:
+            message = choice.get("message") or {}
+            if message.get("refusal"):
+                raise RetryableError(f"the model refused: {str(message['refusal'])[:200]}", headers=headers)
+            text = message.get("content") or ""
+            prefilled = self.compatible and bool(request.prefill)
+        if not isinstance(text, str):
+            raise TypeError("answer text is not a string")
+        return Generation(text=text, finish_reason=str(choice.get("finish_reason") or "stop"),
+                          headers=headers, prefilled=prefilled or not request.prefill, **_usage_openai(body))
+
+    def make_client(self) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url, max_retries=0,
+                                  timeout=self.timeout)
+
+    async def send(self, client: Any, body: dict[str, Any]) -> Any:
+        rest = {k: v for k, v in body.items() if k not in ("model", "messages", "prompt")}
+        if "prompt" in body:
+            return await client.completions.with_raw_response.create(
+                model=body["model"], prompt=body["prompt"], extra_body=rest)
+        return await client.chat.completions.with_raw_response.create(
+            model=body["model"], messages=body["messages"], extra_body=rest)
+
+
+class AnthropicGenerator(ApiGenerator):
+    """Messages API; the answer start goes in as an assistant prefill (Anthropic continues it)."""
+
+    sdk = "anthropic"
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        # Newer Claude models refuse temperature and top_p together: only temperature is sent.
+        return {"model": self.model, "protocol": "anthropic-messages", "top_p": "not sent"}
+
+    def body(self, request: GenRequest, sampling: Sampling) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": request.prompt}]
+        if request.prefill.strip():  # the API refuses a prefill ending in whitespace
+            messages.append({"role": "assistant", "content": request.prefill.rstrip()})
+        body: dict[str, Any] = {"model": self.model, "max_tokens": sampling.max_new_tokens,
+                                "temperature": sampling.temperature, "messages": messages}
+        if request.system:
+            body["system"] = request.system
+        return body
+
+    def parse(self, request: GenRequest, body: Any, headers: dict[str, str]) -> Generation:
+        usage = body.get("usage") or {}
+        read = int(usage.get("cache_read_input_tokens") or 0)
+        written = int(usage.get("cache_creation_input_tokens") or 0)
+        text = "".join(b.get("text", "") for b in body.get("content") or [] if b.get("type") == "text")
+        stripped = request.prefill.rstrip()
+        full = stripped + text
+        # The prefill's trailing whitespace was not sent; give back what follows the prefill as given.
+        text = full[len(request.prefill):] if full.startswith(request.prefill) else text.lstrip()
+        reason = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}.get(
+            body.get("stop_reason"), str(body.get("stop_reason") or "stop"))
+        return Generation(text=text, finish_reason=reason, headers=headers,
+                          input_tokens=int(usage.get("input_tokens") or 0) + read + written,
+                          output_tokens=int(usage.get("output_tokens") or 0), cached_tokens=read)
+
+    def make_client(self) -> Any:
+        import anthropic
+
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url, max_retries=0,
+                                        timeout=self.timeout)
+
+    async def send(self, client: Any, body: dict[str, Any]) -> Any:
+        rest = {k: v for k, v in body.items() if k not in ("model", "messages", "max_tokens")}
+        return await client.messages.with_raw_response.create(
+            model=body["model"], messages=body["messages"], max_tokens=body["max_tokens"], extra_body=rest)
+
+
+def _key(env: str, who: str, required: bool) -> str | None:
+    key = os.environ.get(env)
+    if not key and required:
+        raise UserError(f"generator {who} needs an API key: set the {env} environment variable")
+    return key
+
+
+def make_openai(model: str, timeout: float) -> OpenAIGenerator:
+    name = f"openai:{model}"
+    return OpenAIGenerator(model, compatible=False, name=name, api_key=_key("OPENAI_API_KEY", name, True) or "",
+                           base_url=os.environ.get("OPENAI_BASE_URL"), price_model=model, timeout=timeout)
+
+
+def make_openai_compatible(spec: str, timeout: float) -> OpenAIGenerator:
+    """``MODEL@BASE_URL``; a key is optional (local servers rarely check one)."""
+    model, sep, url = spec.rpartition("@")
+    if not sep or not model or not url.startswith(("http://", "https://")):
+        raise UserError(f"generator 'openai-compatible:{spec}': expected openai-compatible:MODEL@BASE_URL, "
+                        "e.g. openai-compatible:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1")
+    # The URL is transport: not in the name or fingerprint, so another host of the model shares the cache.
+    return OpenAIGenerator(model, compatible=True, name=f"openai-compatible:{model}",
+                           api_key=_key("OPENAI_API_KEY", spec, False) or "unused", base_url=url,
+                           price_model=model, timeout=timeout)
+
+
+def make_anthropic(model: str, timeout: float) -> AnthropicGenerator:
+    name = f"anthropic:{model}"
+    return AnthropicGenerator(model, name=name, api_key=_key("ANTHROPIC_API_KEY", name, True) or "",
+                              base_url=os.environ.get("ANTHROPIC_BASE_URL"), price_model=model, timeout=timeout)

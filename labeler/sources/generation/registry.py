@@ -1,0 +1,63 @@
+"""Generator names → factories, imported only when a generator of that name is built, so
+``stepdpo generate --help`` and API-only runs never import torch (and ``hf:`` never the SDKs).
+
+Adding a backend: one module with a ``make_*(model, options)`` factory, plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from schemas.errors import UserError
+
+if TYPE_CHECKING:
+    from labeler.sources.generation.base import Generator
+
+# prefix -> ("module:function", what it is, extra to install)
+GENERATORS: dict[str, tuple[str, str, str | None]] = {
+    "hf": ("labeler.sources.generation.hf:make_hf",
+           "local transformers model, batched generate: hf:PATH_OR_HUB_ID", "local"),
+    "openai-compatible": ("labeler.sources.generation.api:make_openai_compatible",
+                          "any OpenAI-protocol server (vLLM, SGLang, llama.cpp): openai-compatible:MODEL@BASE_URL",
+                          "api"),
+    "openai": ("labeler.sources.generation.api:make_openai", "OpenAI chat models: openai:MODEL", "api"),
+    "anthropic": ("labeler.sources.generation.api:make_anthropic", "Claude: anthropic:MODEL", "api"),
+}
+
+
+@dataclass
+class GeneratorOptions:
+    """Options of the backends, in one place so ``stepdpo generate --help`` lists them together."""
+
+    timeout: float = field(default=600.0, metadata={"help": "API backends: seconds one request may take "
+                                                           "in total before it is retried"})
+    batch_size: int = field(default=16, metadata={"help": "hf only: prompts per generate call"})
+    device: str | None = field(default=None, metadata={"help": "hf only: cuda, cpu… (default: cuda if present)"})
+    dtype: str | None = field(default=None, metadata={"help": "hf only: bfloat16, float16, float32 (default: "
+                                                              "bf16 on cuda, fp32 on cpu)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "hf only: run the model repo's own code "
+                                                                     "(only for repos you trust)"})
+
+
+def generator_help() -> str:
+    return "; ".join(f"{k}: {v[1]}" for k, v in GENERATORS.items())
+
+
+def create_generator(spec: str, options: GeneratorOptions | None = None) -> Generator:
+    """Build the backend named by ``spec`` (e.g. ``hf:Qwen/Qwen2.5-0.5B-Instruct``)."""
+    options = options or GeneratorOptions()
+    prefix, _, model = spec.partition(":")
+    if prefix not in GENERATORS:
+        raise UserError(f"unknown generator '{spec}'; known: {', '.join(GENERATORS)}")
+    target, _, extra = GENERATORS[prefix]
+    module_name, _, func = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f" (pip install 'stepwise-dpo[{extra}]')" if extra else ""
+        raise UserError(f"generator '{prefix}' needs a package that is not installed: {exc.name}{hint}") from exc
+    if prefix == "hf":
+        return getattr(module, func)(model, options)
+    return getattr(module, func)(model, options.timeout)

@@ -1,0 +1,313 @@
+"""The generation engine: every (problem, prefix, sample) drawn once, resumably, on the
+labeling engine's parts.
+
+Tasks become requests; ``concurrency`` asyncio workers take batches of ``generator.batch_size``
+(1 for API backends), wait for the rate limiter (:mod:`labeler.engine.ratelimit`, tightened from
+the provider's rate-limit headers), call the backend under the retry policy
+(:mod:`labeler.engine.retry`), cache each answer the moment it arrives, turn it into a
+``responses`` row and write rows in atomic shards. Tokens and cost (:mod:`labeler.engine.pricing`)
+and the live progress line (:mod:`labeler.engine.progress`) are the labeler's. A sample that
+fails after its retries is not written; the manifest counts it with its reason, and a rerun
+tries it again. A fatal answer (401/403/404) stops the run with one line, after writing what
+arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from labeler.answers import extract_answer
+from labeler.engine.pricing import Price, price_for
+from labeler.engine.progress import Progress, Stats
+from labeler.engine.ratelimit import RateLimiter
+from labeler.engine.retry import RetryPolicy, call_with_retries
+from labeler.sources.generation.base import (
+    FatalError,
+    Generation,
+    Generator,
+    GenRequest,
+    RetryableError,
+    Sampling,
+)
+from labeler.sources.generation.store import (
+    GENERATE_SCHEMA,
+    GenerationCache,
+    GenerationDir,
+    generation_key,
+)
+from labeler.sources.splitters import SplitError, Splitter
+from schemas.errors import UserError
+from schemas.ids import response_id, sha256_hex
+
+
+@dataclass
+class GenConfig:
+    concurrency: int = 32
+    rpm: float | None = None
+    tpm: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    shard_size: int = 200
+    progress: str = "auto"
+    log_interval: float = 10.0
+
+
+@dataclass
+class Task:
+    """One sample to draw and what its row carries."""
+
+    generation_id: str
+    request: GenRequest
+    problem_id: str
+    prompt: str  # the problem text (the row's prompt), not the rendered request
+    gold_answer: str | None
+    source_meta: dict[str, Any] = field(default_factory=dict)
+    prefix_steps: list[str] = field(default_factory=list)
+    #: Text of ``request.prefill`` after the prefix steps (the next step's marker).
+    marker: str = ""
+    continues: str | None = None
+    reference_scores: list[float | None] | None = None
+
+
+def task_id(problem_id: str, prompt: str, sample_index: int, prefix: Sequence[str] = (),
+            continues: str | None = None, extra: dict[str, Any] | None = None) -> str:
+    return sha256_hex({"problem_id": problem_id, "prompt": prompt, "prefix": list(prefix),
+                       "continues": continues, "sample_index": sample_index, **(extra or {})})[:24]
+
+
+def request_seed(seed: int, generation_id: str) -> int:
+    return int(sha256_hex({"seed": seed, "id": generation_id})[:8], 16) & 0x7FFFFFFF
+
+
+def split_new(splitter: Splitter, text: str) -> list[str]:
+    """Steps of newly generated text; a text no splitter rule fits is one step."""
+    try:
+        return splitter.split(text)
+    except SplitError:
+        return [text.strip()] if text.strip() else []
+
+
+class GenerationEngine:
+    """``await GenerationEngine(...).run(tasks, manifest_info)``."""
+
+    def __init__(self, generator: Generator, out: GenerationDir, config: GenConfig, sampling: Sampling,
+                 splitter: Splitter, cache: GenerationCache | None = None,
+                 prices: dict[str, Price] | None = None, described: dict[str, Any] | None = None) -> None:
+        self.generator = generator
+        self.out = out
+        self.config = config
+        self.sampling = sampling
+        self.splitter = splitter
+        self.cache = cache
+        self.price = Price(0.0, 0.0, 0.0) if generator.price_model is None else \
+            price_for(generator.price_model, prices or {})
+        self.described = described or {}
+        self.stats = Stats(cost_known=self.price is not None)
+        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.failures: Counter[str] = Counter()
+        self.empty = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._abort: BaseException | None = None
+        self.shards_written: list[str] = []
+
+    # rows ------------------------------------------------------------------------------------
+    def row_of(self, task: Task, gen: Generation) -> dict[str, Any] | None:
+        """The ``responses`` row of one sample (None for an empty answer)."""
+        start = (task.marker if task.prefix_steps else task.request.prefill) if gen.prefilled else ""
+        new_steps = split_new(self.splitter, start + gen.text)
+        if not new_steps:
+            return None
+        steps = list(task.prefix_steps) + new_steps
+        meta = {
+            **task.source_meta,
+            "generation_id": task.generation_id,
+            "generator": self.generator.name,
+            "generator_fingerprint": self.generator.fingerprint(),
+            "template": self.described.get("template"),
+            "sampling": self.sampling.as_dict(),
+            "sample_index": task.request.sample_index,
+            "finish_reason": gen.finish_reason,
+            "input_tokens": gen.input_tokens,
+            "output_tokens": gen.output_tokens,
+        }
+        if task.continues is not None:
+            meta.update(continues=task.continues, prefix_len=len(task.prefix_steps))
+        return {
+            "response_id": response_id(task.prompt, steps),
+            "problem_id": task.problem_id,
+            "source": "generate",
+            "prompt": task.prompt,
+            "steps": steps,
+            "final_answer": extract_answer("\n".join(steps)),
+            "gold_answer": task.gold_answer,
+            "reference_scores": task.reference_scores if task.reference_scores is None
+            else (task.reference_scores + [None] * len(steps))[:len(steps)],
+            "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+        }
+
+    def _emit(self, task: Task, gen: Generation) -> None:
+        row = self.row_of(task, gen)
+        self.stats.done += 1
+        if row is None:
+            self.empty += 1
+            self.stats.error += 1
+            return
+        self.stats.ok += 1
+        self._buffer.append(row)
+        if len(self._buffer) >= self.config.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            path = self.out.write_shard(rows)
+            if path is not None:
+                self.shards_written.append(path.name)
+
+    def _count(self, gen: Generation) -> float:
+        cost = 0.0 if self.price is None else self.price.cost(gen.input_tokens, gen.cached_tokens, gen.output_tokens)
+        s = self.stats
+        s.input_tokens += gen.input_tokens
+        s.output_tokens += gen.output_tokens
+        s.cached_tokens += gen.cached_tokens
+        s.cost_usd += cost
+        return cost
+
+    # one batch -------------------------------------------------------------------------------
+    async def _draw(self, batch: list[Task]) -> None:
+        requests = [t.request for t in batch]
+        estimate = sum(sum(self.generator.estimate_tokens(r, self.sampling)) for r in requests)
+        stats, limiter = self.stats, self.limiter
+
+        async def attempt() -> list[Generation]:
+            await limiter.acquire(estimate)
+            stats.requests += 1
+            try:
+                gens = await self.generator.generate(requests, self.sampling)
+            except (RetryableError, FatalError) as exc:
+                limiter.update(exc.headers)
+                if isinstance(exc, RetryableError) and exc.retry_after:
+                    limiter.pause(min(exc.retry_after, self.config.retry.max_wait))
+                raise
+            used = 0
+            for g in gens:
+                limiter.update(g.headers)
+                used += g.input_tokens + g.output_tokens
+            limiter.correct_tokens(used - estimate)
+            return gens
+
+        def on_retry(exc: BaseException, sleep: float) -> None:
+            stats.retries += 1
+
+        try:
+            gens, _ = await call_with_retries(attempt, self.config.retry, on_retry)
+        except (RetryableError, FatalError) as exc:
+            kind = "gave up after retries" if isinstance(exc, RetryableError) else "not retryable"
+            self.failures[f"{kind}: {type(exc).__name__}: {exc}"[:300]] += len(batch)
+            stats.done += len(batch)
+            stats.error += len(batch)
+            if getattr(exc, "abort", False) and self._abort is None:
+                self._abort = exc
+            return
+        if len(gens) != len(batch):
+            raise RuntimeError(f"{self.generator.name} returned {len(gens)} answers for {len(batch)} requests")
+        for task, gen in zip(batch, gens, strict=True):
+            self._count(gen)
+            if self.cache is not None:
+                self.cache.put(generation_key(self.generator, task.request, self.sampling), gen)
+            self._emit(task, gen)
+
+    async def _worker(self, batches: Iterator[list[Task]]) -> None:
+        for batch in batches:
+            if self._abort is not None:
+                return
+            await self._draw(batch)
+
+    # the run ---------------------------------------------------------------------------------
+    def plan(self, tasks: Sequence[Task]) -> list[Task]:
+        """Repair the folder, skip samples already written, answer cached ones; the rest."""
+        self.out.remove_temp_files()
+        done = self.out.done_ids()
+        todo = [t for t in tasks if t.generation_id not in done]
+        self.stats.skipped = len(tasks) - len(todo)
+        self.stats.total = len(todo)
+        if self.cache is None:
+            return todo
+        misses = []
+        for task in todo:
+            hit = self.cache.get(generation_key(self.generator, task.request, self.sampling))
+            if hit is None:
+                misses.append(task)
+            else:
+                self.stats.cache_hits += 1
+                self._emit(task, hit)
+        return misses
+
+    async def run(self, tasks: Sequence[Task], info: dict[str, Any]) -> dict[str, Any]:
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        previous = self.out.read_manifest() or {}
+        # Stamp the folder before the first shard: a run killed mid-way leaves a folder whose
+        # configuration the rerun can check (the totals are rewritten at the end).
+        self.out.write_manifest({"schema": GENERATE_SCHEMA, **info, "state": "running",
+                                 "totals": previous.get("totals"), "runs": list(previous.get("runs", []))})
+        state = "interrupted"
+        try:
+            todo = self.plan(tasks)
+            size = max(1, self.generator.batch_size)
+            batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
+            async with Progress(self.stats, self.config.progress, self.config.log_interval):
+                n_workers = max(1, min(self.config.concurrency, -(-len(todo) // size)))
+                workers = [asyncio.create_task(self._worker(batches)) for _ in range(n_workers)]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    for w in workers:
+                        w.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+            state = "aborted" if self._abort is not None else "finished"
+        finally:
+            self._flush()
+            written = sum(1 for _ in self.out.done_ids())
+            this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                        "state": state, "shards_written": self.shards_written, **self.stats.as_dict(),
+                        "failed": sum(self.failures.values()), "empty": self.empty,
+                        "failures": dict(self.failures.most_common(10)),
+                        "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm}}
+            manifest = {"schema": GENERATE_SCHEMA, **info, "state": state,
+                        "totals": {"tasks": len(tasks), "samples": written,
+                                   "missing": max(0, len(tasks) - written)},
+                        "runs": list(previous.get("runs", [])) + [this_run]}
+            self.out.write_manifest(manifest)
+        if self._abort is not None:
+            raise UserError(f"stopped: {type(self._abort).__name__}: {self._abort}")
+        return manifest
+
+
+def estimate(tasks: Sequence[Task], generator: Generator, sampling: Sampling,
+             price: Price | None) -> dict[str, Any]:
+    """``--dry-run``: tokens and an upper bound of the cost, without a request."""
+    if generator.price_model is None:
+        price = Price(0.0, 0.0, 0.0)
+    inp = out = 0
+    for t in tasks:
+        i, o = generator.estimate_tokens(t.request, sampling)
+        inp, out = inp + i, out + o
+    cost = None if price is None else price.cost(inp, 0, out)
+    return {"samples": len(tasks), "input_tokens": inp, "output_tokens_max": out,
+            "cost_usd_max": None if cost is None else round(cost, 4), "generator": generator.name}
+
+
+def run_engine(engine: GenerationEngine, tasks: Sequence[Task], info: dict[str, Any]) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        try:
+            return await engine.run(tasks, info)
+        finally:
+            await engine.generator.aclose()
+
+    return asyncio.run(go())
+

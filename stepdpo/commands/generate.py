@@ -1,0 +1,221 @@
+"""Sample solutions (or continuations of labeled ones) from a policy into a responses folder.
+
+Writes RUN_DIR/part-NNNNN.parquet (`responses` rows: steps split from the text, final answer
+extracted, gold_answer carried; meta records the generator, sampling parameters, sample index,
+finish reason and the problem's reference solution as `gold_solution`) and RUN_DIR/run.json.
+The folder is an input of `stepdpo label` as it stands. Rerunning the same command resumes:
+samples already written are skipped, samples that arrived before a crash come from the cache
+for free, and a larger -n adds only the new samples.
+
+Backends: hf:PATH_OR_ID (local transformers, batched, CUDA + bf16 when present),
+openai-compatible:MODEL@URL (vLLM, SGLang, llama.cpp; raw completions for text templates),
+openai:MODEL and anthropic:MODEL (chat; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY).
+
+Templates: step-dpo (Step-DPO's prompt; the answer starts "Let's think step by step.\\nStep 1: "),
+chat (the model's chat template / chat API, asking for 'Step k:' lines and a \\boxed{} answer),
+plain (the bare problem), or a JSON file with 'user' (containing {problem}), 'system', 'chat',
+'marker'.
+
+--continue-from RUN_DIR --at first-error: for each solution of a labeled run whose first error
+(first step scored below --threshold) is step k, sample -n continuations of its correct prefix
+(steps before k, kept in each new row); each row records the id of the row it continues. The
+run must come from a STEP-LEVEL judge (an API judge, e.g. with a reference-solution rubric as
+Step-DPO's GPT-4 locator; prm:; gsm8k-calc). An answer-match run knows only the outcome and is
+refused. Label the continuations with answer-match, then `stepdpo pairs --strategy first-error`
+pairs each wrong step with a correct continuation's step (Step-DPO's rectify pairs).
+
+examples:
+  stepdpo generate data/gsm8k/test_sample.jsonl --generator hf:work/tiny-model -o work/gen -n 4 --max-new-tokens 64
+  stepdpo generate problems.jsonl --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/gen -n 8 --temperature 0.8 --top-p 0.95
+  stepdpo generate problems.jsonl --generator openai:gpt-4o-mini --template chat -o work/gen-4o --dry-run
+  stepdpo label work/gen --judge openai:gpt-4o -o work/located
+  stepdpo generate --continue-from work/located --at first-error -n 8 --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/cont
+  stepdpo label work/cont --judge answer-match -o work/cont-checked
+  stepdpo pairs work/located work/cont-checked --strategy first-error -o work/pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+
+from schemas.errors import UserError
+from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+
+
+@dataclass
+class GenerateConfig:
+    n: int = field(default=1, metadata={"help": "samples per problem (or per wrong solution with "
+                                                 "--continue-from)", "flag": "-n", "metavar": "K"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature (0: greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "cap on generated tokens per sample "
+                                                                "(a sample cut there has finish_reason=length)"})
+    seed: int = field(default=0, metadata={"help": "base seed; each sample's seed derives from it and the "
+                                                   "sample's identity"})
+    template: str = field(default="step-dpo", metadata={"help": "prompt template: step-dpo, chat, plain, or a "
+                                                                "JSON file", "metavar": "NAME|FILE"})
+    split: str = field(default="step-markers", metadata={"help": "how the text becomes steps: lines, "
+                                                                 "blank-lines, step-markers, regex:PATTERN"})
+    continue_from: str | None = field(default=None, metadata={"help": "labeled run whose wrong solutions are "
+                                                                      "continued from before their first error",
+                                                              "metavar": "RUN_DIR"})
+    at: str = field(default="first-error", metadata={"help": "with --continue-from: where to continue from",
+                                                     "choices": ["first-error"]})
+    threshold: float = field(default=0.5, metadata={"help": "with --continue-from: a step scored below this "
+                                                            "is an error"})
+    prompt_field: str | None = field(default=None, metadata={"help": "problems file: field of the problem "
+                                                                     "text (default: prompt|problem|question)"})
+    answer_field: str | None = field(default=None, metadata={"help": "problems file: field of the gold answer "
+                                                                     "(default: gold_answer|answer|solution)"})
+    id_field: str | None = field(default=None, metadata={"help": "problems file: field of the problem id "
+                                                                 "(default: problem_id|id|unique_id, else a hash)"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N problems", "metavar": "N"})
+    concurrency: int = field(default=32, metadata={"help": "requests (or hf batches) in flight at once"})
+    rpm: float | None = field(default=None, metadata={"help": "client-side requests/min limit"})
+    tpm: float | None = field(default=None, metadata={"help": "client-side tokens/min limit"})
+    max_attempts: int = field(default=6, metadata={"help": "tries per request; a sample still failing is "
+                                                           "left out and retried by the next run"})
+    backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds (doubles, plus jitter; "
+                                                          "a server's retry-after wins)"})
+    max_backoff: float = field(default=60.0, metadata={"help": "longest single retry wait in seconds"})
+    shard_size: int = field(default=200, metadata={"help": "samples per output shard"})
+    cache: bool = field(default=True, metadata={"help": "reuse and store samples in the on-disk cache"})
+    cache_dir: str | None = field(default=None, metadata={"help": "generation cache folder (default: "
+                                                                  "$STEPDPO_CACHE_DIR/generate or "
+                                                                  "~/.cache/stepdpo/generate)", "metavar": "DIR"})
+    dry_run: bool = field(default=False, metadata={"help": "print samples, tokens and the cost bound of what is "
+                                                           "not yet done; send nothing, write nothing"})
+    prices: str | None = field(default=None, metadata={"help": "price table override (as `label --prices`)",
+                                                       "metavar": "FILE"})
+    progress: str = field(default="auto", metadata={"help": "progress display", "choices": ["auto", "rich", "log",
+                                                                                            "none"]})
+    log_interval: float = field(default=10.0, metadata={"help": "seconds between progress log lines"})
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from labeler.sources.generation.registry import GeneratorOptions, generator_help
+
+    parser.add_argument("input", nargs="?", metavar="INPUT",
+                        help="problems: a responses file/folder, or JSONL/JSON/Parquet with a prompt and a gold "
+                             "answer (not needed with --continue-from)")
+    parser.add_argument("--generator", required=True, metavar="SPEC", help=f"the policy; {generator_help()}")
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
+                        help="folder for responses shards and run.json")
+    add_dataclass_arguments(parser, GenerateConfig, "generation")
+    add_dataclass_arguments(parser, GeneratorOptions, "backend")
+
+
+def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
+    if cfg.n < 1:
+        raise UserError("-n must be at least 1")
+    if cfg.temperature < 0:
+        raise UserError("--temperature must be >= 0")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError("--top-p must be in (0, 1]")
+    if cfg.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if cfg.concurrency < 1 or cfg.max_attempts < 1 or cfg.shard_size < 1:
+        raise UserError("--concurrency, --max-attempts and --shard-size must be at least 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if not 0 <= cfg.threshold <= 1:
+        raise UserError("--threshold must be in [0, 1]")
+    for name in ("rpm", "tpm"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be positive")
+    if cfg.continue_from and args.input:
+        raise UserError("give INPUT or --continue-from RUN_DIR, not both")
+    if not cfg.continue_from and not args.input:
+        raise UserError("INPUT is required (a problems or responses file), or --continue-from RUN_DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from labeler.engine.pricing import load_prices, price_for
+    from labeler.engine.retry import RetryPolicy
+    from labeler.sources.generation.problems import load_problems
+    from labeler.sources.generation.prompts import load_template
+    from labeler.sources.generation.registry import GeneratorOptions, create_generator
+    from labeler.sources.generation.runner import GenConfig, GenerationEngine, estimate, run_engine
+    from labeler.sources.generation.store import GenerationCache, GenerationDir
+    from labeler.sources.generation.tasks import continuation_tasks, sample_tasks
+    from labeler.sources.splitters import get_splitter
+    from schemas.ids import sha256_hex
+
+    cfg = dataclass_from_args(GenerateConfig, args)
+    _check(cfg, args)
+    from labeler.sources.generation.base import Sampling
+
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        seed=cfg.seed)
+    template = load_template(cfg.template)
+    try:
+        splitter = get_splitter(cfg.split)
+    except ValueError as exc:
+        raise UserError(f"--split {cfg.split}: {exc}") from None
+    separator = splitter.join(["a", "b"])[1:-1] or "\n"
+    counts: Counter = Counter()
+    # Inputs are read (and refused) before a model is loaded or a key is needed.
+    if cfg.continue_from:
+        tasks = continuation_tasks(cfg.continue_from, template, cfg.n, sampling, cfg.threshold, separator, counts)
+    else:
+        problems = load_problems(args.input, cfg.prompt_field, cfg.answer_field, cfg.id_field, cfg.limit)
+        counts["problems"] = len(problems)
+        tasks = sample_tasks(problems, template, cfg.n, sampling, separator)
+    options = dataclass_from_args(GeneratorOptions, args)
+    generator = create_generator(args.generator, options)
+    prices = load_prices(cfg.prices)
+    identity_parts = {"generator": generator.fingerprint(), "template": template.as_dict(),
+                      "sampling": sampling.as_dict(), "split": cfg.split,
+                      "mode": "continue" if cfg.continue_from else "sample", "threshold": cfg.threshold}
+    identity = sha256_hex(identity_parts)[:16]
+    described = {"template": template.name, "generator": generator.name}
+    out = GenerationDir(args.output)
+    if cfg.dry_run:
+        done = out.done_ids() if out.path.is_dir() else set()
+        todo = [t for t in tasks if t.generation_id not in done]
+        est = estimate(todo, generator, sampling, price_for(generator.price_model, prices))
+        est["already_done"] = len(tasks) - len(todo)
+        print(json.dumps(est, indent=2))
+        bound = "unknown (no price for this model; --prices FILE)" if est["cost_usd_max"] is None \
+            else f"${est['cost_usd_max']:.4f}"
+        print(f"dry run: {est['samples']} samples to draw ({est['already_done']} already done), "
+              f"~{est['input_tokens']} input tokens, ≤ {est['output_tokens_max']} output tokens, cost ≤ {bound}",
+              file=sys.stderr)
+        return 0
+    if not tasks:
+        print("generate: nothing to sample (no wrong solution in the run)" if cfg.continue_from
+              else "generate: no problems", file=sys.stderr)
+        return 0
+    engine_cfg = GenConfig(concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
+                           retry=RetryPolicy(max_attempts=cfg.max_attempts, initial=cfg.backoff,
+                                             max_wait=cfg.max_backoff),
+                           shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval)
+    cache = GenerationCache(cfg.cache_dir) if cfg.cache else None
+    info = {"identity": identity, "described": f"{generator.name} with template {template.name}",
+            "generator": generator.name, "generator_fingerprint": generator.fingerprint(),
+            "generator_parts": generator.fingerprint_parts(), "template": template.as_dict(),
+            "sampling": sampling.as_dict(), "n": cfg.n, "input": args.input, "continue_from": cfg.continue_from,
+            "config": dataclasses.asdict(cfg), "input_counts": dict(counts)}
+    try:
+        with out.locked():
+            out.check_identity(identity, info["described"])
+            engine = GenerationEngine(generator, out, engine_cfg, sampling, splitter, cache, prices, described)
+            manifest = run_engine(engine, tasks, info)
+    finally:
+        if cache is not None:
+            cache.close()
+    s, totals, this = engine.stats, manifest["totals"], manifest["runs"][-1]
+    print(f"generate: {totals['samples']} of {totals['tasks']} samples in {args.output}; this run: "
+          f"{s.ok} drawn ({s.cache_hits} from cache), {s.skipped} already done, {s.requests} requests, "
+          f"{s.input_tokens} tokens in / {s.output_tokens} out, cost {s.cost_text()}", file=sys.stderr)
+    if this["failed"] or this["empty"]:
+        print(f"generate: {this['failed']} sample(s) failed, {this['empty']} came back empty; rerun the same "
+              "command to retry the failed ones" + (f" (first reason: {next(iter(this['failures']))})"
+                                                     if this["failures"] else ""), file=sys.stderr)
+    return 0 if totals["samples"] else 1

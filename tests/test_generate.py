@@ -1,0 +1,175 @@
+"""`stepdpo generate` against a scripted OpenAI-compatible policy whose right, wrong and cut-off
+answers are known per (problem, sample): exact rows, answer-match labels, resume, kill -9,
+faults, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labeler.sources.generation.runner import request_seed, task_id
+from schemas.tables import RESPONSES, STEP_SCORES, read_table
+from stepdpo.cli import main
+from tests.fakes.policy_server import (
+    FakePolicyServer,
+    gold_of,
+    kind_of,
+    problem_text,
+    solution_steps,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PROBLEMS = [(3, 4), (10, 25), (7, 8), (100, 1)]
+
+
+@pytest.fixture()
+def server():
+    with FakePolicyServer() as srv:
+        yield srv
+
+
+@pytest.fixture()
+def problems(tmp_path) -> Path:
+    path = tmp_path / "problems.jsonl"
+    with open(path, "w") as fh:
+        for i, (a, b) in enumerate(PROBLEMS):
+            fh.write(json.dumps({"id": f"p{i}", "question": problem_text(a, b), "answer": gold_of(a, b)}) + "\n")
+    return path
+
+
+def expected(n: int, seed: int = 0) -> dict[str, dict]:
+    """generation_id -> the row the scripted policy must produce."""
+    out = {}
+    for i, (a, b) in enumerate(PROBLEMS):
+        for k in range(n):
+            gid = task_id(f"p{i}", problem_text(a, b), k)
+            kind = kind_of(request_seed(seed, gid))
+            out[gid] = {"problem_id": f"p{i}", "steps": solution_steps(a, b, kind), "kind": kind, "k": k,
+                        "answer": {"right": gold_of(a, b), "wrong": str(int(gold_of(a, b)) + 1), "cut": None}[kind]}
+    return out
+
+
+def gen(server, problems, out, *extra) -> int:
+    return main(["generate", str(problems), "--generator", f"openai-compatible:policy@{server.url}/v1",
+                 "-o", str(out), "--progress", "none", "--backoff", "0.01", *extra])
+
+
+def rows_by_gid(folder) -> dict[str, dict]:
+    rows = read_table(folder, RESPONSES).to_pylist()
+    out = {}
+    for r in rows:
+        gid = json.loads(r["meta"])["generation_id"]
+        assert gid not in out, "a (problem, sample) was written twice"
+        out[gid] = r
+    return out
+
+
+def test_generate_gives_exactly_the_scripted_rows_and_answer_match_labels_them(server, problems, tmp_path, capsys):
+    out, cache = tmp_path / "gen", tmp_path / "cache"
+    assert gen(server, problems, out, "-n", "3", "--cache-dir", str(cache)) == 0
+    want = expected(3)
+    got = rows_by_gid(out)
+    assert set(got) == set(want) and server.requests == 12
+    kinds = {w["kind"] for w in want.values()}
+    assert kinds == {"right", "wrong", "cut"}, "the script must exercise every outcome"
+    for gid, w in want.items():
+        r = got[gid]
+        meta = json.loads(r["meta"])
+        assert r["steps"] == w["steps"] and r["final_answer"] == w["answer"]
+        assert r["problem_id"] == w["problem_id"] and r["gold_answer"] == gold_of(*PROBLEMS[int(w["problem_id"][1:])])
+        assert meta["sample_index"] == w["k"] and meta["generator"] == "openai-compatible:policy"
+        assert meta["finish_reason"] == ("length" if w["kind"] == "cut" else "stop")
+        assert meta["sampling"] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 1024, "seed": 0}
+    # The request carried the Step-DPO prompt and the sampling parameters.
+    body = server.bodies[0]
+    assert body["prompt"].endswith("### Response: Let's think step by step.\nStep 1: ")
+    assert body["temperature"] == 0.8 and body["top_p"] == 0.95 and body["max_tokens"] == 1024
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["totals"] == {"tasks": 12, "samples": 12, "missing": 0} and manifest["state"] == "finished"
+
+    # answer-match on the folder: exactly 1 for right, 0 for wrong and cut off.
+    run = tmp_path / "checked"
+    assert main(["label", str(out), "--judge", "answer-match", "-o", str(run), "--progress", "none",
+                 "--cache-dir", str(tmp_path / "jc")]) == 0
+    labeled = {r["response_id"]: r for r in read_table(run, STEP_SCORES).to_pylist()}
+    for gid, w in want.items():
+        row = labeled[got[gid]["response_id"]]
+        assert row["status"] == "ok" and row["scores"][-1] == (1.0 if w["kind"] == "right" else 0.0)
+
+    # A rerun makes no request; -n 4 draws only sample 3 of each problem.
+    assert gen(server, problems, out, "-n", "3", "--cache-dir", str(cache)) == 0
+    assert server.requests == 12 and rows_by_gid(out).keys() == want.keys()
+    assert gen(server, problems, out, "-n", "4", "--cache-dir", str(cache)) == 0
+    assert server.requests == 16 and rows_by_gid(out).keys() == expected(4).keys()
+    # Same samples into a new folder: all from the cache.
+    assert gen(server, problems, tmp_path / "gen2", "-n", "4", "--cache-dir", str(cache)) == 0
+    assert server.requests == 16 and len(rows_by_gid(tmp_path / "gen2")) == 16
+    capsys.readouterr()
+
+
+def test_faults_are_retried_and_dry_run_sends_nothing(server, problems, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert gen(server, problems, out, "-n", "1", "--dry-run", "--no-cache") == 0
+    assert server.requests == 0 and not out.exists()
+    est = json.loads(capsys.readouterr().out)
+    assert est["samples"] == 4 and est["output_tokens_max"] == 4 * 1024
+    server.faults = ["429", "500", "429"]
+    assert gen(server, problems, out, "-n", "1", "--no-cache") == 0
+    assert server.requests == 4 + 3 and len(rows_by_gid(out)) == 4
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["runs"][-1]["retries"] == 3
+    capsys.readouterr()
+
+
+def test_kill_9_mid_run_then_rerun_gives_every_sample_once(problems, tmp_path):
+    out, cache = tmp_path / "gen", tmp_path / "cache"
+    with FakePolicyServer(latency=0.05) as srv:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "STEPDPO_CACHE_DIR": str(cache)}
+        cmd = [sys.executable, "-m", "stepdpo", "generate", str(problems), "--generator",
+               f"openai-compatible:policy@{srv.url}/v1", "-o", str(out), "-n", "5", "--shard-size", "1",
+               "--concurrency", "2", "--progress", "none"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = len(list(out.glob("part-*.parquet")))
+        assert 3 <= before < 20, "the kill must land mid-run"
+        assert main(["generate", str(problems), "--generator", f"openai-compatible:policy@{srv.url}/v1",
+                     "-o", str(out), "-n", "5", "--progress", "none", "--cache-dir", str(cache)]) == 0
+    got = rows_by_gid(out)  # asserts no duplicate
+    assert set(got) == set(expected(5))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_input_and_refusals_are_one_line_errors(server, problems, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "no answer here"}) + "\n")
+    assert gen(server, bad, tmp_path / "o1") == 2
+    assert "no answer field" in capsys.readouterr().err
+    assert gen(server, problems, tmp_path / "o2", "-n", "0") == 2
+    assert gen(server, problems, tmp_path / "o3", "--top-p", "1.5") == 2
+    assert main(["generate", str(problems), "--generator", "nope:x", "-o", str(tmp_path / "o4")]) == 2
+    assert "unknown generator" in capsys.readouterr().err
+    # Another configuration into the same folder is refused, before any request.
+    assert gen(server, problems, tmp_path / "o5", "--no-cache") == 0
+    n = server.requests
+    assert gen(server, problems, tmp_path / "o5", "--no-cache", "--temperature", "0.2") == 2
+    assert "write to a new -o folder" in capsys.readouterr().err and server.requests == n
+    # --continue-from an outcome-only run is refused with the reason.
+    run = tmp_path / "am"
+    assert main(["label", str(tmp_path / "o5"), "--judge", "answer-match", "-o", str(run), "--progress", "none",
+                 "--no-cache"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--continue-from", str(run), "--generator", f"openai-compatible:policy@{server.url}/v1",
+                 "-o", str(tmp_path / "o6")]) == 2
+    err = capsys.readouterr().err
+    assert "knows only whether the final answer is right" in err and err.count("\n") == 1
