@@ -173,3 +173,52 @@ def test_bad_input_and_refusals_are_one_line_errors(server, problems, tmp_path, 
                  "-o", str(tmp_path / "o6")]) == 2
     err = capsys.readouterr().err
     assert "knows only whether the final answer is right" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_chat_backends_through_the_real_sdks(server, backend, monkeypatch):
+    """openai: (no prefill: a continuation's prefix is shown in the user turn) and anthropic:
+    (assistant prefill) give the scripted steps, fresh and as continuations."""
+    import asyncio
+
+    from labeler.sources.generation.base import Sampling
+    from labeler.sources.generation.problems import Problem
+    from labeler.sources.generation.prompts import TEMPLATES
+    from labeler.sources.generation.registry import create_generator
+    from labeler.sources.generation.runner import GenConfig, GenerationEngine
+    from labeler.sources.generation.store import GenerationDir
+    from labeler.sources.generation.tasks import sample_tasks
+    from labeler.sources.splitters import get_splitter
+
+    env = {"openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "/v1"), "anthropic": ("ANTHROPIC_API_KEY",
+                                                                                "ANTHROPIC_BASE_URL", "")}
+    key, url, suffix = env[backend]
+    monkeypatch.setenv(key, "sk-test-123456")
+    monkeypatch.setenv(url, server.url + suffix)
+    gen = create_generator(f"{backend}:model-x")
+    sampling = Sampling()
+    a, b = PROBLEMS[0]
+    tasks = sample_tasks([Problem("p0", problem_text(a, b), gold_of(a, b), "t")], TEMPLATES["chat"], 6, sampling)
+    engine = GenerationEngine(gen, GenerationDir("unused"), GenConfig(), sampling, get_splitter("step-markers"))
+
+    async def draw(ts):
+        try:
+            return [(t, (await gen.generate([t.request], sampling))[0]) for t in ts]
+        finally:
+            await gen.aclose()
+
+    def seed(task):  # the Messages API takes no seed: the fake then sees 0
+        return task.request.seed if backend == "openai" else 0
+
+    for task, g in asyncio.run(draw(tasks)):
+        row = engine.row_of(task, g)
+        assert row["steps"] == solution_steps(a, b, kind_of(seed(task)))
+    # A continuation of the correct first step.
+    prefix = solution_steps(a, b, "right")[:1]
+    for t in tasks:
+        t.prefix_steps, t.marker = prefix, "Step 2: "
+        t.request.prefill, t.request.continuation = prefix[0] + "\nStep 2: ", True
+    for task, g in asyncio.run(draw(tasks)):
+        row = engine.row_of(task, g)
+        assert row["steps"] == solution_steps(a, b, kind_of(seed(task), continuation=True))
+    assert all("sk-test" not in json.dumps(b) for b in server.bodies)

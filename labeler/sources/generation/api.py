@@ -160,7 +160,9 @@ class OpenAIGenerator(ApiGenerator):
                          {"role": "assistant", "content": request.prefill}]
             body.update(continue_final_message=True, add_generation_prompt=False)
         else:
-            shown = request.prompt + (CONTINUE_NOTE + request.prefill if request.prefill.strip() else "")
+            # No prefill here: a continuation's prefix is shown in the user turn; a fresh sample's
+            # first marker is left to the model (the system prompt asks for 'Step k:' lines).
+            shown = request.prompt + (CONTINUE_NOTE + request.prefill if request.continuation else "")
             messages.append({"role": "user", "content": shown})
         body.update(messages=messages)
         body["max_tokens" if self.compatible else "max_completion_tokens"] = sampling.max_new_tokens
@@ -203,7 +205,8 @@ class AnthropicGenerator(ApiGenerator):
 
     def fingerprint_parts(self) -> dict[str, Any]:
         # Newer Claude models refuse temperature and top_p together: only temperature is sent.
-        return {"model": self.model, "protocol": "anthropic-messages", "top_p": "not sent"}
+        # The Messages API takes no seed either.
+        return {"model": self.model, "protocol": "anthropic-messages", "top_p": "not sent", "seed": "not sent"}
 
     def body(self, request: GenRequest, sampling: Sampling) -> dict[str, Any]:
         messages: list[dict[str, Any]] = [{"role": "user", "content": request.prompt}]

@@ -50,6 +50,8 @@ class GenRequest:
     sample_index: int = 0
     #: Per-request seed (from --seed and the task key), for APIs that take one.
     seed: int = 0
+    #: True when ``prefill`` holds steps of a solution being continued (not just a step marker).
+    continuation: bool = False
 
     def cache_view(self) -> dict[str, Any]:
         """What the answer depends on (not the key: the same prompt under two ids is one job)."""

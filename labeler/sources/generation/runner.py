@@ -118,7 +118,11 @@ class GenerationEngine:
     # rows ------------------------------------------------------------------------------------
     def row_of(self, task: Task, gen: Generation) -> dict[str, Any] | None:
         """The ``responses`` row of one sample (None for an empty answer)."""
-        start = (task.marker if task.prefix_steps else task.request.prefill) if gen.prefilled else ""
+        # The step marker the answer starts with ("Step 1: ", or "Step k: " after a prefix): part of
+        # the answer when it was prefilled, and added when a chat model was only shown it and did
+        # not repeat it.
+        tail = task.marker if task.prefix_steps else task.request.prefill
+        start = tail if gen.prefilled or (tail.strip() and not gen.text.lstrip().startswith(tail.strip())) else ""
         new_steps = split_new(self.splitter, start + gen.text)
         if not new_steps:
             return None

@@ -38,7 +38,7 @@ def _request(template: Template, problem_text: str, gid: str, index: int, sampli
     marker = prefill[len(separator.join(prefix) + separator):] if prefix else prefill
     return GenRequest(key=gid, prompt=render_user(template, problem_text), system=template.system,
                       chat=template.chat, prefill=prefill, sample_index=index,
-                      seed=request_seed(sampling.seed, gid)), marker
+                      seed=request_seed(sampling.seed, gid), continuation=bool(prefix)), marker
 
 
 def sample_tasks(problems: Sequence[Problem], template: Template, n: int, sampling: Sampling,
