@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	# torch is pinned to the CPU build that lies on this machine's disk; CUDA boxes get theirs from the index.
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,6 +9,13 @@ that they give the same scores.
     .venv/bin/python bench/prm_throughput.py                      # tiny PRMs of all 3 styles, 500 rows
     .venv/bin/python bench/prm_throughput.py --style shepherd --n 200
     .venv/bin/python bench/prm_throughput.py --model PATH --style qwen --device cuda
+    .venv/bin/python bench/prm_throughput.py --ray-only --n 500     # `label --engine ray` (2 workers) vs local
+
+With --ray (or --ray-only) it also runs `stepdpo label` on the same rows twice, the local engine
+and `--engine ray --num-workers 2` on a 2-CPU Ray started beforehand, and records rows/s of each
+(model loads included, cluster start-up excluded) and whether the scores agree (<= 1e-5). On a
+2-core box that ratio says little about a GPU cluster: the point there is correctness and the
+recipe; it is recorded honestly with the machine's load.
 
 Writes bench/results/prm_throughput.json (target: speedup >= 10x, max_abs_diff <= 1e-4). The
 headline is the first --threads setting (1 by default): with more threads than idle cores, the
@@ -123,6 +130,47 @@ def run_style(style: str, args: argparse.Namespace, items: list[Item], data: Pat
     return run
 
 
+def ray_vs_local(args: argparse.Namespace, workers: int = 2) -> dict:
+    """`stepdpo label` on the same responses: the local engine vs `--engine ray`."""
+    import ray
+
+    import pyarrow.parquet as pq
+    from stepdpo.cli import main as stepdpo
+
+    data = SHARED_TEST if SHARED_TEST.exists() else SAMPLE
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = Path(args.model) if args.model else build_prm(root / "prm", "qwen")
+        responses = root / "responses.parquet"
+        stepdpo(["ingest", "gsm8k", str(data), "-o", str(responses), "--limit", str(args.n)])
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        timings, scores = {}, {}
+        try:
+            for engine in ("local", "ray"):
+                out = root / engine
+                argv = ["label", str(responses), "--judge", f"prm:{model}", "-o", str(out), "--no-cache",
+                        "--progress", "none", "--prm-batch-size", str(args.batch_size)]
+                if engine == "ray":
+                    argv += ["--engine", "ray", "--num-workers", str(workers), "--ray-batch-size",
+                             str(args.batch_size * 4)]
+                t0 = time.perf_counter()
+                assert stepdpo(argv) == 0
+                timings[engine] = time.perf_counter() - t0
+                t = pq.read_table(sorted(out.glob("*.parquet")))
+                scores[engine] = dict(zip(t.column("response_id").to_pylist(), t.column("scores").to_pylist()))
+        finally:
+            ray.shutdown()
+    a, b = scores["local"], scores["ray"]
+    diff = max(abs(x - y) for k in a for x, y in zip(a[k], b[k]))
+    rows = len(a)
+    return {"what": f"stepdpo label rows/s: local engine vs --engine ray with {workers} workers (2-CPU Ray)",
+            "rows": rows, "local_s": round(timings["local"], 2), "ray_s": round(timings["ray"], 2),
+            "local_rows_per_s": round(rows / timings["local"], 1), "ray_rows_per_s": round(rows / timings["ray"], 1),
+            "ray_over_local": round(timings["local"] / timings["ray"], 3),
+            "same_rows": a.keys() == b.keys(), "max_abs_diff": diff, "scores_equal": a.keys() == b.keys() and diff <= 1e-5,
+            "load_average": os.getloadavg()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--style", nargs="+", default=["qwen", "shepherd", "yesno"],
@@ -136,8 +184,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch CPU thread counts to run with (default: 1, steady timings on a shared "
                          "box, then 0 = torch's default)")
     ap.add_argument("--chunk", type=int, default=50, help="responses per interleaved timing chunk")
+    ap.add_argument("--ray", action="store_true", help="also compare `label --engine ray` (2 workers) with local")
+    ap.add_argument("--ray-only", action="store_true", help="only the Ray comparison (merged into --out)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "prm_throughput.json"))
     args = ap.parse_args(argv)
+    if args.ray_only:
+        out = Path(args.out)
+        result = json.loads(out.read_text()) if out.exists() else {"benchmark": "prm_throughput"}
+        result["ray"] = ray_vs_local(args)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["ray"], indent=2))
+        return 0 if result["ray"]["scores_equal"] else 1
 
     import torch
 
@@ -169,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
+    if args.ray:
+        result["ray"] = ray_vs_local(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

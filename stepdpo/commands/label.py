@@ -87,6 +87,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "half price, results within 24h; batch ids are kept in RUN_DIR/batches/ and a "
                              "rerun attaches to them (`stepdpo batches RUN_DIR` shows them)")
     add_dataclass_arguments(parser, BatchOptions, "provider batch mode (--batch)")
+    from labeler.engine.ray_engine import RayOptions  # imports no Ray until --engine ray runs
+
+    parser.add_argument("--engine", default="local", choices=["local", "ray"],
+                        help="where the judge runs: local (this process) or ray (an actor pool on a Ray "
+                             "cluster, one model per worker; for local model judges such as prm:; needs "
+                             "the `ray` extra). Output, cache and resume are the same either way "
+                             "(default: local)")
+    add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
 
 
 def _check(cfg: LabelConfig) -> None:
@@ -155,7 +163,16 @@ def run(args: argparse.Namespace) -> int:
     _check(cfg)
     judge_cfg = dataclass_from_args(JudgeConfig, args)
     prices = load_prices(cfg.prices)
-    judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
+    if args.engine == "ray":
+        if args.batch:
+            raise UserError("--batch and --engine ray do not combine: provider batches run at the provider")
+        from labeler.engine.ray_engine import RayOptions, check_options, remote_judge
+
+        ray_options = dataclass_from_args(RayOptions, args)
+        check_options(ray_options)
+        judge = remote_judge(args.judge, judge_cfg, ray_options)  # the model loads on a worker, not here
+    else:
+        judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
     rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index)
     if cfg.dry_run:
         rows, skipped = _dry_run_todo(rows, judge, cfg, args.output)
@@ -185,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval,
     )
     cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
-    info = {"input": str(args.input), "config": dataclasses.asdict(cfg),
+    info = {"input": str(args.input), "engine": args.engine, "config": dataclasses.asdict(cfg),
+            **({"ray": vars(ray_options)} if args.engine == "ray" else {}),
             "judge_config": dataclasses.asdict(judge_cfg)}
     with run_dir.locked():
         return _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info)
@@ -193,11 +211,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
     from labeler.engine.runner import Engine
+    from labeler.judges.config import JudgeConfig
 
     if args.batch:  # provider batch mode: labeler/batch/runner.py
 
         return _label_batch(args, judge, rows, run_dir, cache, prices, engine_cfg, info)
-    engine = Engine(judge, run_dir, engine_cfg, cache, prices)
+    if args.engine == "ray":
+        from labeler.engine.ray_engine import RayEngine, RayOptions
+
+        engine = RayEngine(judge, run_dir, engine_cfg, cache, prices, spec=args.judge,
+                           judge_config=dataclass_from_args(JudgeConfig, args),
+                           options=dataclass_from_args(RayOptions, args))
+    else:
+        engine = Engine(judge, run_dir, engine_cfg, cache, prices)
 
     async def go() -> dict:
         try:
@@ -215,6 +241,9 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
     print(f"label: {totals['rows']} rows in {args.output} (ok {totals['ok']}, error {totals['error']}); "
           f"this run: {s.done} labeled, {s.skipped} already done, {s.cache_hits} from cache, "
           f"{s.requests} requests, cost {s.cost_text()}", file=sys.stderr)
+    if args.engine == "ray":
+        print(f"label: Ray: {engine.worker_starts} worker start(s) for {engine.options.num_workers} worker(s); "
+              f"{s.retries} restarted after a failure (their batches were retried)", file=sys.stderr)
     if totals["error"]:
         print(f"label: {totals['error']} response(s) ended in error; rerun the same command to retry them",
               file=sys.stderr)

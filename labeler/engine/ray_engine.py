@@ -1,0 +1,264 @@
+"""`stepdpo label --engine ray`: local model judges scaled out over a Ray cluster with Ray Data.
+
+API judges are bound by the provider's rate limit, which one process already reaches. Local
+process reward models are bound by accelerators: with millions of responses and many GPUs the
+work must spread over a cluster. Rather than a home-made scheduler, this uses the engine that
+cluster users already run: Ray Data's ``map_batches`` with an actor pool, one judge (one model)
+per actor, a GPU per actor when asked.
+
+Only the *scoring* moves. Everything else stays in the ordinary engine on the driver
+(:class:`labeler.engine.runner.Engine`): the run folder, resume (rows already in finished shards
+are never sent), the judge cache (cached answers are never sent, new answers are cached), the
+score-count checks, shards and ``run.json``. So a Ray run writes exactly the files, schema,
+fingerprint and cache entries of a local run, and ``inspect``, ``pairs`` and reruns work
+unchanged, with either engine.
+
+Exactly once: the driver is the only writer. Ray restarts a killed actor and retries its batch
+(Ray Data's actor pools default to ``max_restarts=-1, max_task_retries=-1``); a batch's rows
+reach the driver once, from whichever attempt finished. A killed driver loses at most the rows
+of its unwritten shard; the rerun skips every finished row and reads the cache for the rest.
+Worker (re)starts are counted on a small named actor, so ``run.json`` reports restarts.
+
+The workers score with the judge's own code (for ``prm:`` the same single-pass, length-sorted
+batches as the local path): the driver sorts the rows by length and hands Ray one block per
+batch, so each actor scores rows of similar length together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from labeler.engine.runner import Engine, item_of
+from labeler.judges.base import Item, Judge, Verdict
+from schemas.errors import UserError
+
+RAY_HINT = "pip install 'stepwise-dpo[ray]'"
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide to run (`stepdpo label --engine ray`)."""
+
+    ray_address: str | None = field(
+        default=None, metadata={"help": "Ray cluster to join: 'auto' (a cluster started on this node with "
+                                        "`ray start`), HOST:PORT or ray://HOST:PORT (default: start a local "
+                                        "one-node Ray)", "metavar": "ADDR"})
+    num_workers: int = field(default=1, metadata={"help": "--engine ray: actors, each holding one copy of the "
+                                                          "model"})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "--engine ray: GPUs per actor (0 on a CPU "
+                                                                  "cluster; 1 for one model per GPU)"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "--engine ray: CPUs per actor"})
+    ray_batch_size: int = field(default=64, metadata={"help": "--engine ray: rows per Ray task (the judge "
+                                                               "splits them into its own forward batches)"})
+
+
+def import_ray() -> Any:
+    """Ray, or one line naming the extra that installs it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"--engine ray needs Ray, which is not installed ({RAY_HINT})") from exc
+    return ray
+
+
+def check_options(options: RayOptions) -> None:
+    if options.num_workers < 1:
+        raise UserError("--num-workers must be at least 1")
+    if options.gpus_per_worker < 0 or options.cpus_per_worker <= 0:
+        raise UserError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+    if options.ray_batch_size < 1:
+        raise UserError("--ray-batch-size must be at least 1")
+
+
+# -- on the workers ------------------------------------------------------------------------------
+
+def _verdict_to_json(v: Verdict) -> str:
+    return json.dumps({"scores": v.scores, "raw": v.raw, "input_tokens": v.input_tokens,
+                       "output_tokens": v.output_tokens, "cached_tokens": v.cached_tokens, "error": v.error})
+
+
+def _verdict_from_json(text: str) -> Verdict:
+    d = json.loads(text)
+    return Verdict(scores=d["scores"], raw=d["raw"] or "", input_tokens=d["input_tokens"],
+                   output_tokens=d["output_tokens"], cached_tokens=d["cached_tokens"], error=d["error"])
+
+
+def _make_judge(spec: str, config: dict[str, Any]) -> Judge:
+    from labeler.judges.config import JudgeConfig
+    from labeler.judges.registry import create_judge
+
+    return create_judge(spec, JudgeConfig(**config))
+
+
+class JudgeWorker:
+    """A Ray Data callable class: built once per actor (loads the model), then scores batches."""
+
+    def __init__(self, spec: str, config: dict[str, Any], counter: str | None) -> None:
+        self.judge = _make_judge(spec, config)
+        self.loop = asyncio.new_event_loop()
+        if counter:
+            import ray
+
+            ray.get(ray.get_actor(counter).add.remote())
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(x) for x in batch["response_id"]]
+        items = [Item(response_id=rid, prompt=str(p), steps=[str(s) for s in steps])
+                 for rid, p, steps in zip(ids, batch["prompt"], batch["steps"], strict=True)]
+        size = max(1, self.judge.batch_size)
+        out: list[str] = []
+        for i in range(0, len(items), size):
+            chunk = items[i:i + size]
+            start = time.monotonic()
+            try:
+                verdicts = self.loop.run_until_complete(self.judge.judge(chunk))
+            except Exception as exc:  # a row-level failure, not a dead worker: record it
+                verdicts = [Verdict(scores=[], error=f"{type(exc).__name__}: {exc}") for _ in chunk]
+            latency = (time.monotonic() - start) / len(chunk)
+            out += [json.dumps({"verdict": _verdict_to_json(v), "latency": latency}) for v in verdicts]
+        return {"response_id": ids, "answer": out}
+
+
+class _Counter:
+    """Counts actor starts cluster-wide (a restarted actor runs __init__ again)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self) -> int:
+        self.n += 1
+        return self.n
+
+    def value(self) -> int:
+        return self.n
+
+
+def _probe(spec: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Build the judge once where the workers run, to learn its name and fingerprint without
+    loading the model on the driver (which may have no GPU, or not the memory)."""
+    judge = _make_judge(spec, config)
+    try:
+        return {"name": judge.name, "parts": judge.fingerprint_parts(), "batch_size": judge.batch_size,
+                "price_model": judge.price_model,
+                "plain_cache_key": type(judge).cache_inputs is Judge.cache_inputs}
+    finally:
+        asyncio.run(judge.aclose())
+
+
+# -- on the driver -------------------------------------------------------------------------------
+
+class RemoteJudge(Judge):
+    """The driver's stand-in for the judge the workers hold: same name, fingerprint and cache
+    key, no model. It never judges; the workers do."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.name = info["name"]
+        self.parts = info["parts"]
+        self.batch_size = info["batch_size"]
+        self.price_model = info["price_model"]
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        return self.parts
+
+    async def judge(self, items: list[Item]) -> list[Verdict]:  # pragma: no cover - never called
+        raise RuntimeError("RemoteJudge is scored by Ray workers, not on the driver")
+
+
+def connect(options: RayOptions) -> Any:
+    """Join (or start) the Ray cluster; quiet Ray Data's own progress bars (ours is shown)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = options.ray_address or "a local Ray"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot start or join {where}: {first}") from exc
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ray
+
+
+def remote_judge(spec: str, config: Any, options: RayOptions) -> RemoteJudge:
+    """The judge's identity, learned on a worker; refuses judges Ray cannot help."""
+    prefix = spec.partition(":")[0]
+    if prefix in ("openai", "anthropic", "openai-compatible"):
+        raise UserError(f"--engine ray is for local model judges (prm:…); '{prefix}' is bound by the "
+                        "provider's rate limit, which one process reaches: use the default engine")
+    ray = connect(options)
+    cfg = dataclasses.asdict(config)
+    probe = ray.remote(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker)(_probe)
+    try:
+        info = ray.get(probe.remote(spec, cfg))
+    except Exception as exc:  # the worker's UserError arrives wrapped in a RayTaskError
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from exc
+        raise
+    if not info["plain_cache_key"]:
+        raise UserError(f"--engine ray supports judges whose answer depends only on the problem and the "
+                        f"steps (prm:); '{prefix}' also reads other fields: use the default engine")
+    return RemoteJudge(info)
+
+
+class RayEngine(Engine):
+    """:class:`Engine` whose rows to label are scored by a Ray Data actor pool."""
+
+    def __init__(self, judge: RemoteJudge, run_dir: Any, config: Any, cache: Any, prices: Any, *,
+                 spec: str, judge_config: Any, options: RayOptions) -> None:
+        super().__init__(judge, run_dir, config, cache, prices)
+        self.spec = spec
+        self.judge_config = dataclasses.asdict(judge_config)
+        self.options = options
+        self.worker_starts = 0
+
+    async def label_rows(self, todo: list[dict[str, Any]]) -> None:
+        if todo:
+            await asyncio.to_thread(self._score_on_ray, todo)
+
+    def _score_on_ray(self, todo: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        ray = connect(self.options)
+        opts = self.options
+        # Length-sorted, one block per task: each actor scores rows of similar length together.
+        order = sorted(range(len(todo)), key=lambda i: len(todo[i]["prompt"]) + sum(map(len, todo[i]["steps"])))
+        blocks = []
+        for start in range(0, len(order), opts.ray_batch_size):
+            chunk = [todo[i] for i in order[start:start + opts.ray_batch_size]]
+            blocks.append(pa.table({"response_id": [r["response_id"] for r in chunk],
+                                    "prompt": [r["prompt"] for r in chunk],
+                                    "steps": [list(r["steps"]) for r in chunk]}))
+        name = f"stepdpo-starts-{uuid.uuid4().hex[:12]}"
+        counter = ray.remote(_Counter).options(name=name, num_cpus=0).remote()
+        by_id = {r["response_id"]: r for r in todo}
+        try:
+            ds = ray.data.from_arrow(blocks).map_batches(
+                JudgeWorker, batch_size=opts.ray_batch_size, batch_format="numpy",
+                fn_constructor_args=(self.spec, self.judge_config, name),
+                compute=ray.data.ActorPoolStrategy(size=opts.num_workers),
+                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                self.stats.requests += 1  # one Ray task's block of rows
+                for rid, answer in zip(batch["response_id"], batch["answer"], strict=True):
+                    row = by_id.pop(str(rid), None)
+                    if row is None:  # a retried batch's second copy: already written once
+                        continue
+                    got = json.loads(str(answer))
+                    self.record(row, item_of(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
+            self.worker_starts = ray.get(counter.value.remote())
+        finally:
+            ray.kill(counter)
+        # Restarts beyond the pool's own starts were killed workers whose batches Ray retried.
+        self.stats.retries += max(0, self.worker_starts - opts.num_workers)
+        for row in by_id.values():  # never expected; a row Ray lost is an error row, retried next run
+            self.record_error(row, "the Ray job returned no answer for this row")
