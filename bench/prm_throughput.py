@@ -132,9 +132,9 @@ def run_style(style: str, args: argparse.Namespace, items: list[Item], data: Pat
 
 def ray_vs_local(args: argparse.Namespace, workers: int = 2) -> dict:
     """`stepdpo label` on the same responses: the local engine vs `--engine ray`."""
+    import pyarrow.parquet as pq
     import ray
 
-    import pyarrow.parquet as pq
     from stepdpo.cli import main as stepdpo
 
     data = SHARED_TEST if SHARED_TEST.exists() else SAMPLE
@@ -157,11 +157,11 @@ def ray_vs_local(args: argparse.Namespace, workers: int = 2) -> dict:
                 assert stepdpo(argv) == 0
                 timings[engine] = time.perf_counter() - t0
                 t = pq.read_table(sorted(out.glob("*.parquet")))
-                scores[engine] = dict(zip(t.column("response_id").to_pylist(), t.column("scores").to_pylist()))
+                scores[engine] = dict(zip(t.column("response_id").to_pylist(), t.column("scores").to_pylist(), strict=True))
         finally:
             ray.shutdown()
     a, b = scores["local"], scores["ray"]
-    diff = max(abs(x - y) for k in a for x, y in zip(a[k], b[k]))
+    diff = max(abs(x - y) for k in a for x, y in zip(a[k], b[k], strict=True))
     rows = len(a)
     return {"what": f"stepdpo label rows/s: local engine vs --engine ray with {workers} workers (2-CPU Ray)",
             "rows": rows, "local_s": round(timings["local"], 2), "ray_s": round(timings["ray"], 2),
