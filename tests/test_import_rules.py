@@ -3,7 +3,9 @@
 - ``schemas`` imports only pyarrow (and numpy, which pyarrow needs) and the standard library.
 - ``labeler`` and every API-judge path never import torch or transformers; only the local-PRM
   judge may, lazily.
-- ``trainer`` never imports ``labeler``.
+- ``labeler`` never imports ``trainer`` or ``stepdpo``; ``trainer`` imports only ``schemas`` of
+  ours; ``stepdpo`` (the application) may import everything, and nothing imports it.
+- No module uses another module's private (``_underscore``) name.
 
 The runtime checks run in a fresh interpreter: inside pytest other tests have already imported
 torch, so ``sys.modules`` here proves nothing.
@@ -53,6 +55,17 @@ import schemas, labeler, stepdpo.cli, labeler.judges, labeler.sources.ingest, st
 import labeler.sources.ingest.gsm8k, labeler.sources.ingest.prm800k, labeler.sources.ingest.generic, labeler.sources.splitters
 import stepdpo.options, labeler.judges.registry, labeler.judges.config, labeler.judges.base
 print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))
+"""
+    assert _run(code) == []
+
+
+def test_package_apis_load_their_modules_lazily():
+    """``labeler.engine`` / ``labeler.batch`` re-export their public names, but importing the
+    packages loads no pyarrow, diskcache or provider SDK until a name is used."""
+    code = """
+import json, sys
+import labeler.engine, labeler.batch, labeler.judges, labeler.errors
+print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'diskcache', 'openai', 'anthropic'})))
 """
     assert _run(code) == []
 
@@ -166,3 +179,152 @@ def test_ast_scan_catches_every_import_form(tmp_path):
 def test_packages_have_no_syntax_errors(package):
     for path in (REPO / package).rglob("*.py"):
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+# -- which of our packages may import which -------------------------------------------------------
+
+OURS = ("schemas", "labeler", "trainer", "stepdpo")
+#: package -> our packages it may import (besides itself)
+MAY_IMPORT = {
+    "schemas": set(),
+    "labeler": {"schemas"},
+    "trainer": {"schemas"},
+    "stepdpo": {"schemas", "labeler", "trainer"},
+}
+
+
+def _our_imports(package: str) -> list[tuple[str, int, str]]:
+    files = sorted((REPO / package).rglob("*.py"))
+    assert files, f"{package}/ has no Python files"
+    out = []
+    for path in files:
+        for line, name in _imports(path):
+            top = name.split(".")[0]
+            if top in OURS and top != package:
+                out.append((f"{path.relative_to(REPO)}:{line}", top, name))
+    return out
+
+
+@pytest.mark.parametrize("package", OURS)
+def test_packages_import_only_what_the_layout_allows(package):
+    bad = [f"{where}: {name}" for where, top, name in _our_imports(package) if top not in MAY_IMPORT[package]]
+    assert bad == [], f"{package} may import only {sorted(MAY_IMPORT[package]) or 'nothing of ours'}"
+
+
+def test_the_layout_rules_are_the_documented_ones():
+    """labeler never imports trainer or stepdpo; trainer only schemas; only stepdpo everything."""
+    assert "trainer" not in MAY_IMPORT["labeler"] and "stepdpo" not in MAY_IMPORT["labeler"]
+    assert MAY_IMPORT["trainer"] == {"schemas"}
+    assert all("stepdpo" not in allowed for allowed in MAY_IMPORT.values())
+    assert MAY_IMPORT["stepdpo"] == set(OURS) - {"stepdpo"}
+
+
+# -- no module uses another module's private name ------------------------------------------------
+
+#: Where the private-name rule is checked: our packages, and the benchmarks and tests that use them.
+PRIVATE_SCAN = ("schemas", "labeler", "trainer", "stepdpo", "bench", "tests")
+#: Private names of third-party classes that collide with a private name of ours. Each is
+#: reached on a third-party object (TRL's trainer keeps its metrics in ``_metrics``; the
+#: alignment test calls DPOTrainer's own tokenization as the oracle), never on ours.
+THIRD_PARTY_PRIVATE = {"_metrics", "_prepare_dataset"}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_definitions(tree: ast.AST) -> set[str]:
+    """Private names a module defines: functions, classes, module and instance attributes."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            name = node.id
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            name = node.attr
+        else:
+            continue
+        if _is_private(name):
+            found.add(name)
+    return found
+
+
+def _private_uses(path: Path, theirs: set[str]) -> list[str]:
+    """Uses in ``path`` of a private name that only other modules of ours define.
+
+    Caught: ``from ours import _x``; ``mod._x`` / ``obj._x`` on anything but ``self``, ``cls``
+    or ``super()``; ``getattr(obj, "_x")`` (and has/setattr). A module's own private names
+    (a method of its class reached on another instance, a module-level helper) are its own.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    own = _private_definitions(tree)
+    where = path.relative_to(REPO)
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
+            bad += [f"{where}:{node.lineno}: from {node.module} import {a.name}"
+                    for a in node.names if _is_private(a.name)]
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+            value = node.value
+            if isinstance(value, ast.Name) and value.id in ("self", "cls"):
+                continue
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "super":
+                continue
+            if node.attr in theirs and node.attr not in own and node.attr not in THIRD_PARTY_PRIVATE:
+                bad.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr")
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+              and isinstance(node.args[1].value, str) and node.args[1].value in theirs
+              and node.args[1].value not in own):
+            bad.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return sorted(bad, key=lambda b: int(b.split(":")[1]))
+
+
+def _scan_private(root: Path, scan: tuple[str, ...]) -> list[str]:
+    ours = [p for pkg in OURS for p in sorted((root / pkg).rglob("*.py"))]
+    defined = {p: _private_definitions(ast.parse(p.read_text(encoding="utf-8"))) for p in ours}
+    bad = []
+    for pkg in scan:
+        for path in sorted((root / pkg).rglob("*.py")):
+            theirs = set().union(*(names for p, names in defined.items() if p != path))
+            bad += _private_uses(path, theirs)
+    return bad
+
+
+def test_no_module_uses_another_modules_private_name():
+    assert _scan_private(REPO, PRIVATE_SCAN) == []
+
+
+def test_private_name_scan_catches_each_form(tmp_path, monkeypatch):
+    """The scanner itself, on a planted two-module tree: every form is found, own names are not."""
+    (tmp_path / "labeler").mkdir()
+    for pkg in OURS[:1] + OURS[2:]:
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "labeler" / "engine.py").write_text(
+        "class Engine:\n"
+        "    def _flush(self):\n"
+        "        self._buffer = []\n"
+        "    def merge(self, other):\n"
+        "        other._flush()\n"  # another instance of its own class: fine
+        "def _say(msg):\n"
+        "    pass\n"
+    )
+    (tmp_path / "labeler" / "batch.py").write_text(
+        "from labeler.engine import Engine, _say\n"
+        "import labeler.engine as eng\n"
+        "def run(engine, judge):\n"
+        "    engine._flush()\n"
+        "    eng._say('x')\n"
+        "    key = getattr(judge, '_buffer', None)\n"
+        "    super_ok = self._flush\n"
+        "    third_party = judge._commit_hash\n"  # defined by none of ours: not our rule
+    )
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    found = _scan_private(tmp_path, ("labeler",))
+    assert found == [
+        "labeler/batch.py:1: from labeler.engine import _say",
+        "labeler/batch.py:4: engine._flush",
+        "labeler/batch.py:5: eng._say",
+        "labeler/batch.py:6: getattr(judge, '_buffer', None)",
+    ]

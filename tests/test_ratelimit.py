@@ -156,7 +156,7 @@ def test_rundir_supersedes_errors_and_repairs_duplicates(tmp_path):
 
 def test_rundir_refuses_another_judge(tmp_path):
     run = RunDir(tmp_path)
-    run.write_manifest({"judge": "openai:gpt-4o", "judge_fingerprint": "aaa"})
+    run.record_run({"judge": "openai:gpt-4o", "judge_fingerprint": "aaa"}, {"state": "finished"})
     run.check_judge("openai:gpt-4o", "aaa")
     with pytest.raises(UserError, match="holds labels from judge openai:gpt-4o"):
         run.check_judge("openai:gpt-4o-mini", "bbb")

@@ -24,6 +24,9 @@ class AnthropicBatchTransport(Transport):
     key_env = "ANTHROPIC_API_KEY"
     url_env = "ANTHROPIC_BASE_URL"
     default_limits = LIMITS
+    final_statuses = frozenset({"ended"})
+    succeeded_counts = ("succeeded",)
+    finished_counts = ("succeeded", "errored", "canceled", "expired")
 
     def _make_client(self, key: str, base_url: str | None, timeout: float) -> Any:
         import anthropic

@@ -10,11 +10,11 @@ from __future__ import annotations
 import abc
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from labeler.batch.state import FINAL_STATUSES, BatchRecord
+from labeler.batch.state import BatchRecord
 from schemas.errors import UserError
 
 
@@ -48,11 +48,23 @@ class Result:
 
 
 class Transport(abc.ABC):
-    provider: str
+    """One provider's batch API. A subclass says who it is (``provider``, the name in
+    :mod:`labeler.batch.registry`), where its key and URL come from, its limits, its price
+    discount and which of its statuses are final, and implements the calls below."""
+
+    provider: ClassVar[str]
     #: Environment variables of the key and base URL (the online judges read the same ones).
-    key_env: str
-    url_env: str
-    default_limits: Limits
+    key_env: ClassVar[str]
+    url_env: ClassVar[str]
+    default_limits: ClassVar[Limits]
+    #: Provider statuses after which a batch will not change any more.
+    final_statuses: ClassVar[frozenset[str]]
+    #: Request counts (as :meth:`poll` reports them) of requests that were answered, and of
+    #: requests that are over in any way (answered, failed, expired, canceled).
+    succeeded_counts: ClassVar[tuple[str, ...]]
+    finished_counts: ClassVar[tuple[str, ...]]
+    #: Batch price as a fraction of the online price (both providers today: half).
+    discount: ClassVar[float] = 0.5
     base_url: str | None = None
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
@@ -91,8 +103,19 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def cancel(self, batch_id: str) -> Poll: ...
 
-    def is_final(self, status: str) -> bool:
-        return status in FINAL_STATUSES[self.provider]
+    @classmethod
+    def is_final(cls, status: str) -> bool:
+        return status in cls.final_statuses
+
+    @classmethod
+    def succeeded(cls, counts: Mapping[str, int]) -> int:
+        """Requests of a batch answered so far, from its last polled counts."""
+        return sum(counts.get(k, 0) for k in cls.succeeded_counts)
+
+    @classmethod
+    def finished(cls, counts: Mapping[str, int]) -> int:
+        """Requests of a batch over so far (answered or not), from its last polled counts."""
+        return sum(counts.get(k, 0) for k in cls.finished_counts)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP client."""

@@ -30,13 +30,13 @@ from typing import Any, Protocol
 
 from labeler.batch import state
 from labeler.batch.base import Limits, Result, Transport, chunk
+from labeler.batch.registry import create_transport, provider_for, transport_class
 from labeler.batch.state import BatchRecord
 from labeler.judges.base import Item, Judge, Verdict
-from schemas.errors import UserError
 
-#: Both providers bill batch requests at half the online price.
-BATCH_DISCOUNT = 0.5
-PROVIDERS = ("openai", "anthropic")
+#: What both providers bill a batch request today, as a fraction of the online price (each
+#: transport carries its own ``discount``; this is the default of :class:`Transport`).
+BATCH_DISCOUNT = Transport.discount
 
 
 @dataclass
@@ -84,6 +84,9 @@ class Sink(Protocol):
     def cache_put(self, response: Mapping[str, Any], verdict: Verdict) -> None:
         """Remember a paid answer (never called for errors)."""
 
+    #: False when the model has no price: costs are unknown (None), never a made-up 0.
+    priced: bool
+
     def cost(self, verdict: Verdict) -> float | None:
         """Online price of a verdict's tokens in USD, None if unknown (the runner applies the
         batch discount)."""
@@ -101,44 +104,22 @@ class BatchSummary:
     cached_tokens: int = 0
 
 
-def provider_of(judge_name: str) -> str:
-    prefix = judge_name.partition(":")[0]
-    if prefix not in PROVIDERS:
-        raise UserError(f"--batch works with openai: and anthropic: judges only, not '{judge_name}' "
-                        "(no provider batch API behind it)")
-    return prefix
-
-
 def make_transport(judge: Judge, options: BatchOptions | None = None) -> Transport:
-    """The batch transport for ``judge``'s provider, at the judge's base URL."""
+    """The batch transport of ``judge``'s provider, with the judge's own key and endpoint (so
+    batch and online requests go to the same place), cut to ``options``' limits."""
     options = options or BatchOptions()
-    provider = provider_of(judge.name)
-    # The judge's own endpoint and key (from the same environment variables), so batch and
-    # online requests go to the same place.
-    base_url = getattr(judge, "base_url", None) or getattr(judge, "_base_url", None)
-    api_key = getattr(judge, "_api_key", None) or None
-    if provider == "openai":
-        from labeler.batch.openai_batch import LIMITS
-        from labeler.batch.openai_batch import OpenAIBatchTransport as cls
-    else:
-        from labeler.batch.anthropic_batch import LIMITS  # type: ignore[assignment]
-        from labeler.batch.anthropic_batch import AnthropicBatchTransport as cls
+    cls = transport_class(provider_for(judge))
+    top = cls.default_limits
     limits = Limits(
-        min(options.batch_max_requests or LIMITS.max_requests, LIMITS.max_requests),
-        min(int((options.batch_max_mb or 1e9) * 1024 * 1024), LIMITS.max_bytes),
+        min(options.batch_max_requests or top.max_requests, top.max_requests),
+        min(int((options.batch_max_mb or 1e9) * 1024 * 1024), top.max_bytes),
     )
-    return cls(api_key=api_key, base_url=base_url, limits=limits)
+    connection = {k: v for k, v in judge.batch_connection().items() if v}
+    return create_transport(cls.provider, limits=limits, **connection)
 
 
-def item_of(row: Mapping[str, Any]) -> Item:
-    return Item(
-        response_id=row["response_id"], prompt=row["prompt"], steps=list(row["steps"]),
-        gold_answer=row.get("gold_answer"), final_answer=row.get("final_answer"),
-        reference_scores=row.get("reference_scores"), meta=row.get("meta"),
-    )
-
-
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
+    """The default log of batch mode: one line on stderr."""
     print(f"stepdpo batch: {msg}", file=sys.stderr, flush=True)
 
 
@@ -151,7 +132,7 @@ def submit_and_collect(
     *,
     transport: Transport | None = None,
     after_submit: Callable[[BatchRecord], None] | None = None,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
     job: str = "",
 ) -> BatchSummary:
     """Judge ``rows`` (responses not yet done and not cached) through the provider's batch API.
@@ -195,14 +176,14 @@ def submit_and_collect(
 
         # 2. submit the rest, cut to the provider's limits
         fresh = [rid for rid in todo if rid not in covered]
-        encoded = [(rid, transport.encode(rid, judge.request_body(item_of(todo[rid])))) for rid in fresh]
+        encoded = [(rid, transport.encode(rid, judge.request_body(Item.from_row(todo[rid])))) for rid in fresh]
         for part in chunk(encoded, transport.limits):
             rec = BatchRecord(
                 key=state.new_key(transport.provider, fingerprint, [c for c, _ in part], job),
                 provider=transport.provider, judge=judge.name, fingerprint=fingerprint, job=job,
                 manifest={cid: cid for cid, _ in part}, request_bytes=sum(len(x) + 1 for _, x in part),
                 base_url=transport.base_url,
-                estimated_cost_usd=_estimate(judge, sink, [todo[c] for c, _ in part]),
+                estimated_cost_usd=_estimate(judge, sink, [todo[c] for c, _ in part], transport.discount),
             )
             state.save(run_dir, rec)  # intent first: a crash from here on is recoverable
             transport.submit(rec, [x for _, x in part], lambda r: state.save(run_dir, r))
@@ -243,14 +224,14 @@ def submit_and_collect(
     return summary
 
 
-def _estimate(judge: Judge, sink: Sink, responses: list[Mapping[str, Any]]) -> float | None:
+def _estimate(judge: Judge, sink: Sink, responses: list[Mapping[str, Any]], discount: float) -> float | None:
     """Batch-price cost of ``responses`` from the judge's own token estimate."""
     total_in = total_out = 0
     for r in responses:
-        i, o = judge.estimate_tokens(item_of(r))
+        i, o = judge.estimate_tokens(Item.from_row(r))
         total_in, total_out = total_in + i, total_out + o
     online = sink.cost(Verdict([], input_tokens=total_in, output_tokens=total_out))
-    return None if online is None else online * BATCH_DISCOUNT
+    return None if online is None else online * discount
 
 
 def _ingest(
@@ -281,15 +262,15 @@ def _ingest(
                                       kind="errored")
         verdict, error, cost = None, res.error, None
         if res.body is not None:
+            item = Item.from_row(response)
             try:
-                verdict = judge.parse_body(item_of(response), res.body)  # type: ignore[attr-defined]
+                verdict = judge.parse_body(item, res.body)  # type: ignore[attr-defined]
             except Exception as exc:  # an unusable answer is this row's error, not the batch's
                 error = f"batch answer unusable: {exc}"
             if verdict is not None:
-                if verdict.error is None and len(verdict.scores) != len(response["steps"]):
-                    verdict.error = f"judge gave {len(verdict.scores)} score(s) for {len(response['steps'])} step(s)"
+                verdict.checked(item)
                 online = sink.cost(verdict)
-                cost = None if online is None else online * BATCH_DISCOUNT
+                cost = None if online is None else online * transport.discount
                 tokens[0] += verdict.input_tokens
                 tokens[1] += verdict.output_tokens
                 tokens[2] += verdict.cached_tokens
@@ -313,7 +294,7 @@ def _ingest(
     summary.input_tokens += tokens[0]
     summary.output_tokens += tokens[1]
     summary.cached_tokens += tokens[2]
-    priced = getattr(sink, "price", True) is not None  # no price for the model: the cost is unknown
+    priced = sink.priced  # no price for the model: the cost is unknown
     log(f"{rec.provider} batch {rec.batch_id} {rec.status}: "
         + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         + (f", ${cost_total:.4f} at batch price" if priced else ", cost unknown (no price for this model)"))

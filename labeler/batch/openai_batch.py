@@ -25,6 +25,9 @@ class OpenAIBatchTransport(Transport):
     key_env = "OPENAI_API_KEY"
     url_env = "OPENAI_BASE_URL"
     default_limits = LIMITS
+    final_statuses = frozenset({"completed", "expired", "cancelled", "failed"})
+    succeeded_counts = ("completed",)
+    finished_counts = ("completed", "failed")
 
     def _make_client(self, key: str, base_url: str | None, timeout: float) -> Any:
         import openai

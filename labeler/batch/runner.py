@@ -19,16 +19,16 @@ from labeler.batch.collect import (
     BatchOptions,
     BatchSummary,
     Sink,
-    _say,
     make_transport,
-    provider_of,
+    say,
     submit_and_collect,
 )
+from labeler.batch.registry import provider_for, transport_class
 from labeler.batch.state import BatchRecord
 from labeler.judges.base import Judge
 
 __all__ = ["BATCH_DISCOUNT", "BatchOptions", "BatchSummary", "Sink", "batch_costs", "batch_error_ids",
-           "make_transport", "provider_of", "run_batch_label", "submit_and_collect"]
+           "make_transport", "provider_for", "run_batch_label", "submit_and_collect"]
 
 
 def batch_error_ids(run_dir: Any) -> set[str]:
@@ -41,12 +41,13 @@ def batch_error_ids(run_dir: Any) -> set[str]:
             if (err or "").startswith("batch ")}
 
 
-def batch_costs(estimate: Mapping[str, Any]) -> dict[str, Any]:
-    """``--dry-run`` side by side: the online estimate and the same job at batch price."""
+def batch_costs(estimate: Mapping[str, Any], discount: float = BATCH_DISCOUNT) -> dict[str, Any]:
+    """``--dry-run`` side by side: the online estimate and the same job at batch price
+    (``discount``: the provider transport's, as a fraction of the online price)."""
     online = estimate.get("cost_usd")
     return {"online_cost_usd": online,
-            "batch_cost_usd": None if online is None else round(online * BATCH_DISCOUNT, 4),
-            "batch_discount": BATCH_DISCOUNT}
+            "batch_cost_usd": None if online is None else round(online * discount, 4),
+            "batch_discount": discount}
 
 
 def run_batch_label(
@@ -61,7 +62,7 @@ def run_batch_label(
     manifest: Mapping[str, Any] | None = None,
     transport: Transport | None = None,
     after_submit: Callable[[BatchRecord], None] | None = None,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> dict[str, Any]:
     """Label ``rows`` (responses dicts, as :func:`labeler.engine.runner.load_rows` gives) into the
     :class:`labeler.engine.rundir.RunDir` ``run_dir`` through the provider's batch API; returns the
@@ -75,17 +76,17 @@ def run_batch_label(
     import datetime as dt
 
     from labeler.batch.sink import RunSink
-    from labeler.engine.pricing import price_for
-    from labeler.engine.runner import RUN_SCHEMA, Engine, EngineConfig, summarize
+    from labeler.engine.runner import Engine, EngineConfig, price_of, run_header
 
     options = options or BatchOptions()
-    provider_of(judge.name)
+    provider = provider_for(judge)
+    discount = transport.discount if transport is not None else transport_class(provider).discount
     config = engine_config or EngineConfig()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat()
     engine = Engine(judge, run_dir, config, cache, dict(prices or {}))
-    price = price_for(judge.price_model, dict(prices or {}))
+    price = price_of(judge, dict(prices or {}))
     todo = engine.plan(rows)  # repairs the folder, skips done rows, answers cached ones
-    engine._flush()  # the cached answers' rows, before anything else can go wrong
+    engine.flush()  # the cached answers' rows, before anything else can go wrong
     hits, skipped = engine.stats.cache_hits, engine.stats.skipped
 
     online: list[dict[str, Any]] = []
@@ -100,10 +101,10 @@ def run_batch_label(
     info = {
         **dict(manifest or {}),
         "mode": "batch",
-        "batch_provider": provider_of(judge.name),
-        "batch_discount": BATCH_DISCOUNT,
+        "batch_provider": provider,
+        "batch_discount": discount,
         "batch_price_per_mtok": None if price is None else
-        {k: v * BATCH_DISCOUNT for k, v in vars(price).items()},
+        {k: v * discount for k, v in vars(price).items()},
         "batch_retry": options.batch_retry,
     }
     if online:
@@ -122,7 +123,6 @@ def run_batch_label(
     summary = submit_and_collect(judge, todo, str(run_dir.path), sink, options, transport=transport,
                                  after_submit=after_submit, log=log, job=run_dir.tag)
     run_dir.compact()
-    previous = run_dir.read_manifest() or {}
     records = [r for r in state.load_all(run_dir.path)
                if r.fingerprint == judge.fingerprint() and r.job == run_dir.tag]
     run_state = "pending" if summary.pending else "finished"
@@ -136,19 +136,10 @@ def run_batch_label(
         "cached_tokens": summary.cached_tokens, "cost_usd": round(summary.cost_usd, 6) if price is not None else None,
         "shards_written": engine.shards_written + sink.shards,
     }
-    out = {
-        "schema": RUN_SCHEMA,
-        **info,
-        "judge": judge.name,
-        "judge_fingerprint": judge.fingerprint(),
-        "judge_parts": judge.fingerprint_parts(),
-        "price_per_mtok": None if price is None else vars(price),
-        "state": run_state,
-        "totals": summarize(run_dir),
+    header = {
+        **run_header(judge, price, info),
         "batches": [{"key": r.key, "batch_id": r.batch_id, "phase": r.phase, "status": r.status,
                      "requests": r.n_requests, "rows": r.rows, "cost_usd": round(r.cost_usd, 6)}
                     for r in records],
-        "runs": list(previous.get("runs", [])) + [this_run],
     }
-    run_dir.write_manifest(out)
-    return out
+    return run_dir.record_run(header, this_run)

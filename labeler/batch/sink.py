@@ -14,12 +14,12 @@ from typing import Any
 from labeler.engine.cache import JudgeCache, cache_key
 from labeler.engine.pricing import Price
 from labeler.engine.rundir import RunDir
-from labeler.engine.runner import build_row, item_of, verdict_cost
-from labeler.judges.base import Judge, Verdict
+from labeler.engine.runner import build_row, verdict_cost
+from labeler.judges.base import Item, Judge, Verdict
 
 
 class RunSink:
-    """Implements :class:`labeler.batch.runner.Sink` on a run folder and a judge cache."""
+    """Implements :class:`labeler.batch.collect.Sink` on a run folder and a judge cache."""
 
     def __init__(self, run: RunDir, judge: Judge, cache: JudgeCache | None, price: Price | None) -> None:
         self.run = run
@@ -28,6 +28,10 @@ class RunSink:
         self.cache = cache
         self.price = price
         self.shards: list[str] = []
+
+    @property
+    def priced(self) -> bool:
+        return self.price is not None
 
     def row(self, response: Mapping[str, Any], verdict: Verdict | None, error: str | None,
             cost_usd: float | None, latency_s: float) -> dict[str, Any]:
@@ -41,7 +45,7 @@ class RunSink:
 
     def cache_put(self, response: Mapping[str, Any], verdict: Verdict) -> None:
         if self.cache is not None:
-            inputs = self.judge.cache_inputs(item_of(dict(response)))
+            inputs = self.judge.cache_inputs(Item.from_row(response))
             self.cache.put(cache_key(self.fingerprint, response["prompt"], list(response["steps"]), inputs), verdict)
 
     def cost(self, verdict: Verdict) -> float | None:

@@ -30,11 +30,6 @@ from schemas.ids import sha256_hex
 
 STATE_DIR = "batches"
 PHASES = ("intent", "uploaded", "submitted", "ended", "ingested")
-#: Provider statuses after which a batch will not change any more.
-FINAL_STATUSES = {
-    "openai": {"completed", "expired", "cancelled", "failed"},
-    "anthropic": {"ended"},
-}
 
 
 @dataclass
@@ -42,7 +37,7 @@ class BatchRecord:
     """What we know about one provider batch of this run."""
 
     key: str  # local id, unique in the run folder; also the file name
-    provider: str  # openai | anthropic
+    provider: str  # a name in labeler.batch.registry.TRANSPORTS
     judge: str
     fingerprint: str
     manifest: dict[str, str]  # custom_id -> response_id

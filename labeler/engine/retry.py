@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from labeler.judges.base import RetryableError
+from labeler.errors import RetryableError
 
 T = TypeVar("T")
 

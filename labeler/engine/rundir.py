@@ -12,6 +12,10 @@ labeled again, and its new row supersedes the old: :meth:`RunDir.compact` rewrit
 each response appears exactly once (the first ok row is final; otherwise the latest error row
 stands). Compaction runs at the start of a run (repairing whatever a crash left) and at
 its end, so the folder always converges to one row per response.
+
+Manifest: :meth:`RunDir.record_run` is the one writer of ``run.json``, for online and batch
+runs alike: the job's header, every run so far, and totals recounted from the shards, written
+last and atomically.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,8 @@ from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
 from schemas.tables import STEP_SCORES, from_rows, kind_of_schema, validate, write_table
 
+#: ``schema`` of run.json; a new field is fine, a changed meaning needs a new version.
+RUN_SCHEMA = "stepdpo.run/1"
 _ANY_PART = re.compile(r"^part-(?:k\d+-of-\d+-)?\d{5,}\.parquet$")
 _ANY_MANIFEST = re.compile(r"^run(?:-k\d+-of-\d+)?\.json$")
 
@@ -186,8 +192,44 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise UserError(f"{self.manifest_path}: not valid JSON ({exc})") from exc
 
-    def write_manifest(self, data: dict[str, Any]) -> None:
-        atomic_write_json(self.manifest_path, data, default=str)
+    def totals(self) -> dict[str, Any]:
+        """Counts, tokens and cost over every row of this job now in the folder."""
+        parts = self.parts()
+        totals: dict[str, Any] = {"rows": 0, "ok": 0, "error": 0, "input_tokens": 0, "output_tokens": 0,
+                                  "cached_tokens": 0, "cost_usd": 0.0, "shards": len(parts)}
+        unknown = False
+        for part in parts:
+            t = self._read_columns(part, ["status", "input_tokens", "output_tokens", "cached_tokens", "cost_usd"])
+            totals["rows"] += t.num_rows
+            totals["ok"] += pc.sum(pc.equal(t.column("status"), "ok")).as_py() or 0
+            for col in ("input_tokens", "output_tokens", "cached_tokens"):
+                totals[col] += pc.sum(t.column(col)).as_py() or 0
+            totals["cost_usd"] += pc.sum(t.column("cost_usd")).as_py() or 0.0
+            tokens = pc.add(t.column("input_tokens").fill_null(0), t.column("output_tokens").fill_null(0))
+            unknown = unknown or pc.any(pc.and_(pc.is_null(t.column("cost_usd")), pc.greater(tokens, 0))).as_py()
+        totals["error"] = totals["rows"] - totals["ok"]
+        # Tokens of a model with no known price: the cost is unknown (None), never a made-up 0.
+        totals["cost_usd"] = None if unknown else round(totals["cost_usd"], 6)
+        return totals
+
+    def record_run(self, header: Mapping[str, Any], this_run: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``run.json``: ``header`` (input, config, judge, price, mode, batches…), the runs
+        before this one plus ``this_run`` (its ``state`` becomes the job's), and the totals of
+        the shards now in the folder. Returns what it wrote.
+
+        The one writer of the manifest. A run that records itself more than once (the same
+        ``started_at``) replaces its own entry instead of adding another.
+        """
+        previous = self.read_manifest() or {}
+        runs = [r for r in previous.get("runs", []) if isinstance(r, dict)]
+        if runs and this_run.get("started_at") is not None and runs[-1].get("started_at") == this_run["started_at"]:
+            runs[-1] = dict(this_run)
+        else:
+            runs.append(dict(this_run))
+        out = {"schema": RUN_SCHEMA, **header, "state": this_run.get("state"), "totals": self.totals(),
+               "runs": runs}
+        atomic_write_json(self.manifest_path, out, default=str)
+        return out
 
     def _all_manifests(self) -> list[dict[str, Any]]:
         """This job's manifest and those of every other job sharing the folder."""

@@ -10,14 +10,19 @@ shard, and those come back from the cache for free on the rerun.
 
 Reusing the pieces (the provider-batch mode does):
 
-* input:   ``load_rows(path, limit, num_shards, shard_index)`` → response dicts
+* input:   ``load_rows(path, limit, num_shards, shard_index)`` → response dicts;
+           ``Item.from_row(row)`` → what a judge is given
+* plan:    ``Engine.plan(rows)`` repairs the folder, skips done rows and answers cached ones;
+           ``Engine.flush()`` writes the rows made so far as a shard
 * resume:  ``RunDir(out).done_ids()``; ``RunDir.write_shard(rows)``; ``RunDir.compact()``;
-           ``RunDir.write_manifest(d)`` / ``summarize(run_dir)`` for the counts
+           ``RunDir.record_run(run_header(judge, price, info), this_run)``: the one writer of
+           ``run.json`` (counts recomputed from the shards)
 * cache:   ``JudgeCache(dir)``, ``cache_key(judge.fingerprint(), prompt, steps)``, ``get``/``put``
 * rows:    ``build_row(row, judge, verdict=..., attempts=..., cost=..., latency=...)`` for an
            answer, ``build_row(row, judge, error="...", attempts=...)`` for a failure;
-           ``verdict_cost(verdict, price)`` with ``price_for(judge.price_model, load_prices())``
-* judges:  API judges expose ``request_body(item)`` and ``parse_body(item, body, headers)``.
+           ``verdict_cost(verdict, price)`` with ``price_of(judge, load_prices())``
+* judges:  API judges expose ``request_body(item)`` and ``parse_body(item, body, headers)``;
+           ``verdict.checked(item)`` holds an answer to one score per step.
 """
 
 from __future__ import annotations
@@ -30,20 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from labeler.engine.cache import JudgeCache, cache_key
 from labeler.engine.pricing import Price, price_for
 from labeler.engine.progress import Progress, Stats
 from labeler.engine.ratelimit import RateLimiter
 from labeler.engine.retry import RetryPolicy, call_with_retries
-from labeler.engine.rundir import RunDir
-from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.engine.rundir import RUN_SCHEMA, RunDir
+from labeler.errors import FatalError, RetryableError
+from labeler.judges.base import Item, Judge, Verdict
 from schemas.ids import shard_of
 from schemas.tables import RESPONSES, read_table
 
-RUN_SCHEMA = "stepdpo.run/1"
+__all__ = ["FREE", "RUN_SCHEMA", "Engine", "EngineConfig", "build_row", "estimate", "load_rows", "price_of",
+           "run_header", "verdict_cost"]
 
 
 @dataclass
@@ -78,14 +82,6 @@ def load_rows(path: str | Path, limit: int | None = None, num_shards: int = 1,
         seen.add(rid)
         out.append(row)
     return out
-
-
-def item_of(row: dict[str, Any]) -> Item:
-    return Item(
-        response_id=row["response_id"], prompt=row["prompt"], steps=list(row["steps"]),
-        gold_answer=row.get("gold_answer"), final_answer=row.get("final_answer"),
-        reference_scores=row.get("reference_scores"), meta=row.get("meta"),
-    )
 
 
 FREE = Price(0.0, 0.0, 0.0)
@@ -128,25 +124,16 @@ def build_row(row: dict[str, Any], judge: Judge, *, verdict: Verdict | None = No
     return out
 
 
-def summarize(run_dir: RunDir) -> dict[str, Any]:
-    """Counts, tokens and cost over every row now in the folder."""
-    parts = run_dir.parts()
-    totals = {"rows": 0, "ok": 0, "error": 0, "input_tokens": 0, "output_tokens": 0,
-              "cached_tokens": 0, "cost_usd": 0.0, "shards": len(parts)}
-    unknown = False
-    for part in parts:
-        t = pq.read_table(part, columns=["status", "input_tokens", "output_tokens", "cached_tokens", "cost_usd"])
-        totals["rows"] += t.num_rows
-        totals["ok"] += pc.sum(pc.equal(t.column("status"), "ok")).as_py() or 0
-        for col in ("input_tokens", "output_tokens", "cached_tokens"):
-            totals[col] += pc.sum(t.column(col)).as_py() or 0
-        totals["cost_usd"] += pc.sum(t.column("cost_usd")).as_py() or 0.0
-        tokens = pc.add(t.column("input_tokens").fill_null(0), t.column("output_tokens").fill_null(0))
-        unknown = unknown or pc.any(pc.and_(pc.is_null(t.column("cost_usd")), pc.greater(tokens, 0))).as_py()
-    totals["error"] = totals["rows"] - totals["ok"]
-    # Tokens of a model with no known price: the cost is unknown (None), never a made-up 0.
-    totals["cost_usd"] = None if unknown else round(totals["cost_usd"], 6)
-    return totals
+def run_header(judge: Judge, price: Price | None, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``run.json`` says about a job besides its runs and totals: the caller's ``info``
+    (input, config, mode), the judge, its fingerprint and the price per million tokens."""
+    return {
+        **dict(info or {}),
+        "judge": judge.name,
+        "judge_fingerprint": judge.fingerprint(),
+        "judge_parts": judge.fingerprint_parts(),
+        "price_per_mtok": None if price is None else vars(price),
+    }
 
 
 def _error_text(exc: BaseException) -> str:
@@ -182,9 +169,10 @@ class Engine:
         else:
             s.error += 1
         if len(self._buffer) >= self.config.shard_size:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the rows made so far (labeled or answered from the cache) as one shard."""
         if self._buffer:
             rows, self._buffer = self._buffer, []
             path = self.run_dir.write_shard(rows)
@@ -193,7 +181,7 @@ class Engine:
 
     # one batch ----------------------------------------------------------------------------
     async def _label(self, batch: list[dict[str, Any]]) -> None:
-        items = [item_of(r) for r in batch]
+        items = [Item.from_row(r) for r in batch]
         estimate = sum(sum(self.judge.estimate_tokens(i)) for i in items)
         stats, limiter = self.stats, self.limiter
         start = time.monotonic()
@@ -207,7 +195,7 @@ class Engine:
                 limiter.update(exc.headers)
                 if exc.retry_after:  # held to --max-backoff, like the retry's own wait
                     limiter.pause(min(exc.retry_after, self.config.retry.max_wait))
-                usage = getattr(exc, "usage", None)
+                usage = exc.usage
                 if usage:  # a malformed answer still cost its tokens: count them as spent
                     stats.input_tokens += usage["input_tokens"]
                     stats.output_tokens += usage["output_tokens"]
@@ -235,7 +223,7 @@ class Engine:
             for row in batch:
                 self._emit(build_row(row, self.judge, error=f"{kind}: {_error_text(exc)}", attempts=attempts,
                                      latency=time.monotonic() - start))
-            if getattr(exc, "abort", False) and self._abort is None:
+            if isinstance(exc, FatalError) and exc.abort and self._abort is None:
                 self._abort = exc
             return
         if len(verdicts) != len(batch):
@@ -256,8 +244,7 @@ class Engine:
         stats.output_tokens += v.output_tokens
         stats.cached_tokens += v.cached_tokens
         stats.cost_usd += cost or 0.0
-        if v.error is None and len(v.scores) != len(item.steps):
-            v.error = f"judge gave {len(v.scores)} score(s) for {len(item.steps)} step(s)"
+        v.checked(item)
         if v.error is None and self.cache is not None:
             self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps,
                                      self.judge.cache_inputs(item)), v)
@@ -304,9 +291,9 @@ class Engine:
             return todo
         misses = []
         for row in todo:
-            hit = self.cache.get(cache_key(self.fingerprint, row["prompt"], row["steps"],
-                                           self.judge.cache_inputs(item_of(row))))
-            if hit is not None and len(hit.scores) == len(row["steps"]):
+            item = Item.from_row(row)
+            hit = self.cache.get(cache_key(self.fingerprint, item.prompt, item.steps, self.judge.cache_inputs(item)))
+            if hit is not None and hit.mismatch(item) is None:
                 self.stats.cache_hits += 1
                 self._emit(build_row(row, self.judge, verdict=hit, attempts=0,
                                      cost=verdict_cost(hit, self.price), latency=0.0))
@@ -319,9 +306,7 @@ class Engine:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat()
         # Before anything is written: a refused run must not stamp its judge on the folder.
         self.run_dir.check_judge(self.judge.name, self.fingerprint)
-        info = dict(manifest or {})
-        previous = self.run_dir.read_manifest() or {}
-        runs = list(previous.get("runs", []))
+        self.run_dir.read_manifest()  # a corrupt run.json is refused before any work, not after
         state = "interrupted"
         self.stats = Stats(cost_known=self.price is not None)
         try:
@@ -330,25 +315,14 @@ class Engine:
                 await self.label_rows(todo)
             state = "aborted" if self._abort is not None else "finished"
         finally:
-            self._flush()
+            self.flush()
             self.run_dir.compact()
             this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                         "state": state, "shards_written": self.shards_written, **self.stats.as_dict(),
                         # The limits in force at the end: --rpm/--tpm, tightened from rate-limit headers.
                         "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm,
                                    "waited_s": round(self.limiter.waited_s, 3)}}
-            out = {
-                "schema": RUN_SCHEMA,
-                **info,
-                "judge": self.judge.name,
-                "judge_fingerprint": self.fingerprint,
-                "judge_parts": self.judge.fingerprint_parts(),
-                "price_per_mtok": None if self.price is None else vars(self.price),
-                "state": state,
-                "totals": summarize(self.run_dir),
-                "runs": runs + [this_run],
-            }
-            self.run_dir.write_manifest(out)
+            out = self.run_dir.record_run(run_header(self.judge, self.price, manifest), this_run)
         if self._abort is not None:
             from schemas.errors import UserError
 
@@ -366,7 +340,7 @@ def estimate(rows: Sequence[dict[str, Any]], judge: Judge, price: Price | None) 
     inp = out = 0
     steps = 0
     for row in rows:
-        i, o = judge.estimate_tokens(item_of(row))
+        i, o = judge.estimate_tokens(Item.from_row(row))
         inp, out, steps = inp + i, out + o, steps + len(row["steps"])
     cost = None if price is None else price.cost(inp, 0, out)
     return {"rows": len(rows), "steps": steps, "requests": -(-len(rows) // max(1, judge.batch_size)),

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeler.inspection.stats import Exploded, _num, explode, first_errors
+from labeler.inspection.stats import Exploded, explode, first_errors, json_number
 
 CALIBRATION_BINS = 10
 
@@ -107,9 +107,9 @@ def calibration(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dic
         ece += count[i] * abs(ms - ml)
         bins.append({
             "lo": i / CALIBRATION_BINS, "hi": (i + 1) / CALIBRATION_BINS, "count": int(count[i]),
-            "mean_score": _num(ms), "mean_reference": _num(ml), "frac_correct": _num(c_sum[i] / count[i]),
+            "mean_score": json_number(ms), "mean_reference": json_number(ml), "frac_correct": json_number(c_sum[i] / count[i]),
         })
-    return {"bins": bins, "ece": _num(ece / max(len(scores), 1))}
+    return {"bins": bins, "ece": json_number(ece / max(len(scores), 1))}
 
 
 def _aligned_steps(s: Exploded, r: Exploded) -> tuple[np.ndarray, np.ndarray]:
@@ -136,14 +136,14 @@ def versus_reference(table: pa.Table, threshold: float = 0.5) -> dict[str, Any] 
         **counts,
         "threshold": threshold,
         "steps": int(len(sv)),
-        "step_accuracy": _num(float((pred_ok == ref_ok).mean())) if len(sv) else None,
-        "step_auc": _num(roc_auc(sv, ref_ok)),
+        "step_accuracy": json_number(float((pred_ok == ref_ok).mean())) if len(sv) else None,
+        "step_auc": json_number(roc_auc(sv, ref_ok)),
         "processbench": {
             "erroneous": int(erroneous.sum()),
             "correct": int((~erroneous).sum()),
-            "error_accuracy": _num(acc_err),
-            "correct_accuracy": _num(acc_cor),
-            "f1": _num(harmonic(acc_err, acc_cor)),
+            "error_accuracy": json_number(acc_err),
+            "correct_accuracy": json_number(acc_cor),
+            "f1": json_number(harmonic(acc_err, acc_cor)),
         },
         # Both histograms over the same compared rows, so they can be plotted side by side.
         "first_error_reference": {"none": int((~erroneous).sum()),
@@ -224,15 +224,15 @@ def compare(a: pa.Table, b: pa.Table, threshold: float = 0.5, top: int = 10) -> 
         "length_mismatch": int((~same_len).sum()),
         "steps_compared": int(len(va)),
         "threshold": threshold,
-        "step_agreement": _num(float((~disagree).mean())) if len(va) else None,
-        "pearson": _num(pearson(va, vb)),
-        "spearman": _num(spearman(va, vb)),
-        "mean_abs_diff": _num(float(diff.mean())) if len(va) else None,
-        "first_error_agreement": _num(float((fa == fb).mean())) if n else None,
+        "step_agreement": json_number(float((~disagree).mean())) if len(va) else None,
+        "pearson": json_number(pearson(va, vb)),
+        "spearman": json_number(spearman(va, vb)),
+        "mean_abs_diff": json_number(float(diff.mean())) if len(va) else None,
+        "first_error_agreement": json_number(float((fa == fb).mean())) if n else None,
         "responses_disagreeing": int(differs.sum()),
         "disagreements": [
             {"response_id": ids[i], "first_error_a": int(fa[i]), "first_error_b": int(fb[i]),
-             "steps_disagreeing": int(n_dis[i]), "max_abs_diff": _num(max_diff[i])}
+             "steps_disagreeing": int(n_dis[i]), "max_abs_diff": json_number(max_diff[i])}
             for i in picked
         ],
     }

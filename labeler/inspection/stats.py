@@ -172,7 +172,7 @@ def first_errors(ex: Exploded, threshold: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _num(x: Any) -> Any:
+def json_number(x: Any) -> Any:
     """numpy scalar → JSON-friendly Python number (NaN → None)."""
     if x is None:
         return None
@@ -192,8 +192,8 @@ def describe(values: np.ndarray) -> dict[str, Any]:
         return {"count": 0}
     p10, p50, p90 = np.percentile(v, [10, 50, 90])
     return {
-        "count": int(len(v)), "mean": _num(v.mean()), "min": _num(v.min()), "p10": _num(p10),
-        "p50": _num(p50), "p90": _num(p90), "max": _num(v.max()),
+        "count": int(len(v)), "mean": json_number(v.mean()), "min": json_number(v.min()), "p10": json_number(p10),
+        "p50": json_number(p50), "p90": json_number(p90), "max": json_number(v.max()),
     }
 
 
@@ -229,7 +229,7 @@ def by_position(ex: Exploded, threshold: float) -> list[dict[str, Any]]:
         d.pop("min", None)
         d.pop("max", None)
         label = f"{MAX_POSITION}+" if p == MAX_POSITION else str(int(p))
-        out.append({"position": label, **d, "below_threshold": _num(float((v < threshold).mean()))})
+        out.append({"position": label, **d, "below_threshold": json_number(float((v < threshold).mean()))})
     return out
 
 
@@ -243,7 +243,7 @@ def step_counts(lengths: np.ndarray) -> dict[str, Any]:
 
 
 def _sum(table: pa.Table, name: str) -> Any:
-    return _num(pc.sum(table.column(name)).as_py() or 0)
+    return json_number(pc.sum(table.column(name)).as_py() or 0)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -332,12 +332,12 @@ def _judges(t: pa.Table) -> list[dict[str, Any]]:
             "output_tokens": g["output_tokens_sum"],
             "cached_tokens": g["cached_tokens_sum"],
             # Rows that used tokens of a model with no known price: the cost is unknown, not 0.
-            "cost_usd": None if g["unpriced_sum"] else _num(g["cost_usd_sum"]),
-            "cost_per_1k_steps": _num(1000.0 * g["cost_usd_sum"] / n_steps)
+            "cost_usd": None if g["unpriced_sum"] else json_number(g["cost_usd_sum"]),
+            "cost_per_1k_steps": json_number(1000.0 * g["cost_usd_sum"] / n_steps)
             if n_steps and not g["unpriced_sum"] else None,
-            "tokens_per_step": _num((g["input_tokens_sum"] + g["output_tokens_sum"]) / n_steps)
+            "tokens_per_step": json_number((g["input_tokens_sum"] + g["output_tokens_sum"]) / n_steps)
             if n_steps else None,
-            "mean_latency_s": _num(g["latency_s_mean"]),
+            "mean_latency_s": json_number(g["latency_s_mean"]),
         })
     return out
 
@@ -360,7 +360,7 @@ def summarize_step_scores(loaded: Loaded, threshold: float) -> dict[str, Any]:
     out["scores"] = {
         "count": int((~np.isnan(ex.values)).sum()),
         "null": int(np.isnan(ex.values).sum()),
-        "mean": _num(np.nanmean(ex.values)) if (~np.isnan(ex.values)).any() else None,
+        "mean": json_number(np.nanmean(ex.values)) if (~np.isnan(ex.values)).any() else None,
         "histogram": score_histogram(ex.values),
         "by_position": by_position(ex, threshold),
     }

@@ -35,6 +35,7 @@ ANTHROPIC_VERSION_NOTE = "messages/tool_use"
 
 class AnthropicJudge(HttpJudge):
     sdk = "anthropic"
+    batch_provider = "anthropic"  # Message Batches: labeler/batch/anthropic_batch.py
 
     def __init__(self, model: str, config: JudgeConfig, *, api_key: str, base_url: str | None) -> None:
         if not model:

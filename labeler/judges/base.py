@@ -4,7 +4,7 @@ A judge takes a batch of responses and returns per-step scores in [0, 1] plus to
 It does no retrying, caching, rate limiting or cost accounting: the engine does those once for
 all judges. A judge only *classifies* its failures: RetryableError (429, 5xx, timeouts,
 connection resets, a malformed answer worth asking again) or FatalError (bad request, auth,
-unknown model), and the engine acts on the class.
+unknown model), and the engine acts on the class (both classes live in :mod:`labeler.errors`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from labeler.errors import FatalError, JudgeError, RetryableError
 from schemas.ids import sha256_hex
+
+# The failure classes live in labeler.errors (below judges and engine alike); judges raise them.
+__all__ = ["FatalError", "Item", "Judge", "JudgeError", "RetryableError", "Verdict"]
 
 
 @dataclass
@@ -28,6 +32,16 @@ class Item:
     final_answer: str | None = None
     reference_scores: list[float | None] | None = None
     meta: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Item:
+        """The item of a ``responses`` (or ``step_scores``) row: the one place a row becomes an
+        item, for the online engine, batch mode and ``--dry-run`` alike."""
+        return cls(
+            response_id=row["response_id"], prompt=row["prompt"], steps=list(row["steps"]),
+            gold_answer=row.get("gold_answer"), final_answer=row.get("final_answer"),
+            reference_scores=row.get("reference_scores"), meta=row.get("meta"),
+        )
 
 
 @dataclass
@@ -48,31 +62,21 @@ class Verdict:
     # Provider rate-limit headers of the response, for the engine's limiter (lower-cased keys).
     headers: Mapping[str, str] | None = None
 
+    def mismatch(self, item: Item) -> str | None:
+        """Why these scores cannot be ``item``'s (one score per step is the contract), or None.
 
-class JudgeError(Exception):
-    """Base of the two classes of judge failure."""
+        The one place the score count is checked: a fresh answer that fails it becomes an error
+        row (:meth:`checked`), a cached one a cache miss."""
+        if len(self.scores) != len(item.steps):
+            return f"judge gave {len(self.scores)} score(s) for {len(item.steps)} step(s)"
+        return None
 
-    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.headers = headers
-
-
-class RetryableError(JudgeError):
-    """Worth trying again later: rate limits, server errors, timeouts, malformed output."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, headers=headers)
-        self.retry_after = retry_after
-
-
-class FatalError(JudgeError):
-    """Trying again cannot help: bad request, authentication, unknown model."""
+    def checked(self, item: Item) -> Verdict:
+        """This verdict, with ``error`` set when its scores do not fit ``item`` (and no error was
+        set before)."""
+        if self.error is None:
+            self.error = self.mismatch(item)
+        return self
 
 
 class Judge(abc.ABC):
@@ -84,6 +88,10 @@ class Judge(abc.ABC):
     batch_size: int = 1
     #: The model whose price applies (None for free judges).
     price_model: str | None = None
+    #: Name of the provider batch transport (:mod:`labeler.batch.registry`) that can send this
+    #: judge's requests at batch price; None: online only. A judge that sets it also provides
+    #: ``request_body(item)`` / ``parse_body(item, body)``, its wire format.
+    batch_provider: str | None = None
 
     @abc.abstractmethod
     def fingerprint_parts(self) -> dict[str, Any]:
@@ -109,6 +117,11 @@ class Judge(abc.ABC):
         """Rough (input, output) tokens of judging ``item``, for ``--dry-run`` and the limiter."""
         text = item.prompt + "".join(item.steps)
         return len(text) // 4 + 1, 16 * len(item.steps)
+
+    def batch_connection(self) -> dict[str, Any]:
+        """Keyword arguments for this judge's batch transport (``api_key``, ``base_url``), so
+        batch and online requests go to the same place as the same account. Never logged."""
+        return {}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most judges hold nothing
         """Release clients and models."""

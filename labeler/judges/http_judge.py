@@ -47,9 +47,7 @@ async def body_text(raw: Any) -> str:
 
 def malformed_answer(message: str, headers: Mapping[str, str] | None, tokens: dict[str, int]) -> RetryableError:
     """A bad answer is retried, but its tokens were billed: ``usage`` lets the engine count them."""
-    exc = RetryableError(message, headers=headers)
-    exc.usage = tokens  # type: ignore[attr-defined]
-    return exc
+    return RetryableError(message, headers=headers, usage=tokens)
 
 
 def lower_headers(headers: Any) -> dict[str, str]:
@@ -75,6 +73,9 @@ class HttpJudge(Judge):
             raise UserError(
                 f"judge '{self.sdk}' needs the {self.sdk} package: pip install 'stepwise-dpo[api]'"
             ) from exc
+
+    def batch_connection(self) -> dict[str, Any]:
+        return {"api_key": self._api_key, "base_url": self._base_url}
 
     def cache_inputs(self, item: Item) -> dict[str, Any] | None:
         # A template that shows the gold answer asks a different question per gold answer.
@@ -111,9 +112,7 @@ class HttpJudge(Judge):
             text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
             if code in RETRYABLE_STATUS or code >= 500:
                 return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-            fatal = FatalError(text, headers=headers)
-            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
-            return fatal
+            return FatalError(text, headers=headers, abort=code in ABORT_STATUS)
         if isinstance(exc, sdk.APIResponseValidationError):
             return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
         return exc

@@ -84,7 +84,8 @@ class OpenAIJudge(HttpJudge):
     sdk = "openai"
 
     def __init__(self, model: str, config: JudgeConfig, *, name: str, api_key: str,
-                 base_url: str | None, price_model: str | None, token_field: str = "max_completion_tokens") -> None:
+                 base_url: str | None, price_model: str | None, token_field: str = "max_completion_tokens",
+                 batch_provider: str | None = None) -> None:
         if not model:
             raise UserError(f"judge '{name}' needs a model name, e.g. openai:gpt-4o-mini")
         super().__init__(config, api_key=api_key, base_url=base_url)
@@ -93,6 +94,7 @@ class OpenAIJudge(HttpJudge):
         self.template = load_template(config.template)
         self.price_model = price_model
         self.token_field = token_field
+        self.batch_provider = batch_provider  # OpenAI's own API has a Batch API; other servers do not
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
@@ -191,7 +193,7 @@ def make_openai(model: str, config: JudgeConfig) -> OpenAIJudge:
     name = f"openai:{model}"
     key = _key("OPENAI_API_KEY", name)
     return OpenAIJudge(model, config, name=name, api_key=key or "", base_url=os.environ.get("OPENAI_BASE_URL"),
-                       price_model=model)
+                       price_model=model, batch_provider="openai")
 
 
 def make_openai_compatible(spec: str, config: JudgeConfig) -> OpenAIJudge:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labeler.batch import state
+from labeler.batch.registry import create_transport, transport_class
 from labeler.batch.state import BatchRecord
 from schemas.errors import UserError
 
@@ -36,18 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _transport(rec: BatchRecord, cache: dict[tuple[str, str | None], Any]) -> Any:
+    """One connected transport per (provider, endpoint) the run's batches went to."""
     key = (rec.provider, rec.base_url)
     if key not in cache:
-        if rec.provider == "openai":
-            from labeler.batch.openai_batch import OpenAIBatchTransport
-
-            cache[key] = OpenAIBatchTransport(base_url=rec.base_url)
-        elif rec.provider == "anthropic":
-            from labeler.batch.anthropic_batch import AnthropicBatchTransport
-
-            cache[key] = AnthropicBatchTransport(base_url=rec.base_url)
-        else:
-            raise UserError(f"batch record {rec.key}: unknown provider '{rec.provider}'")
+        cache[key] = create_transport(rec.provider, base_url=rec.base_url)
     return cache[key]
 
 
@@ -58,16 +51,8 @@ def cost_so_far(rec: BatchRecord) -> tuple[float | None, bool]:
     if rec.estimated_cost_usd is None:
         return None, True
     total = rec.n_requests or 1
-    c = rec.counts
-    finished = c.get("completed", 0) + c.get("succeeded", 0)
-    return rec.estimated_cost_usd * finished / total, True
-
-
-def _done_requests(rec: BatchRecord) -> int:
-    c = rec.counts
-    if rec.provider == "openai":
-        return c.get("completed", 0) + c.get("failed", 0)
-    return sum(v for k, v in c.items() if k != "processing")
+    answered = transport_class(rec.provider).succeeded(rec.counts)
+    return rec.estimated_cost_usd * answered / total, True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,7 +112,7 @@ def render(records: list[BatchRecord]) -> str:
         age = now - rec.created_at
         age_s = f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m"
         lines.append((rec.key, rec.batch_id or "-", rec.phase, rec.status or "-", str(rec.n_requests),
-                      str(_done_requests(rec)), str(rec.rows.get("ok", 0)), str(rec.rows.get("error", 0)),
+                      str(transport_class(rec.provider).finished(rec.counts)), str(rec.rows.get("ok", 0)), str(rec.rows.get("error", 0)),
                       cost_s, age_s))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines)

@@ -7,6 +7,10 @@ example; it prints each command and where every file went. With a GPU and keys, 
 judge and model:
 
   stepdpo demo --judge openai:gpt-4o-mini --model Qwen/Qwen2.5-0.5B-Instruct --max-steps 200
+
+Without the `train` extra (no torch), stop after the labeling half:
+
+  stepdpo demo --until pairs
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="learning rate (default: %(default)s, high because the demo model is tiny and random)",
     )
     parser.add_argument("--loss", default="step_weighted", help="stepwise loss (default: %(default)s)")
+    parser.add_argument("--until", default="train", choices=STAGES,
+                        help="last stage to run (default: %(default)s; `pairs` needs no torch)")
+
+
+STAGES = ("ingest", "perturb", "label", "pairs", "train")
 
 
 def _stage(title: str, argv: list[str]) -> None:
@@ -57,19 +66,41 @@ def run(args: argparse.Namespace) -> int:
     labeled = work / "labeled"
     pairs = work / "pairs"
     out = work / "model-out"
+    wanted = STAGES[: STAGES.index(args.until) + 1]
+    files = [("responses", responses)]
 
     _stage("ingest", ["ingest", "gsm8k", args.data, "-o", str(responses), "--limit", str(args.limit)])
-    _stage("perturb", ["perturb", str(responses), "-o", str(perturbed), "--seed", "0"])
-    if (labeled / "run.json").is_file():
-        # The demo labels from scratch: an earlier demo's run folder would be resumed
-        # with rows of its own inputs (another --limit, --data) or refused (another --judge).
-        shutil.rmtree(labeled)
-    # A free judge needs no cache; a paid one keeps it, so rerunning the demo costs nothing twice.
-    free = args.judge in ("gsm8k-calc", "reference")
-    _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled)]
-           + (["--no-cache"] if free else []))
-    _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error", "--continuation", "rest"])
+    if "perturb" in wanted:
+        _stage("perturb", ["perturb", str(responses), "-o", str(perturbed), "--seed", "0"])
+        files.append(("perturbed responses", perturbed))
+    if "label" in wanted:
+        if (labeled / "run.json").is_file():
+            # The demo labels from scratch: an earlier demo's run folder would be resumed
+            # with rows of its own inputs (another --limit, --data) or refused (another --judge).
+            shutil.rmtree(labeled)
+        # A free judge needs no cache; a paid one keeps it, so rerunning the demo costs nothing twice.
+        free = args.judge in ("gsm8k-calc", "reference")
+        _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled)]
+               + (["--no-cache"] if free else []))
+        files.append(("step scores", labeled))
+    if "pairs" in wanted:
+        _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error",
+                         "--continuation", "rest"])
+        files.append(("pairs", pairs))
+    metrics = out / "metrics.jsonl"
+    if "train" in wanted:
+        model = _train(args, work, pairs, out)
+        files += [("model", Path(model)), ("trained model", out), ("metrics", metrics)]
+    print("\n== files")
+    for name, path in files:
+        print(f"  {name:<20} {path}")
+    if "train" in wanted and metrics.exists():
+        _print_metrics(metrics)
+    return 0
 
+
+def _train(args: argparse.Namespace, work: Path, pairs: Path, out: Path) -> str:
+    """Build the tiny model unless --model names one, then train; returns the model used."""
     model = args.model
     if model is None:
         from trainer.tiny_model import build_tiny_model
@@ -88,20 +119,15 @@ def run(args: argparse.Namespace) -> int:
             "--gradient_checkpointing", "false",
         ],
     )
-    metrics = out / "metrics.jsonl"
-    print("\n== files")
-    for name, path in [
-        ("responses", responses), ("perturbed responses", perturbed), ("step scores", labeled),
-        ("pairs", pairs), ("model", model), ("trained model", out), ("metrics", metrics),
-    ]:
-        print(f"  {name:<20} {path}")
-    if metrics.exists():
-        logs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        logs = [m for m in logs if "loss" in m]
-        if logs:
-            first, last = logs[0], logs[-1]
-            print("\n== training metrics (first logged step → last)")
-            for key in ("loss", "rewards/accuracies", "rewards/margins"):
-                if key in first and key in last:
-                    print(f"  {key:<20} {first[key]:.4f} → {last[key]:.4f}")
-    return 0
+    return model
+
+
+def _print_metrics(metrics: Path) -> None:
+    logs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    logs = [m for m in logs if "loss" in m]
+    if logs:
+        first, last = logs[0], logs[-1]
+        print("\n== training metrics (first logged step → last)")
+        for key in ("loss", "rewards/accuracies", "rewards/margins"):
+            if key in first and key in last:
+                print(f"  {key:<20} {first[key]:.4f} → {last[key]:.4f}")

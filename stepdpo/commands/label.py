@@ -124,7 +124,7 @@ def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tup
 
     from labeler.engine.cache import JudgeCache, cache_key, default_cache_dir
     from labeler.engine.rundir import RunDir
-    from labeler.engine.runner import item_of
+    from labeler.judges.base import Item
 
     run_dir = RunDir(output, cfg.shard_index, cfg.num_shards)
     done: set[str] = set()
@@ -139,8 +139,9 @@ def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tup
         try:
             fp, misses = judge.fingerprint(), []
             for row in todo:
-                hit = cache.get(cache_key(fp, row["prompt"], row["steps"], judge.cache_inputs(item_of(row))))
-                if hit is not None and len(hit.scores) == len(row["steps"]):
+                item = Item.from_row(row)
+                hit = cache.get(cache_key(fp, item.prompt, item.steps, judge.cache_inputs(item)))
+                if hit is not None and hit.mismatch(item) is None:
                     skipped["cached"] += 1
                 else:
                     misses.append(row)
@@ -178,10 +179,11 @@ def run(args: argparse.Namespace) -> int:
         rows, skipped = _dry_run_todo(rows, judge, cfg, args.output)
         est = estimate(rows, judge, price_for(judge.price_model, prices))
         est.update(skipped)
-        if judge.name.partition(":")[0] in ("openai", "anthropic"):  # online vs --batch price
+        if judge.batch_provider is not None:  # online vs --batch price
+            from labeler.batch.registry import transport_class
             from labeler.batch.runner import batch_costs
 
-            est.update(batch_costs(est))
+            est.update(batch_costs(est, transport_class(judge.batch_provider).discount))
         print(json.dumps(est, indent=2))
         cost = "unknown (no price for this model; pass --prices FILE)" if est["cost_usd"] is None \
             else f"${est['cost_usd']:.4f}"
