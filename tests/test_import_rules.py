@@ -14,6 +14,7 @@ torch, so ``sys.modules`` here proves nothing.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -250,6 +251,11 @@ def _private_definitions(tree: ast.AST) -> set[str]:
     return found
 
 
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def _private_uses(path: Path, theirs: set[str]) -> list[str]:
     """Uses in ``path`` of a private name that only other modules of ours define.
 
@@ -257,7 +263,7 @@ def _private_uses(path: Path, theirs: set[str]) -> list[str]:
     or ``super()``; ``getattr(obj, "_x")`` (and has/setattr). A module's own private names
     (a method of its class reached on another instance, a module-level helper) are its own.
     """
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = _parse(path)
     own = _private_definitions(tree)
     where = path.relative_to(REPO)
     bad = []
@@ -283,11 +289,16 @@ def _private_uses(path: Path, theirs: set[str]) -> list[str]:
 
 def _scan_private(root: Path, scan: tuple[str, ...]) -> list[str]:
     ours = [p for pkg in OURS for p in sorted((root / pkg).rglob("*.py"))]
-    defined = {p: _private_definitions(ast.parse(p.read_text(encoding="utf-8"))) for p in ours}
+    defined = {p: _private_definitions(_parse(p)) for p in ours}
+    where: dict[str, int] = {}  # private name -> how many of our modules define it
+    for names in defined.values():
+        for name in names:
+            where[name] = where.get(name, 0) + 1
     bad = []
     for pkg in scan:
         for path in sorted((root / pkg).rglob("*.py")):
-            theirs = set().union(*(names for p, names in defined.items() if p != path))
+            mine = defined.get(path, set())
+            theirs = {n for n, k in where.items() if k > (n in mine)}
             bad += _private_uses(path, theirs)
     return bad
 
