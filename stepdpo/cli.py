@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("stepdpo.commands.pairs", "build preference pairs from labeled runs"),
     "precompute-ref": ("stepdpo.commands.precompute_ref", "write per-step reference log-probs into pair shards"),
     "train": ("stepdpo.commands.train", "train with stepwise DPO on TRL from pair shards"),
+    "eval": ("stepdpo.commands.eval", "accuracy, pass@k, maj@k of a policy; implicit rewards on pairs"),
 }
 
 # Commands that need the `train` extra (torch, TRL).
