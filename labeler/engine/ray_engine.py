@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from labeler.engine.runner import Engine, item_of
+from labeler.engine.runner import Engine
 from labeler.judges.base import Item, Judge, Verdict
 from schemas.errors import UserError
 
@@ -254,7 +254,7 @@ class RayEngine(Engine):
                     if row is None:  # a retried batch's second copy: already written once
                         continue
                     got = json.loads(str(answer))
-                    self.record(row, item_of(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
+                    self.record(row, Item.from_row(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
             self.worker_starts = ray.get(counter.value.remote())
         finally:
             ray.kill(counter)
