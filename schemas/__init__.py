@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from schemas.aggregate import AGGREGATIONS, aggregate, first_error
+from schemas.aggregate import AGGREGATIONS, DEFAULT_STEP_THRESHOLD, aggregate, first_error
 from schemas.convert import (
     DEFAULT_SEPARATOR,
     format_completion,
@@ -30,7 +30,7 @@ _TABLES = (
 )
 
 __all__ = [
-    "AGGREGATIONS", "DEFAULT_SEPARATOR", "KINDS", "PAIRS", "RESPONSES", "SCHEMA_KEY",
+    "AGGREGATIONS", "DEFAULT_SEPARATOR", "DEFAULT_STEP_THRESHOLD", "KINDS", "PAIRS", "RESPONSES", "SCHEMA_KEY",
     "STEP_SCORES", "Kind", "UserError", "aggregate", "canonical_json", "first_error",
     "format_completion", "format_prompt", "from_rows", "pair_id", "pair_to_preference",
     "pair_to_stepwise_supervision", "parquet_files", "read_kind", "read_table", "response_id",

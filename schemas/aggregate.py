@@ -22,6 +22,11 @@ AGGREGATIONS = (
 
 DEFAULT_FLOOR = 1e-6
 
+# A step scored below this is an error: the one default shared by `pairs` (first-error),
+# `inspect`, the stepwise-supervision conversion and the trainer's first-error metric.
+# `stepdpo pairs` records the value it used in pairs.json ("step_threshold").
+DEFAULT_STEP_THRESHOLD = 0.5
+
 
 def _clip(x: float, floor: float) -> float:
     return min(max(x, floor), 1.0 - floor) if floor > 0 else x
@@ -76,7 +81,9 @@ def aggregate(
     return float(_FUNCS[how](xs, floor))
 
 
-def first_error(scores: Sequence[float | None] | None, threshold: float = 0.5) -> int:
+def first_error(
+    scores: Sequence[float | None] | None, threshold: float = DEFAULT_STEP_THRESHOLD
+) -> int:
     """Index of the first step scored below ``threshold``; -1 if none (ProcessBench convention).
 
     Null scores are not errors: the judge said nothing about that step.

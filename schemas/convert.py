@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from schemas.aggregate import DEFAULT_STEP_THRESHOLD
+
 DEFAULT_SEPARATOR = "\n"
 
 
@@ -56,7 +58,7 @@ def _labels(scores: Sequence[float | None] | None, n: int, threshold: float) -> 
 
 
 def scores_to_stepwise_supervision(
-    row: Mapping[str, Any], threshold: float = 0.5, field: str = "scores"
+    row: Mapping[str, Any], threshold: float = DEFAULT_STEP_THRESHOLD, field: str = "scores"
 ) -> dict[str, Any]:
     """A `step_scores` (or `responses`, with ``field="reference_scores"``) row as TRL's
     stepwise-supervision row: prompt / completions (the steps) / labels (bool per step).
@@ -72,7 +74,7 @@ def scores_to_stepwise_supervision(
 
 
 def pair_to_stepwise_supervision(
-    row: Mapping[str, Any], threshold: float = 0.5
+    row: Mapping[str, Any], threshold: float = DEFAULT_STEP_THRESHOLD
 ) -> list[dict[str, Any]]:
     """Both sides of a `pairs` row as stepwise-supervision rows; prefix steps are labelled True
     (they are the shared correct prefix)."""

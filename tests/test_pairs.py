@@ -292,8 +292,10 @@ def test_cli_shards_manifest_dedupe_and_rerun(tmp_path: Path, capsys) -> None:
     assert manifest["config"]["strategy"] == "first-error"
     assert manifest["judge_fingerprints"] == ["fp-A"]
     assert manifest["schema"] == "pairs/1"
+    assert (manifest["aggregation"], manifest["step_threshold"], manifest["complete"]) == ("product", 0.5, True)
+    assert manifest["shards"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     # A rerun with bigger shards leaves no stale shard behind.
-    assert main(["pairs", str(run), "-o", str(out)]) == 0
+    assert main(["pairs", str(run), "-o", str(out), "--overwrite"]) == 0
     assert [p.name for p in out.glob("*.parquet")] == ["part-00000.parquet"]
     assert read_table(out, PAIRS).num_rows == 5
 
@@ -374,9 +376,9 @@ def test_output_folder_holding_other_files_is_refused(tmp_path: Path, capsys) ->
     assert main(["pairs", str(run), "-o", str(run)]) == 2
     assert "choose another -o folder" in capsys.readouterr().err
     assert (run / "part-00000.parquet").read_bytes() == before
-    # Rewriting an earlier pairs folder is still fine.
+    # Rewriting an earlier pairs folder is still fine, with --overwrite.
     assert main(["pairs", str(run), "-o", str(tmp_path / "pairs")]) == 0
-    assert main(["pairs", str(run), "-o", str(tmp_path / "pairs")]) == 0
+    assert main(["pairs", str(run), "-o", str(tmp_path / "pairs"), "--overwrite"]) == 0
 
 
 def test_continuation_without_first_error_says_it_does_nothing(tmp_path: Path, capsys) -> None:
@@ -384,3 +386,177 @@ def test_continuation_without_first_error_says_it_does_nothing(tmp_path: Path, c
     assert main(["pairs", str(run), "-o", str(tmp_path / "p"), "--strategy", "best-worst",
                  "--continuation", "rest"]) == 0
     assert "--continuation rest applies to --strategy first-error only" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ whole folders (#16 item 4)
+
+
+def _two_problem_run(folder: Path, n: int = 6) -> Path:
+    rows = []
+    for i in range(n):
+        prompt = f"Problem {i}: 3+4-2?"
+        rows += [row([S0, S1, S2], [1.0, 1.0, 1.0], problem=f"p{i}", prompt=prompt),
+                 row([S0, X1, X2], [1.0, 0.0, 0.0], problem=f"p{i}", prompt=prompt)]
+    return write_run(folder, rows)
+
+
+KILL_AFTER_TWO_SHARDS = """
+import os, signal, sys
+import labeler.pairs.build as build
+from labeler.pairs.build import PairsConfig, make_pairs
+real, n = build.write_table, [0]
+def dying(*a, **kw):
+    out = real(*a, **kw)
+    n[0] += 1
+    if n[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+build.write_table = dying
+make_pairs([sys.argv[1]], sys.argv[2], PairsConfig(shard_size=1), overwrite=True)
+"""
+
+
+def test_a_killed_pairs_run_leaves_the_old_folder_and_readers_refuse_partial_ones(tmp_path, capsys):
+    """kill -9 midway left shards without pairs.json, and train/inspect used them silently."""
+    import os
+    import subprocess
+    import sys
+
+    from schemas.folders import require_complete
+
+    run = _two_problem_run(tmp_path / "run")
+    out = tmp_path / "pairs"
+    assert main(["pairs", str(run), "-o", str(out), "--strategy", "first-error"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_SHARDS, str(run), str(out)], env=env,
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    # The old folder is exactly as it was; the killed writer's work sits in a hidden sibling.
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (staging,) = [p for p in tmp_path.iterdir() if p.name.startswith(".pairs.staging-")]
+    assert sorted(p.name for p in staging.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    # What the old code left behind (shards, no manifest) is refused by readers, in one line.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in staging.iterdir():
+        (partial / f.name).write_bytes(f.read_bytes())
+    assert main(["inspect", str(partial)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"stepdpo inspect: error: {partial}: no pairs.json or precompute.json manifest")
+    assert "\n" not in err
+    with pytest.raises(UserError, match="not known to be complete"):
+        require_complete(partial, "pairs.json")
+    # The next run removes the dead writer's staging folder and swaps its own folder in.
+    assert main(["pairs", str(run), "-o", str(out), "--shard-size", "4", "--overwrite"]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pairs.")]
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert require_complete(out, "pairs.json")["shards"] == ["part-00000.parquet", "part-00001.parquet"]
+    assert read_table(out, PAIRS).num_rows == 6
+
+
+def test_a_rerun_never_mixes_shards_and_needs_overwrite(tmp_path, capsys):
+    run = _two_problem_run(tmp_path / "run")
+    out = tmp_path / "pairs"
+    assert main(["pairs", str(run), "-o", str(out), "--shard-size", "1"]) == 0
+    six = sorted(p.name for p in out.glob("*.parquet"))
+    assert len(six) == 6
+    # Other options into the same folder: refused without --overwrite, nothing touched.
+    assert main(["pairs", str(run), "-o", str(out), "--strategy", "best-worst"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"stepdpo pairs: error: -o {out} already holds pairs; pass --overwrite to replace them, or "
+        "choose another -o folder")
+    assert sorted(p.name for p in out.glob("*.parquet")) == six
+    # With --overwrite the folder is replaced whole: the new shards only, under the new manifest.
+    assert main(["pairs", str(run), "-o", str(out), "--strategy", "best-worst", "--overwrite"]) == 0
+    assert [p.name for p in out.glob("*.parquet")] == ["part-00000.parquet"]
+    assert set(read_table(out, PAIRS).column("strategy").to_pylist()) == {"best-worst"}
+    # A shard copied in from elsewhere (or left by an old writer) makes the folder refused.
+    from schemas.folders import require_complete
+
+    (out / "part-00007.parquet").write_bytes((out / "part-00000.parquet").read_bytes())
+    with pytest.raises(UserError, match=r"1 shard\(s\) not listed in pairs.json \(part-00007.parquet\)"):
+        require_complete(out, "pairs.json")
+    # A folder holding anything else is never replaced, even with --overwrite.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert main(["pairs", str(run), "-o", str(tmp_path / "notes"), "--overwrite"]) == 2
+    assert "holds todo.txt, which writing pairs there would delete" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------ one problem per pair (#16 item 8)
+
+
+def test_rows_of_one_id_but_different_problem_texts_are_never_paired(tmp_path, capsys):
+    """best-worst once paired "What is 1+1?" with the 7×8 solution: both had problem id 'p1'."""
+    easy = row(["1+1=2", "The answer is 2"], [1.0, 1.0], prompt="What is 1+1?")
+    times = row(["7*8=54", "The answer is 54"], [1.0, 0.0], prompt="What is 7*8?")
+    got, stats = pairs([easy, times], strategy="best-worst", min_margin=0.0)
+    assert got == [] and stats["problems"] == 2 and stats["problem_ids_on_several_texts"] == 1
+    run = write_run(tmp_path / "run", [easy, times, row(["7*8=56", "The answer is 56"], [1.0, 1.0],
+                                                        prompt="What is 7*8?")])
+    assert main(["pairs", str(run), "-o", str(tmp_path / "p"), "--strategy", "best-worst"]) == 0
+    assert "1 problem id(s) name several different problem texts" in capsys.readouterr().err
+    (p,) = read_table(tmp_path / "p", PAIRS).to_pylist()
+    assert p["prompt"] == "What is 7*8?" and p["chosen_steps"] == ["7*8=56", "The answer is 56"]
+    # A strategy that tried to join two texts anyway (a bug, or a new strategy) is stopped.
+    from labeler.pairs.strategies import make_pair
+
+    with pytest.raises(UserError, match="would join two different problem texts"):
+        make_pair("best-worst", easy, times, [], ["a"], ["b"], [1.0], [0.0], PairsConfig())
+
+
+# ------------------------------------------------------------------------ shared leading steps (#17 item 1)
+
+
+def test_leading_steps_both_sides_share_move_into_the_prefix_for_every_strategy() -> None:
+    """A best-worst pair of a solution and its perturbed variant shares its first steps
+    verbatim; under step weights they would be trained on. They belong in the prompt."""
+    good = row([S0, S1, S2], [0.9, 1.0, 1.0])
+    bad = row([S0, X1, X2], [0.8, 0.2, 0.5])  # the judge scored the shared step a bit lower here
+    (p,), stats = pairs([good, bad], strategy="best-worst")
+    assert p["prefix_steps"] == [S0]
+    assert (p["chosen_steps"], p["rejected_steps"]) == ([S1, S2], [X1, X2])
+    assert (p["chosen_scores"], p["rejected_scores"]) == ([1.0, 1.0], [0.2, 0.5])
+    # Rewards are the stored scores aggregated: a row stays self-consistent.
+    assert (p["chosen_reward"], p["rejected_reward"]) == (1.0, pytest.approx(0.1))
+    assert p["pair_id"] == pair_id(PROMPT, [S0], [S1, S2], [X1, X2])
+    assert stats["shared_steps_moved_to_prefix"] == 1
+    # One side a prefix of the other: each side keeps at least one step.
+    short = row([S0, S1], [1.0, 0.1])
+    (p,), _ = pairs([good, short], strategy="best-worst", aggregate="min")
+    assert (p["prefix_steps"], p["chosen_steps"], p["rejected_steps"]) == ([S0], [S1, S2], [S1])
+    # Strategies that already diverge at their first step are unchanged.
+    (p,), _ = pairs([good, bad], strategy="first-error", continuation="rest")
+    assert (p["prefix_steps"], p["chosen_steps"], p["rejected_steps"]) == ([S0], [S1, S2], [X1, X2])
+    # A strategy added later gets the same treatment (the build loop applies it to every pair).
+    from labeler.pairs import strategies
+
+    def whole(group, cfg, stats):
+        a, b = sorted(group, key=lambda r: -sum(r["scores"]))
+        return [strategies.make_pair("whole", a, b, [], list(a["steps"]), list(b["steps"]),
+                                     list(a["scores"]), list(b["scores"]), cfg)]
+
+    strategies.STRATEGIES["whole"] = whole
+    try:
+        (p,), _ = pairs([good, bad], strategy="whole")
+    finally:
+        del strategies.STRATEGIES["whole"]
+    assert p["prefix_steps"] == [S0] and p["chosen_steps"] == [S1, S2]
+
+
+def test_pairs_json_records_how_rewards_and_errors_were_decided(tmp_path) -> None:
+    """The trainer reads these to use the stored rewards and the same error threshold."""
+    run = _two_problem_run(tmp_path / "run", n=2)
+    manifest = make_pairs([run], tmp_path / "pairs", PairsConfig(aggregate="min", threshold=0.3))
+    saved = json.loads((tmp_path / "pairs" / "pairs.json").read_text())
+    assert saved == manifest
+    assert (saved["aggregation"], saved["step_threshold"], saved["score_floor"]) == ("min", 0.3, 1e-6)
+    assert saved["complete"] is True and saved["shards"] == ["part-00000.parquet"]
+    from schemas.aggregate import DEFAULT_STEP_THRESHOLD, aggregate
+
+    assert PairsConfig().threshold == DEFAULT_STEP_THRESHOLD
+    for p in read_table(tmp_path / "pairs", PAIRS).to_pylist():
+        assert p["chosen_reward"] == aggregate(p["chosen_scores"], saved["aggregation"])
+        assert p["rejected_reward"] == aggregate(p["rejected_scores"], saved["aggregation"])

@@ -331,3 +331,42 @@ def test_empty_or_null_steps_are_refused_on_read_and_write(tmp_path):
         with pytest.raises(UserError, match="bad.parquet"):
             read_table(tmp_path / "bad.parquet", RESPONSES)
     validate(pa.Table.from_pylist([{**base, "steps": ["a"]}], schema=RESPONSES.stamped), RESPONSES)
+
+
+def test_require_complete_accepts_whole_folders_only(tmp_path):
+    """Readers' one gate for folders of shards (pairs, precomputed pairs)."""
+    import json
+
+    from schemas.folders import require_complete, staged_folder, write_manifest
+
+    folder = tmp_path / "pairs"
+    with staged_folder(folder) as staging:
+        (staging / "part-00000.parquet").write_bytes(b"x")
+        assert not folder.exists()  # nothing is visible before the swap
+        write_manifest(staging, "pairs.json", {"aggregation": "min"})
+    assert require_complete(folder, "pairs.json")["aggregation"] == "min"
+    assert require_complete(folder / "part-00000.parquet", "pairs.json") is None  # a file is whole
+    # A manifest written before `complete` existed: accepted when its shard list matches.
+    (folder / "pairs.json").write_text(json.dumps({"shards": ["part-00000.parquet"]}))
+    assert require_complete(folder, "pairs.json") == {"shards": ["part-00000.parquet"]}
+    (folder / "part-00001.parquet").write_bytes(b"x")
+    with pytest.raises(UserError, match="not listed in pairs.json"):
+        require_complete(folder, "pairs.json")
+    (folder / "pairs.json").write_text(json.dumps({"shards": ["part-00000.parquet", "part-00001.parquet",
+                                                             "part-00002.parquet"]}))
+    with pytest.raises(UserError, match=r"1 shard\(s\) listed in pairs.json are missing \(part-00002"):
+        require_complete(folder, "pairs.json")
+    (folder / "precompute.json").write_text(json.dumps({"complete": False}))
+    (folder / "pairs.json").unlink()
+    with pytest.raises(UserError, match="did not finish"):
+        require_complete(folder, ("pairs.json", "precompute.json"), fix="rerun it")
+    (folder / "precompute.json").write_text("{")
+    with pytest.raises(UserError, match="not a readable JSON manifest"):
+        require_complete(folder, "precompute.json")
+    # An error inside the staged block leaves the old folder as it was and no staging behind.
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(RuntimeError), staged_folder(folder) as staging:
+        (staging / "part-00000.parquet").write_bytes(b"new")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pairs"]

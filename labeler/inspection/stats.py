@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.errors import UserError
+from schemas.folders import require_complete
 from schemas.tables import KINDS, Kind, parquet_files, read_kind, read_table, validate
 
 # The columns each summary reads; tests check that nothing else is loaded.
@@ -34,6 +35,10 @@ COLUMNS: dict[str, list[str]] = {
         "chosen_scores", "rejected_scores", "ref_chosen_step_logps",
     ],
 }
+
+# Manifests that vouch for a pairs folder: `stepdpo pairs` or `stepdpo precompute-ref` wrote it.
+PAIRS_MANIFESTS = ("pairs.json", "precompute.json")
+PAIRS_FIX = "rebuild it with `stepdpo pairs ... --overwrite` (or rerun `stepdpo precompute-ref`)"
 
 SCORE_BINS = 10  # histogram bins of scores in [0, 1]
 MAX_POSITION = 20  # positions past this are pooled into one "20+" bucket
@@ -58,6 +63,8 @@ def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
     if name not in KINDS:
         raise UserError(f"{path}: unknown stepdpo file kind '{name}'")
     kind = KINDS[name]
+    if name == "pairs":  # a killed or mixed pairs folder would be summarised as if whole
+        require_complete(path, PAIRS_MANIFESTS, fix=PAIRS_FIX)
     files = parquet_files(path)
     table = read_table(path, kind, columns=columns if columns is not None else COLUMNS[name])
     return Loaded(path=path, kind=kind, files=files, table=table, manifest=read_manifests(path))

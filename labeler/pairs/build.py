@@ -1,38 +1,26 @@
-"""Labeled runs → preference pairs (the trainer's input).
+"""Labeled runs → a pairs folder (the trainer's input): load, group, build, write whole.
 
-Three strategies, all per problem (rows grouped by `problem_id`, or by prompt text where the
-id is missing):
-
-``best-worst``
-    The solution with the highest aggregated reward vs the one with the lowest. Both sides are
-    whole solutions (``prefix_steps`` is empty).
-
-``first-error`` (Step-DPO, Lai et al. 2024)
-    A wrong solution B whose first error (first step scored below ``threshold``) is step e, and
-    a solution G of the same problem whose first e steps are exactly B's and whose step e is
-    scored correct. The shared steps go into ``prefix_steps`` (the prompt side). With
-    ``continuation=step`` (the default, as in Step-DPO) chosen and rejected hold ONE step each:
-    G's step e and B's step e, so the loss compares exactly the step where they diverge. With
-    ``continuation=rest`` they hold everything from step e on, and G must be wholly correct.
-    Rows where B's prefix does not match any G are counted (``no_partner``), never forced.
-
-``prm800k-alternatives``
-    PRM800K rates several alternative steps at the same prefix; each alternative rated 1 is
-    paired with each rated -1 at that step, the response's steps before it being the prefix.
-    The step the response took counts as one of the options (its rating is its reference
-    score). Read from ``meta.alternatives`` of ingested rows (see :func:`alternatives_of`).
+Rows are grouped per problem: the same ``problem_id`` AND the same problem text (an id reused
+for two problems is split and counted, never paired across). Each group goes to the strategy
+named in the config (:data:`labeler.pairs.strategies.STRATEGIES`); every pair then gets its
+shared leading steps moved into ``prefix_steps``, is margin-filtered and deduplicated.
 
 Rewards (``chosen_reward`` / ``rejected_reward``) aggregate the scores stored in the same row
-(``chosen_scores`` / ``rejected_scores``), so a row is self-consistent: a trainer can recompute
-them. A pair whose reward margin is below ``min_margin`` is dropped (all strategies). Rows with
-status other than ok are skipped and counted. Rows from different judge fingerprints are never
-mixed unless asked for, because two judges' scores are not on one scale.
+(``chosen_scores`` / ``rejected_scores``) with the recorded ``aggregation``, so a row is
+self-consistent: a trainer can recompute them. A pair whose reward margin is below
+``min_margin`` is dropped (all strategies). Rows with status other than ok are skipped and
+counted. Rows from different judge fingerprints are never mixed unless asked for, because two
+judges' scores are not on one scale.
+
+The folder is written whole: shards and ``pairs.json`` go to a hidden staging folder that is
+renamed into place at the end (``schemas.folders``), so a killed run leaves the old folder (or
+none), and a rerun never mixes its shards with an older run's. ``pairs.json`` records, besides
+the config and counts: ``aggregation`` and ``score_floor`` (how the stored rewards were made),
+``step_threshold`` (below it a step is an error), ``complete`` and ``shards``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -40,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.aggregate import AGGREGATIONS, DEFAULT_FLOOR, aggregate, first_error
-from schemas.atomic import atomic_write_json
+from labeler.pairs.strategies import STRATEGIES, share_prefix
+from schemas.aggregate import AGGREGATIONS, DEFAULT_FLOOR, DEFAULT_STEP_THRESHOLD
 from schemas.errors import UserError
-from schemas.ids import pair_id
+from schemas.folders import staged_folder, write_manifest
 from schemas.tables import (
     PAIRS,
     RESPONSES,
@@ -54,19 +42,16 @@ from schemas.tables import (
     write_table,
 )
 
-STRATEGIES = ("best-worst", "first-error", "prm800k-alternatives")
 CONTINUATIONS = ("step", "rest")
 MANIFEST = "pairs.json"
-# PRM800K's human ratings on the [0, 1] scale of step scores (as ingest maps them).
-RATING_SCORE = {-1: 0.0, 0: 0.5, 1: 1.0}
-SCORE_RATING = {v: k for k, v in RATING_SCORE.items()}
 
 
 @dataclass
 class PairsConfig:
     strategy: str = field(
         default="first-error",
-        metadata={"help": "how pairs are chosen (see the description above)", "choices": STRATEGIES},
+        metadata={"help": "how pairs are chosen (see the description above)",
+                  "choices": tuple(STRATEGIES)},
     )
     aggregate: str = field(
         default="product",
@@ -80,7 +65,9 @@ class PairsConfig:
         },
     )
     threshold: float = field(
-        default=0.5, metadata={"help": "a step scored below this is an error (first-error)"}
+        default=DEFAULT_STEP_THRESHOLD,
+        metadata={"help": "a step scored below this is an error (first-error); recorded in "
+                  "pairs.json as step_threshold"},
     )
     continuation: str = field(
         default="step",
@@ -101,14 +88,6 @@ class PairsConfig:
     shard_size: int = field(
         default=50_000, metadata={"help": "pairs per output shard", "metavar": "N"}
     )
-
-
-def _reward(scores: Sequence[float | None], cfg: PairsConfig) -> float | None:
-    return aggregate(scores, cfg.aggregate, cfg.score_floor)
-
-
-def _ok_score(s: float | None) -> bool:
-    return s is not None and not math.isnan(s)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -167,10 +146,16 @@ def check_judges(rows: Sequence[dict[str, Any]], allow_mixed: bool) -> list[str]
     return fps
 
 
-def _groups(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def _groups(rows: Sequence[dict[str, Any]], stats: Counter) -> list[list[dict[str, Any]]]:
+    """Rows per problem: same id and same text. An id reused for two problem texts (a merge of
+    two datasets, a hand-edited file) is split by text and counted, so no pair joins them."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by[r.get("problem_id") or "prompt:" + r["prompt"]].append(r)
+        by[(r.get("problem_id") or "", r["prompt"])].append(r)
+    texts = Counter(pid for pid, _ in by if pid)
+    reused = sum(1 for n in texts.values() if n > 1)
+    if reused:
+        stats["problem_ids_on_several_texts"] = reused
     # Deterministic output: problems and candidates in a fixed order whatever the shard order.
     return [
         sorted(by[k], key=lambda r: (r["response_id"], r.get("judge_fingerprint") or ""))
@@ -178,186 +163,10 @@ def _groups(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     ]
 
 
-def _fingerprint(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    fa, fb = a.get("judge_fingerprint"), b.get("judge_fingerprint")
-    return fa if fa == fb else f"{fa}|{fb}"
-
-
-def _pair(
-    strategy: str,
-    chosen: dict[str, Any],
-    rejected: dict[str, Any],
-    prefix: list[str],
-    c_steps: list[str],
-    r_steps: list[str],
-    c_scores: list[float | None],
-    r_scores: list[float | None],
-    cfg: PairsConfig,
-    fingerprint: str | None,
-) -> dict[str, Any]:
-    return {
-        "pair_id": pair_id(chosen["prompt"], prefix, c_steps, r_steps),
-        "problem_id": chosen.get("problem_id"),
-        "prompt": chosen["prompt"],
-        "prefix_steps": prefix,
-        "chosen_steps": c_steps,
-        "rejected_steps": r_steps,
-        "chosen_scores": c_scores,
-        "rejected_scores": r_scores,
-        "chosen_reward": _reward(c_scores, cfg),
-        "rejected_reward": _reward(r_scores, cfg),
-        "strategy": strategy,
-        "judge_fingerprint": fingerprint,
-        "chosen_response_id": chosen["response_id"],
-        "rejected_response_id": rejected["response_id"],
-    }
-
-
-# ---------------------------------------------------------------------------- strategies
-
-
-def best_worst(group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter) -> list[dict[str, Any]]:
-    scored = []
-    for r in group:
-        reward = _reward(r["scores"] or [], cfg)
-        if reward is None:
-            stats["skipped_no_reward"] += 1
-            continue
-        scored.append((reward, r))
-    if len(scored) < 2:
-        return []
-    # Ties broken by response_id so the choice never depends on input order.
-    best = max(scored, key=lambda x: (x[0], x[1]["response_id"]))[1]
-    worst = min(scored, key=lambda x: (x[0], x[1]["response_id"]))[1]
-    if list(best["steps"]) == list(worst["steps"]):  # one solution scored by two judges
-        return []
-    return [
-        _pair(
-            "best-worst", best, worst, [], list(best["steps"]), list(worst["steps"]),
-            list(best["scores"] or []), list(worst["scores"] or []), cfg, _fingerprint(best, worst),
-        )
-    ]
-
-
-def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
-    n = 0
-    for x, y in zip(a, b):  # noqa: B905 - lengths differ on purpose
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def first_error_pairs(
-    group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter
-) -> list[dict[str, Any]]:
-    """One pair per wrong solution that has a partner sharing its prefix up to the error."""
-    info = []
-    for r in group:
-        scores = list(r["scores"] or [])
-        if len(scores) != len(r["steps"]):
-            stats["skipped_score_count_mismatch"] += 1
-            continue
-        info.append((r, scores, first_error(scores, cfg.threshold)))
-    out = []
-    for bad, b_scores, e in info:
-        if e < 0:
-            continue
-        stats["wrong_solutions"] += 1
-        candidates = []
-        for good, g_scores, g_err in info:
-            if good is bad or len(good["steps"]) <= e:
-                continue
-            if cfg.continuation == "rest" and g_err != -1:
-                continue
-            if not _ok_score(g_scores[e]) or g_scores[e] < cfg.threshold:
-                continue
-            if _common_prefix(good["steps"], bad["steps"]) != e:
-                continue
-            # Prefer a wholly correct partner, then the best rewarded one, then a fixed order.
-            reward = _reward(g_scores, cfg)
-            key = (g_err != -1, -(reward if reward is not None else -1.0), good["response_id"])
-            candidates.append((key, good, g_scores))
-        if not candidates:
-            stats["no_partner"] += 1
-            continue
-        _, good, g_scores = min(candidates, key=lambda c: c[0])
-        end = e + 1 if cfg.continuation == "step" else None
-        out.append(
-            _pair(
-                "first-error", good, bad, list(bad["steps"][:e]),
-                list(good["steps"][e:end]), list(bad["steps"][e:end]),
-                g_scores[e:end], b_scores[e:end], cfg, _fingerprint(good, bad),
-            )
-        )
-    return out
-
-
-def alternatives_of(row: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """Every rated option at each step: the step the response took plus its alternatives.
-
-    `stepdpo ingest prm800k` stores the completions NOT taken at step k as
-    ``meta["alternatives"] = [{"step": k, "text": ..., "rating": -1|0|1|null, "flagged": ...}]``
-    (PRM800K's own field names); the taken step is ``steps[k]`` with its rating in
-    ``reference_scores[k]`` (1.0 / 0.5 / 0.0). A per-step list of lists is accepted too.
-    Flagged completions are left out: PRM800K's labelers marked them as questionable.
-    """
-    steps = list(row["steps"])
-    per_step: list[list[dict[str, Any]]] = [[] for _ in steps]
-    refs = list(row.get("reference_scores") or [])
-    for k, step in enumerate(steps):
-        rating = SCORE_RATING.get(refs[k]) if k < len(refs) else None
-        if rating is not None:
-            per_step[k].append({"text": step, "rating": rating})
-    try:
-        meta = json.loads(row.get("meta") or "{}")
-    except json.JSONDecodeError:
-        return per_step
-    alts = meta.get("alternatives") if isinstance(meta, dict) else None
-    if not isinstance(alts, list):
-        return per_step
-    for k, item in enumerate(alts):
-        options = item if isinstance(item, list) else [item]
-        for a in options:
-            if not isinstance(a, dict) or a.get("flagged"):
-                continue
-            step = a.get("step", k if isinstance(item, list) else None)
-            if isinstance(step, int) and 0 <= step < len(steps):
-                per_step[step].append(a)
-    return per_step
-
-
-def prm800k_pairs(group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter) -> list[dict[str, Any]]:
-    """Rating 1 vs rating -1 among the options at the same step of the same response."""
-    out = []
-    for row in group:
-        made = 0
-        for i, options in enumerate(alternatives_of(row)):
-            good = [a for a in options if a.get("rating") == 1 and isinstance(a.get("text"), str)]
-            bad = [a for a in options if a.get("rating") == -1 and isinstance(a.get("text"), str)]
-            for g in good:
-                for b in bad:
-                    if g["text"] == b["text"]:
-                        continue
-                    made += 1
-                    out.append(
-                        _pair(
-                            "prm800k-alternatives", row, row, list(row["steps"][:i]),
-                            [g["text"]], [b["text"]], [RATING_SCORE[1]], [RATING_SCORE[-1]],
-                            cfg, row.get("judge_fingerprint"),
-                        )
-                    )
-        if not made:
-            stats["no_rated_alternatives"] += 1
-    return out
-
-
-_BUILDERS = {"best-worst": best_worst, "first-error": first_error_pairs, "prm800k-alternatives": prm800k_pairs}
-
-
 def build_pairs(rows: Sequence[dict[str, Any]], cfg: PairsConfig, stats: Counter) -> list[dict[str, Any]]:
-    """All pairs of ``rows`` under ``cfg``: margin-filtered and deduplicated by pair_id."""
-    if cfg.strategy not in _BUILDERS:
+    """All pairs of ``rows`` under ``cfg``: leading shared steps moved into the prefix,
+    margin-filtered and deduplicated by pair_id."""
+    if cfg.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{cfg.strategy}'; choose one of {', '.join(STRATEGIES)}")
     if cfg.continuation not in CONTINUATIONS:
         raise UserError(f"unknown continuation '{cfg.continuation}'; choose step or rest")
@@ -365,12 +174,16 @@ def build_pairs(rows: Sequence[dict[str, Any]], cfg: PairsConfig, stats: Counter
         raise UserError(f"unknown aggregation '{cfg.aggregate}'; choose one of {', '.join(AGGREGATIONS)}")
     if not 0.0 <= cfg.threshold <= 1.0:  # as `stepdpo inspect --threshold`: scores are in [0, 1]
         raise UserError(f"--threshold must be in [0, 1], got {cfg.threshold}")
-    groups = _groups(rows)
+    groups = _groups(rows, stats)
     stats["problems"] = len(groups)
     seen: set[str] = set()
     out = []
     for group in groups:
-        for p in _BUILDERS[cfg.strategy](group, cfg, stats):
+        for p in STRATEGIES[cfg.strategy](group, cfg, stats):
+            shared = share_prefix(p, cfg)
+            if shared is not p:
+                stats["shared_steps_moved_to_prefix"] += len(shared["prefix_steps"]) - len(p["prefix_steps"])
+                p = shared
             cr, rr = p["chosen_reward"], p["rejected_reward"]
             if cr is None or rr is None or cr - rr <= 0 or cr - rr < cfg.min_margin:
                 stats["below_min_margin"] += 1
@@ -384,52 +197,65 @@ def build_pairs(rows: Sequence[dict[str, Any]], cfg: PairsConfig, stats: Counter
     return out
 
 
-def _check_only_pairs(out_dir: Path) -> None:
-    """Refuse an output folder holding anything but earlier pair shards (e.g. ``-o`` naming the
-    labeled run itself): its shards would be overwritten or deleted as stale."""
-    if not out_dir.is_dir():
+def check_output(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an -o that is not ours to replace: a file, a folder holding anything but an
+    earlier pairs folder (e.g. the labeled run itself), or an earlier pairs folder without
+    ``overwrite``. Runs before any work, so a refusal costs nothing."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
         return
+    if not out_dir.is_dir():
+        raise UserError(f"-o {out_dir}: exists and is not a folder; pairs are written as a folder of shards")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from schemas.tables import kind_of_schema
 
-    for f in sorted(out_dir.glob("*.parquet")):
+    ours = 0
+    for f in sorted(out_dir.iterdir()):
         if f.name.startswith("."):
             continue
-        try:
-            tag = kind_of_schema(pq.read_schema(f))
-        except (pa.ArrowInvalid, OSError):
-            tag = None
-        kind = (tag or "not a stepdpo file").partition("/")[0]
-        if kind != PAIRS.name:
-            raise UserError(f"-o {out_dir} holds {f.name} ({kind}), which writing pairs there would "
-                            "overwrite or delete; choose another -o folder")
+        if f.name == MANIFEST:
+            ours += 1
+            continue
+        if f.is_file() and f.suffix == ".parquet":
+            try:
+                tag = kind_of_schema(pq.read_schema(f))
+            except (pa.ArrowInvalid, OSError):
+                tag = None
+            kind = (tag or "not a stepdpo file").partition("/")[0]
+            if kind == PAIRS.name:
+                ours += 1
+                continue
+            what = f"{f.name} ({kind})"
+        else:
+            what = f.name + ("/" if f.is_dir() else "")
+        raise UserError(f"-o {out_dir} holds {what}, which writing pairs there would delete; "
+                        "choose another -o folder")
+    if ours and not overwrite:
+        raise UserError(f"-o {out_dir} already holds pairs; pass --overwrite to replace them, or "
+                        "choose another -o folder")
 
 
-def write_pairs(pairs: Sequence[dict[str, Any]], out_dir: str | os.PathLike, shard_size: int) -> list[Path]:
-    """Write ``part-NNNNN.parquet`` shards and remove stale shards of an earlier, larger run."""
-    if shard_size < 1:
-        raise UserError(f"--shard-size must be at least 1, got {shard_size}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a folder; pairs are written as a folder of shards")
-    _check_only_pairs(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_shards(pairs: Sequence[dict[str, Any]], folder: Path, shard_size: int) -> list[Path]:
+    """``part-NNNNN.parquet`` shards of ``shard_size`` pairs (one empty shard when none)."""
     written = []
     for n, start in enumerate(range(0, max(len(pairs), 1), shard_size)):
         chunk = list(pairs[start : start + shard_size])
-        written.append(write_table(from_rows(chunk, PAIRS), out_dir / f"part-{n:05d}.parquet", PAIRS))
-    for stale in out_dir.glob("part-*.parquet"):
-        if stale not in written:
-            stale.unlink()
+        written.append(write_table(from_rows(chunk, PAIRS), folder / f"part-{n:05d}.parquet", PAIRS))
     return written
 
 
 def make_pairs(
-    inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: PairsConfig
+    inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: PairsConfig,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Read runs, build pairs, write shards and the manifest; returns the manifest."""
+    """Read runs, build pairs, write the folder whole (shards, then the manifest, then the swap);
+    returns the manifest. An existing pairs folder at ``out_dir`` is replaced only with
+    ``overwrite``."""
+    if cfg.shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {cfg.shard_size}")
+    check_output(out_dir, overwrite)
     stats: Counter = Counter()
     rows, kind = load_rows(inputs, stats)
     if kind == RESPONSES.name and cfg.strategy != "prm800k-alternatives":
@@ -439,14 +265,17 @@ def make_pairs(
         )
     fps = check_judges(rows, cfg.allow_mixed_judges) if kind == STEP_SCORES.name else []
     pairs = build_pairs(rows, cfg, stats)
-    shards = write_pairs(pairs, out_dir, cfg.shard_size)
     manifest = {
         "schema": PAIRS.tag,
         "inputs": [str(p) for p in inputs],
         "config": asdict(cfg),
+        "strategy": cfg.strategy,
+        "aggregation": cfg.aggregate,
+        "score_floor": cfg.score_floor,
+        "step_threshold": cfg.threshold,
         "judge_fingerprints": fps,
         "counts": dict(sorted(stats.items())),
-        "shards": [p.name for p in shards],
     }
-    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
-    return manifest
+    with staged_folder(out_dir) as staging:
+        write_shards(pairs, staging, cfg.shard_size)
+        return write_manifest(staging, MANIFEST, manifest)

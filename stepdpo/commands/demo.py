@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         files.append(("step scores", labeled))
     if "pairs" in wanted:
         _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error",
-                         "--continuation", "rest"])
+                         "--continuation", "rest", "--overwrite"])
         files.append(("pairs", pairs))
     metrics = out / "metrics.jsonl"
     if "train" in wanted:

@@ -9,9 +9,17 @@ strategies:
   prm800k-alternatives  PRM800K's rated alternatives at the same step: rating 1 vs rating -1
                         (reads meta of a reference-labeled run or of an ingested responses file)
 
-Rows with status other than ok are skipped and counted; runs scored by different judge
-fingerprints are refused unless --allow-mixed-judges. Output: PAIRS_DIR/part-NNNNN.parquet and
-PAIRS_DIR/pairs.json (config and counts).
+Every strategy moves the leading steps both sides share into prefix_steps (the prompt side).
+Rows are paired only within one problem (same problem_id and problem text). Rows with status
+other than ok are skipped and counted; runs scored by different judge fingerprints are refused
+unless --allow-mixed-judges.
+
+Output: PAIRS_DIR/part-NNNNN.parquet and PAIRS_DIR/pairs.json (config, counts, the aggregation
+and step threshold used, the shard list). The folder is written aside and swapped in whole at the
+end: a killed run leaves the previous folder (or none), never a partial one, and readers
+(`train`, `inspect`) refuse a folder without a complete pairs.json. An existing pairs folder is
+replaced only with --overwrite. Other tools read the shards with a glob, e.g.
+pandas.read_parquet(glob.glob("work/pairs/*.parquet")) or duckdb "FROM 'work/pairs/*.parquet'".
 
 examples:
   stepdpo pairs work/run -o work/pairs --strategy first-error
@@ -36,6 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", required=True, metavar="PAIRS_DIR", help="folder for the pair shards"
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the pairs folder already at -o (it is swapped whole at the end)")
     add_dataclass_arguments(parser, PairsConfig, "pairs")
 
 
@@ -46,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.strategy != "first-error" and cfg.continuation != "step":
         print(f"pairs: --continuation {cfg.continuation} applies to --strategy first-error only; "
               f"{cfg.strategy} pairs hold whole solutions", file=sys.stderr)
-    manifest = make_pairs(args.runs, args.output, cfg)
+    manifest = make_pairs(args.runs, args.output, cfg, overwrite=args.overwrite)
     counts = manifest["counts"]
     print(
         f"pairs: {counts.get('pairs', 0)} {cfg.strategy} pairs from {counts.get('input_rows', 0)} "
@@ -56,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     dropped = {k: v for k, v in counts.items() if k not in ("pairs", "input_rows", "problems") and v}
     if dropped:
         print("pairs: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    if counts.get("problem_ids_on_several_texts"):
+        print(f"pairs: {counts['problem_ids_on_several_texts']} problem id(s) name several different "
+              "problem texts; rows were paired only with rows of the same text", file=sys.stderr)
     if not counts.get("pairs"):
         hint = {
             "first-error": "it needs a wrong and a right solution of one problem sharing the steps "

@@ -1,0 +1,168 @@
+"""Whole folders: written aside and swapped in, read only when their manifest says they are whole.
+
+A folder of shards (pairs, precomputed pairs) is one result: a reader that trains on half of it,
+or on new shards mixed with an older run's, gets silently wrong numbers. Two rules prevent that:
+
+- Writers build the folder under a hidden sibling (:func:`staged_folder`), write the manifest
+  last, and swap the finished folder in with a rename. A killed writer leaves the old folder
+  as it was (or none) plus a hidden staging folder that the next writer removes.
+- Readers call :func:`require_complete`: the manifest must exist, be valid JSON, not say
+  ``"complete": false``, and, when it lists its ``shards``, list exactly the ``*.parquet``
+  files present. An older folder (a manifest without ``complete``) is accepted when its shard
+  list matches.
+
+Standard library only, as everything in ``schemas``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from schemas.atomic import atomic_write_json
+from schemas.errors import UserError
+
+COMPLETE_KEY = "complete"  # True once every shard is written; False (or absent folder) otherwise
+SHARDS_KEY = "shards"  # the shard file names the manifest vouches for
+_STAGING = ".staging-"
+_OLD = ".old-"
+
+
+def shard_names(folder: str | os.PathLike) -> list[str]:
+    """The ``*.parquet`` files a reader of ``folder`` would pick up (hidden files excluded)."""
+    return sorted(p.name for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
+
+
+def read_manifest(folder: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """``folder/name`` parsed, or None when absent; a damaged manifest is a one-line error."""
+    path = Path(folder) / name
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable JSON manifest ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a manifest (a JSON object is expected)")
+    return data
+
+
+def require_complete(
+    path: str | os.PathLike, names: str | Sequence[str], fix: str = "rerun the command that wrote it"
+) -> dict[str, Any] | None:
+    """Refuse a folder whose manifest is missing, marked incomplete, or lists other shards.
+
+    ``names`` are the manifest file names that may vouch for the folder (e.g. ``"pairs.json"``,
+    or ``("pairs.json", "precompute.json")``): at least one must be present, and every present
+    one must be complete. Returns the first present manifest. ``path`` naming a single file
+    returns None: a file is written whole (temp + rename) on its own.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    names = [names] if isinstance(names, str) else list(names)
+    found = [(n, m) for n in names if (m := read_manifest(path, n)) is not None]
+    if not found:
+        raise UserError(f"{path}: no {' or '.join(names)} manifest, so the folder is not known to be "
+                        f"complete (a killed or unfinished run?); {fix}")
+    present = shard_names(path)
+    for name, manifest in found:
+        if manifest.get(COMPLETE_KEY) is False:
+            raise UserError(f"{path / name}: the run that wrote this folder did not finish; {fix}")
+        listed = manifest.get(SHARDS_KEY)
+        if not isinstance(listed, list):
+            continue
+        extra = sorted(set(present) - set(map(str, listed)))
+        missing = sorted(set(map(str, listed)) - set(present))
+        if extra:
+            raise UserError(f"{path}: {len(extra)} shard(s) not listed in {name} ({extra[0]}"
+                            f"{', …' if len(extra) > 1 else ''}): files of another run are mixed "
+                            f"in; {fix}")
+        if missing:
+            raise UserError(f"{path}: {len(missing)} shard(s) listed in {name} are missing "
+                            f"({missing[0]}{', …' if len(missing) > 1 else ''}); {fix}")
+    return found[0][1]
+
+
+def write_manifest(folder: str | os.PathLike, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Write the manifest last and atomically, vouching for the folder's current shards;
+    returns what was written."""
+    body = {**data, COMPLETE_KEY: True, SHARDS_KEY: shard_names(folder)}
+    atomic_write_json(Path(folder) / name, body)
+    return body
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_leftovers(dest: str | os.PathLike) -> int:
+    """Delete hidden staging/old siblings of ``dest`` left by killed writers (not live ones)."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return 0
+    n = 0
+    for p in dest.parent.glob(f".{dest.name}.*"):
+        rest = p.name[len(dest.name) + 1:]
+        for marker in (_STAGING, _OLD):
+            if rest.startswith(marker) and p.is_dir():
+                pid = rest[len(marker):].partition("-")[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(p, ignore_errors=True)
+                    n += 1
+    return n
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged_folder(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden sibling of ``dest`` to write into; on a clean exit it replaces
+    ``dest`` (renames: a reader sees the old folder or the new one, never a mix), on an error it
+    is deleted and ``dest`` is untouched.
+
+    The swap is two renames (old aside, new in); a crash between them leaves no ``dest`` and the
+    old folder in a hidden sibling, which the next writer deletes. Whether ``dest`` may be
+    replaced at all is the caller's decision (e.g. ``--overwrite``).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(dest)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = dest.parent / f".{dest.name}{_STAGING}{tag}"
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_dir(staging)  # its files were fsynced by their (atomic) writers
+        old = dest.parent / f".{dest.name}{_OLD}{tag}"
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(staging, dest)
+        _fsync_dir(dest.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
