@@ -23,13 +23,19 @@ def sha256_hex(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
-def response_id(prompt: str, steps: Sequence[str]) -> str:
+def response_id(prompt: str, steps: Sequence[str], annotation: Any = None) -> str:
     """Id of a solution: the problem text plus its steps (not the source or line number).
 
     Two copies of the same solution share an id on purpose, so the cache and resume treat them
-    as one piece of work.
+    as one piece of work. A human annotation of a solution is its own piece of data, though:
+    two labelers rating one PRM800K solution are two rows, so ``annotation`` (who labeled it,
+    when, with which labels) joins the hash when given. Without it the id is unchanged.
+    (The judge cache keys on the text, not on this id: a second annotation costs no request.)
     """
-    return sha256_hex({"prompt": prompt, "steps": list(steps)})[:24]
+    body: dict[str, Any] = {"prompt": prompt, "steps": list(steps)}
+    if annotation is not None:
+        body["annotation"] = annotation
+    return sha256_hex(body)[:24]
 
 
 def pair_id(prompt: str, prefix: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> str:

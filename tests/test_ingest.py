@@ -442,3 +442,67 @@ def test_a_folder_is_named_as_a_folder(capsys, tmp_path):
     """A folder (e.g. a downloaded dataset) was reported as 'no such file'."""
     code, _, err = ingest(capsys, "gsm8k", tmp_path, "-o", tmp_path / "o.parquet")
     assert code == 2 and f"{tmp_path}: is a folder; give its files" in err
+
+
+# ------------------------------------------------------------------ one id per problem (#16 item 8)
+
+
+def test_a_problem_id_reused_for_another_problem_is_refused_or_skipped(capsys, tmp_path):
+    """Two datasets merged with colliding ids: best-worst once paired "What is 1+1?" with the
+    7×8 solution because both rows said problem 'p1'."""
+    items = [
+        {"id": "p1", "problem": "What is 1+1?", "steps": ["1+1=2", "The answer is 2"]},
+        {"id": "p1", "problem": "What is 1+1?", "steps": ["1+1=3", "The answer is 3"]},  # same problem
+        {"id": "p1", "problem": "What is 7*8?", "steps": ["7*8=56", "The answer is 56"]},  # reused id
+        {"id": "p2", "problem": "What is 7*8?", "steps": ["7*8=54", "The answer is 54"]},
+    ]
+    src = tmp_path / "merged.jsonl"
+    src.write_text("".join(json.dumps(i) + "\n" for i in items))
+    args = ("jsonl", src, "--prompt-field", "problem", "--steps-field", "steps", "--id-field", "id")
+    code, _, err = ingest(capsys, *args, "-o", tmp_path / "o.parquet")
+    assert code == 2
+    assert err.strip() == ("stepdpo ingest: error: merged.jsonl:3: problem id 'p1' was used for a "
+                           "different problem text at merged.jsonl:1; give each problem its own id "
+                           "(use --skip-invalid to skip such records)")
+    assert not (tmp_path / "o.parquet").exists()
+    code, out, _ = ingest(capsys, *args, "-o", tmp_path / "o.parquet", "--skip-invalid")
+    assert code == 0
+    assert "problem ids reused for a different problem text: 1 record(s), skipped" in out
+    assert [(r["problem_id"], r["prompt"]) for r in rows_of(tmp_path / "o.parquet")] == [
+        ("p1", "What is 1+1?"), ("p1", "What is 1+1?"), ("p2", "What is 7*8?")]
+    (skip,) = [json.loads(x) for x in (tmp_path / "o.skipped.jsonl").read_text().splitlines()]
+    assert skip["where"] == "merged.jsonl:3" and "problem id 'p1'" in skip["error"]
+
+
+# ------------------------------------------------------------------ PRM800K annotations (#16 item 12)
+
+
+def test_prm800k_every_human_annotation_is_its_own_row(capsys, tmp_path):
+    """Quality-control questions: two labelers rate one solution. Both rows had one response_id
+    and `label --judge reference` kept one of them without a word."""
+    first = json.loads(PRM2.read_text().splitlines()[0])
+    second = json.loads(json.dumps(first))
+    second["labeler"], second["timestamp"] = "another-labeler", "2022-08-01T10:00:00"
+    second["label"]["steps"][0]["completions"][0]["rating"] = 1  # they disagree on step 1
+    third = json.loads(json.dumps(second))  # the same annotation twice: a true duplicate
+    src = tmp_path / "qc.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in (first, second, third)))
+    out = tmp_path / "qc.parquet"
+    code, stdout, _ = ingest(capsys, "prm800k", src, "-o", out)
+    assert code == 0
+    a, b, c = rows_of(out)
+    assert a["steps"] == b["steps"] and a["prompt"] == b["prompt"]
+    assert a["response_id"] != b["response_id"] and b["response_id"] == c["response_id"]
+    assert (a["reference_scores"][0], b["reference_scores"][0]) == (0.5, 1.0)
+    assert "human annotations: 3 rows, 1 of them another annotation of a solution already read" in stdout
+    assert "duplicate responses (same problem and steps): 1" in stdout
+    # The reference judge passes both annotations through: two rows, one per labeler.
+    run = tmp_path / "run"
+    assert main(["label", str(out), "--judge", "reference", "-o", str(run), "--no-cache"]) == 0
+    capsys.readouterr()
+    from schemas import STEP_SCORES
+
+    labeled = read_table(run, STEP_SCORES).to_pylist()
+    assert sorted(json.loads(r["meta"])["labeler"] for r in labeled) == sorted(
+        [first["labeler"], "another-labeler"])
+    assert sorted(r["scores"][0] for r in labeled) == [0.5, 1.0]

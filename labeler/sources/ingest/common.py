@@ -244,23 +244,28 @@ def make_row(
     gold_answer: str | None = None,
     reference_scores: Sequence[Any] | None = None,
     meta: dict[str, Any] | None = None,
+    annotation: Any = None,
 ) -> dict[str, Any]:
-    """One checked `responses` row; the response id hashes the problem text and the steps only."""
+    """One checked `responses` row; the response id hashes the problem text and the steps, and
+    ``annotation`` when the row is one human annotation of a solution (see ``response_id``)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise RecordError("the problem text is empty")
     try:
         steps = native_steps(list(steps) if not isinstance(steps, str) else steps)
     except SplitError as exc:
         raise RecordError(str(exc)) from exc
+    scores = check_scores(reference_scores, len(steps))
+    if annotation is not None:
+        annotation = {"annotation": annotation, "labels": scores}
     return {
-        "response_id": response_id(prompt, steps),
+        "response_id": response_id(prompt, steps, annotation),
         "problem_id": problem_id if problem_id is not None else stable_problem_id(source, prompt),
         "source": source,
         "prompt": prompt,
         "steps": steps,
         "final_answer": final_answer,
         "gold_answer": gold_answer,
-        "reference_scores": check_scores(reference_scores, len(steps)),
+        "reference_scores": scores,
         "meta": canonical_json(meta) if meta else None,
     }
 
@@ -277,6 +282,8 @@ class IngestStats:
     max_steps: int = 0
     labeled: int = 0
     duplicates: int = 0
+    reannotated: int = 0  # rows annotating a solution (problem + steps) an earlier row also has
+    id_conflicts: int = 0  # records whose problem id an earlier record used for another problem
     skipped_path: Path | None = None
     inputs: list[str] = field(default_factory=list)
 
@@ -289,6 +296,12 @@ class IngestStats:
             f"with reference scores: {self.labeled:,}; duplicate responses (same problem and "
             f"steps): {self.duplicates:,}",
         ]
+        if self.reannotated:
+            lines.append(f"human annotations: {self.rows:,} rows, {self.reannotated:,} of them "
+                         "another annotation of a solution already read (each kept as its own row)")
+        if self.id_conflicts:
+            lines.append(f"problem ids reused for a different problem text: {self.id_conflicts:,} "
+                         "record(s), skipped")
         if self.skipped:
             lines.append(f"skipped {self.skipped:,} invalid record(s); reasons in {self.skipped_path}")
         else:
@@ -313,6 +326,8 @@ class ResponsesWriter:
         self.skipped_path = self.output.with_name(self.output.stem + ".skipped.jsonl")
         self._buffer: list[dict[str, Any]] = []
         self._seen: set[str] = set()
+        self._solutions: set[str] = set()
+        self._problems: dict[str, tuple[str, str]] = {}  # problem id -> (text hash, first where)
         self._skips: list[dict[str, str]] = []
         self._writer: pq.ParquetWriter | None = None
         self._tmp: str | None = None
@@ -327,6 +342,16 @@ class ResponsesWriter:
         os.close(fd)
         return self
 
+    def check_problem_id(self, row: dict[str, Any], where: str) -> None:
+        """One problem id, one problem text: rows of an id reused for another problem would be
+        grouped and paired as one problem downstream ("What is 1+1?" against a 7×8 solution)."""
+        pid, text = row["problem_id"], sha256_hex(row["prompt"])
+        first = self._problems.setdefault(pid, (text, where))
+        if first[0] != text:
+            self.stats.id_conflicts += 1
+            raise RecordError(f"problem id {pid!r} was used for a different problem text at "
+                              f"{first[1]}; give each problem its own id")
+
     def add(self, row: dict[str, Any]) -> None:
         if self.full:
             return
@@ -339,6 +364,10 @@ class ResponsesWriter:
         st.labeled += row["reference_scores"] is not None
         if row["response_id"] in self._seen:
             st.duplicates += 1
+        else:
+            solution = response_id(row["prompt"], row["steps"])
+            st.reannotated += solution != row["response_id"] and solution in self._solutions
+            self._solutions.add(solution)
         self._seen.add(row["response_id"])
         self._buffer.append(row)
         if len(self._buffer) >= ROW_GROUP:
@@ -406,6 +435,7 @@ def ingest_records(
                 continue
             try:
                 row = to_row(item)
+                writer.check_problem_id(row, item.where)
             except (RecordError, SplitError) as exc:
                 writer.reject(item.where, exc)
                 continue

@@ -12,7 +12,9 @@ that step has ``chosen_completion: null`` and no human completion: we take its r
 (the first one rated -1, else the first one) so that the erroneous step is kept — dropping it
 would turn a solution with a known error into one that looks correct.
 
-Ratings -1/0/+1 become reference scores 0/0.5/1 (a missing rating stays null). The rated
+Ratings -1/0/+1 become reference scores 0/0.5/1 (a missing rating stays null). Every line is
+one human annotation and stays its own row: its response id covers the labeler, the timestamp
+and the labels, so two labelers rating one solution give two rows (the summary counts them). The rated
 alternatives at each step (same prefix, different next step: natural step-level pairs), the
 finish reason, the QC/screening flags and the generator's own answer go into ``meta``.
 """
@@ -143,4 +145,6 @@ def to_row(record: Record) -> dict[str, Any]:
         gold_answer=gold,
         reference_scores=scores,
         meta=meta,
+        # Two labelers (quality-control questions) rate one solution: two rows, two ids.
+        annotation={"labeler": obj.get("labeler"), "timestamp": obj.get("timestamp")},
     )
