@@ -3,11 +3,16 @@
 Each file carries ``stepdpo.schema = NAME/VERSION`` in its Arrow schema metadata. Readers check
 it, so a trainer box never silently trains on a file of the wrong kind or from an older layout.
 Steps are stored as ``list<string>``: they are the unit of work and are never re-split.
+
+A file saved again by pandas, polars or duckdb keeps our columns but loses the stamp: it is
+read when its columns make the kind needed (a one-line note says so) and refused otherwise with
+an error that names the missing columns and the fix.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +230,44 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+def _missing(kind: Kind, names: Sequence[str]) -> list[str]:
+    """Required columns of ``kind`` that a schema with column ``names`` lacks."""
+    return [f.name for f in kind.schema if f.name not in names and f.name not in kind.optional]
+
+
+# Most specific first: every step_scores file also has the columns of a responses file.
+_INFER_ORDER = (STEP_SCORES, PAIRS, RESPONSES)
+
+
+def infer_kind(schema: pa.Schema) -> Kind | None:
+    """The kind whose columns an unstamped file has (a stepdpo file saved again by pandas,
+    polars or duckdb keeps the columns but loses the stamp); None when none fits."""
+    return next((k for k in _INFER_ORDER if not _missing(k, schema.names)), None)
+
+
+def _unstamped(path: Path, schema: pa.Schema, wanted: Kind | None = None) -> UserError:
+    """The one-line error for an unstamped file whose columns make no (or not the wanted) kind."""
+    candidates = [wanted] if wanted is not None else list(_INFER_ORDER)
+    kind = min(candidates, key=lambda k: len(_missing(k, schema.names)))
+    missing = _missing(kind, schema.names)
+    return UserError(
+        f"{path}: not a stepdpo file (no '{SCHEMA_KEY.decode()}' metadata) and its columns do not "
+        f"make a '{kind.name}' table (missing {', '.join(missing[:4])}{', …' if len(missing) > 4 else ''}); "
+        "keep every column when you filter a stepdpo file with pandas/polars/duckdb, or turn "
+        "your own data into responses with `stepdpo ingest jsonl`"
+    )
+
+
+def _say_unstamped(files: list[Path], kind: Kind) -> None:
+    if files:
+        more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+        print(f"stepdpo: note: {files[0]}{more}: no '{SCHEMA_KEY.decode()}' stamp (saved by another "
+              f"tool?); its columns match '{kind.tag}', so it is read as such", file=sys.stderr)
+
+
 def read_kind(path: str | os.PathLike) -> str:
-    """The kind name stamped in a Parquet file (or a folder's first file)."""
+    """The kind name stamped in a Parquet file (or a folder's first file); for an unstamped
+    file, the kind its columns make (see :func:`infer_kind`)."""
     first = parquet_files(path)[0]
     try:
         schema = pq.read_schema(first)
@@ -234,7 +275,10 @@ def read_kind(path: str | os.PathLike) -> str:
         raise UserError(f"{first}: not a readable Parquet file ({exc})") from exc
     tag = kind_of_schema(schema)
     if tag is None:
-        raise UserError(f"{first}: not a stepdpo file (no '{SCHEMA_KEY.decode()}' metadata)")
+        kind = infer_kind(schema)
+        if kind is None:
+            raise _unstamped(first, schema)
+        return kind.name
     return tag.partition("/")[0]
 
 
@@ -245,6 +289,7 @@ def read_table(
     files = parquet_files(path)
     cols = list(columns) if columns is not None else None
     tables = []
+    unstamped = []
     for f in files:
         try:
             schema = pq.read_schema(f)
@@ -252,7 +297,11 @@ def read_table(
             raise UserError(f"{f}: not a readable Parquet file ({exc})") from exc
         tag = kind_of_schema(schema)
         if tag is None:
-            raise UserError(f"{f}: not a stepdpo file (no '{SCHEMA_KEY.decode()}' metadata)")
+            # Saved again by another tool: accepted when its columns make this kind; the
+            # checked table below carries the stamp from here on.
+            if _missing(kind, schema.names):
+                raise _unstamped(f, schema, kind)
+            unstamped.append(f)
         if cols is None:
             tables.append(validate(pq.read_table(f), kind, f))
         else:
@@ -267,6 +316,7 @@ def read_table(
             )
             present = [c for c in cols if c in schema.names]
             tables.append(validate(pq.read_table(f, columns=present), partial, f))
+    _say_unstamped(unstamped, kind)
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables)

@@ -140,7 +140,9 @@ def test_wrong_kind_message(tmp_path):
 def test_foreign_and_unreadable_files(tmp_path):
     foreign = tmp_path / "foreign.parquet"
     pq.write_table(pa.table({"a": [1]}), foreign)
-    with pytest.raises(UserError, match=r"not a stepdpo file \(no 'stepdpo.schema' metadata\)$"):
+    with pytest.raises(UserError, match=r"not a stepdpo file \(no 'stepdpo.schema' metadata\) and its "
+                                        r"columns do not make a 'responses' table \(missing response_id, "
+                                        r"problem_id, source, prompt, …\); keep every column"):
         read_table(foreign, RESPONSES)
     junk = tmp_path / "junk.parquet"
     junk.write_text("not parquet")
@@ -370,3 +372,38 @@ def test_require_complete_accepts_whole_folders_only(tmp_path):
         raise RuntimeError("killed")
     assert sorted(p.name for p in folder.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["pairs"]
+
+
+def test_files_saved_again_by_pandas_are_read_when_their_columns_fit(tmp_path, capsys):
+    """A `responses` subset written by pandas lost the stamp and `label` refused it as "not a
+    stepdpo file"; the columns are all there, so read it (stamped on the way) and say so."""
+    import pandas as pd
+
+    from stepdpo.cli import main
+
+    rows = [response_row(i, prompt=f"What is {i}+1?") for i in range(4)]
+    ours = write_table(from_rows(rows, RESPONSES), tmp_path / "r.parquet", RESPONSES)
+    df = pd.read_parquet(ours)
+    subset = tmp_path / "subset.parquet"
+    df[df["prompt"] != "What is 0+1?"].to_parquet(subset)  # pandas: new schema, no stamp
+    assert b"stepdpo.schema" not in (pq.read_schema(subset).metadata or {})
+    assert read_kind(subset) == "responses"
+    table = read_table(subset, RESPONSES)
+    assert table.num_rows == 3 and table.schema.metadata[b"stepdpo.schema"] == b"responses/1"
+    assert "subset.parquet: no 'stepdpo.schema' stamp (saved by another tool?); its columns match " \
+           "'responses/1', so it is read as such" in capsys.readouterr().err
+    # The whole path accepts it: label it and inspect the run.
+    run = tmp_path / "run"
+    assert main(["label", str(subset), "--judge", "gsm8k-calc", "-o", str(run), "--no-cache"]) == 0
+    assert main(["inspect", str(run), "--json"]) == 0
+    assert '"rows": 3' in capsys.readouterr().out
+    # Columns dropped on the way: one line naming what is missing and the fix.
+    df.drop(columns=["steps"]).to_parquet(tmp_path / "nosteps.parquet")
+    assert main(["label", str(tmp_path / "nosteps.parquet"), "--judge", "gsm8k-calc",
+                 "-o", str(tmp_path / "run2"), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"stepdpo label: error: {tmp_path / 'nosteps.parquet'}: not a stepdpo file (no "
+                   "'stepdpo.schema' metadata) and its columns do not make a 'responses' table "
+                   "(missing steps); keep every column when you filter a stepdpo file with "
+                   "pandas/polars/duckdb, or turn your own data into responses with "
+                   "`stepdpo ingest jsonl`")
