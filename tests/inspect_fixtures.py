@@ -37,6 +37,7 @@ def synthetic_run(
     error_rate: float = 0.0,
     judge: str = "fake:judge",
     raw_bytes: int = 16,
+    id_prefix: str = "r",
 ) -> pa.Table:
     """A step_scores table with reference labels and judge scores, no Python loop per step."""
     rng = np.random.default_rng(seed)
@@ -63,7 +64,7 @@ def synthetic_run(
     in_tok = 200 + 30 * lengths
     out_tok = 20 * lengths
     table = pa.table({
-        "response_id": pa.array([f"r{i:07d}" for i in range(n)]),
+        "response_id": pa.array([f"{id_prefix}{i:07d}" for i in range(n)]),
         "problem_id": pa.array([f"p{i // 4:07d}" for i in range(n)]),
         "source": pa.array(["synthetic"] * n),
         "prompt": pa.array([f"Problem {i}: what is {i} + {i}?" for i in range(n)]),

@@ -36,7 +36,7 @@ def report_1000(tmp_path_factory):
     d = tmp_path_factory.mktemp("html")
     run = d / "run"
     write_run(run / "part-00000.parquet", 600, seed=21, error_rate=0.02)
-    write_run(run / "part-00001.parquet", 400, seed=22, error_rate=0.02)
+    write_run(run / "part-00001.parquet", 400, seed=22, error_rate=0.02, id_prefix="q")
     (run / "run.json").write_text('{"judge": "fake:judge", "rows": 1000}')
     out = d / "report.html"
     assert main(["inspect", str(run), "--html", str(out), "--examples", "50", "--where", "flagged"]) == 0
@@ -105,7 +105,7 @@ def test_comparison_and_pairs_reports(tmp_path):
                  "--plots", str(tmp_path / "plots")]) == 0
     text = out.read_text(encoding="utf-8")
     names = re.findall(r"<img class='plot' alt='([a-z_0-9]+)'", text)
-    assert names == [f"{ab}_{p}" for ab in "ab" for p in PLOTS]
+    assert names == ["a_vs_b"] + [f"{ab}_{p}" for ab in "ab" for p in PLOTS]
     assert sorted(p.stem for p in (tmp_path / "plots").iterdir()) == sorted(names)
     # Only x2 differs (0.2 vs 1.0 at step 2); its row shows A's score, B's and the label.
     assert len(re.findall(r"<tr><td>\d+</td><td><code>", text)) == 1 and "<code>x2</code>" in text
@@ -121,3 +121,54 @@ def test_comparison_and_pairs_reports(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert re.findall(r"<img class='plot' alt='([a-z_0-9]+)'", text) == ["margin", "steps_per_solution"]
     assert "<b>chosen</b> (reward 1)" in text and "<code>q1</code>" in text
+
+
+def test_plots_come_before_the_raw_manifest_and_two_judges_get_a_scatter(tmp_path, capsys):
+    """#16 item 16: the report opened on a page of run.json; and two judges had no A-vs-B plot."""
+    import json
+
+    run = tmp_path / "run"
+    write_rows(run / "part-00000.parquet", score_rows([("x1", [1, 0], [0.9, 0.1]), ("x2", [1, 1], [0.8, 0.2])]))
+    (run / "run.json").write_text(json.dumps({"judge": "fake:judge", "marker": "RAW-MANIFEST"}))
+    other = write_rows(tmp_path / "b.parquet", score_rows([("x1", [1, 0], [1.0, 0.0]), ("x2", [1, 1], [1.0, 1.0])],
+                                                         judge="reference"))
+    out = tmp_path / "one.html"
+    assert main(["inspect", str(run), "--html", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.index("<h2>Plots</h2>") < text.index("<h2>Examples</h2>") < text.index("RAW-MANIFEST")
+    assert "<h2>Raw manifest</h2>" in text
+    # Two judges: the scatter holds exactly the compared step pairs, and it is the first plot.
+    out = tmp_path / "two.html"
+    assert main(["inspect", str(run), str(other), "--html", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert re.findall(r"<img class='plot' alt='([a-z_0-9]+)'", text)[0] == "a_vs_b"
+    assert text.index("<h2>Plots</h2>") < text.index("RAW-MANIFEST")
+    capsys.readouterr()
+    assert main(["inspect", str(run), str(other), "--json"]) == 0
+    scatter = json.loads(capsys.readouterr().out)["comparison"]["scatter"]
+    assert sorted(zip(scatter["a"], scatter["b"], strict=True)) == [(0.1, 0.0), (0.2, 1.0), (0.8, 1.0), (0.9, 1.0)]
+    assert scatter["of"] == 4
+    png = base64.b64decode(re.search(r"alt='a_vs_b' src='data:image/png;base64,([^']+)'", text).group(1))
+    assert png.startswith(b"\x89PNG")
+
+
+def test_bad_report_targets_are_one_line_errors_and_leave_nothing(tmp_path, capsys):
+    """#16 item 15: `--html DIR` raised IsADirectoryError and left DIR/.NAME.tmp behind;
+    `--plots FILE` raised FileExistsError."""
+    path = write_rows(tmp_path / "hand.parquet", score_rows([("x1", [1, 0], [0.9, 0.1])]))
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    cases = [
+        (["--html", folder], f"--html {folder}: is a folder; give a file name, e.g. --html {folder / 'report.html'}"),
+        (["--plots", afile], f"--plots {afile}: is a file; give a folder for the PNG files"),
+        (["--html", afile / "r.html"], f"--html {afile / 'r.html'}: {afile} is a file, not a folder"),
+        (["--plots", afile / "p"], f"--plots {afile / 'p'}: {afile} is a file, not a folder"),
+    ]
+    for extra, message in cases:
+        assert main(["inspect", str(path), *map(str, extra)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"stepdpo inspect: error: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hand.parquet", "notes.txt", "reports"]
+    assert list(folder.iterdir()) == [] and afile.read_text() == "mine"

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from labeler.inspection.stats import Exploded, explode, first_errors, json_number
 
 CALIBRATION_BINS = 10
+SCATTER_POINTS = 1000  # step score pairs kept for the A-vs-B scatter (evenly spaced, so fixed)
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -235,4 +236,13 @@ def compare(a: pa.Table, b: pa.Table, threshold: float = 0.5, top: int = 10) -> 
              "steps_disagreeing": int(n_dis[i]), "max_abs_diff": json_number(max_diff[i])}
             for i in picked
         ],
+        "scatter": scatter_sample(va, vb),
     }
+
+
+def scatter_sample(va: np.ndarray, vb: np.ndarray, n: int = SCATTER_POINTS) -> dict[str, Any]:
+    """Up to ``n`` (score A, score B) step pairs, evenly spaced over all of them: the same
+    input always gives the same plot, and the report stays small however many steps there are."""
+    idx = np.unique(np.linspace(0, len(va) - 1, n).astype(np.int64)) if len(va) > n else np.arange(len(va))
+    return {"a": [round(float(x), 4) for x in va[idx]], "b": [round(float(x), 4) for x in vb[idx]],
+            "of": int(len(va))}

@@ -14,6 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from schemas.atomic import atomic_open
+from schemas.errors import UserError
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
@@ -147,9 +150,15 @@ def _summary_html(rep: dict[str, Any]) -> str:
         if key in rep:
             parts.append(f"<h3>{_e(key)}</h3>" + _kv_table(
                 [(k, v) for k, v in rep[key].items() if k != "histogram"]))
-    if rep.get("run_manifest") is not None:
-        parts.append("<h3>run.json</h3><pre>" + _e(json.dumps(rep["run_manifest"], indent=2)) + "</pre>")
     return "".join(parts)
+
+
+def _manifests_html(report: dict[str, Any]) -> str:
+    """The raw run manifests, last: long, and read only when digging into one run."""
+    reps = report["inputs"] if report.get("kind") == "comparison" else [report]
+    parts = [f"<h3>{_e(r['path'])}: run.json</h3><pre>{_e(json.dumps(r['run_manifest'], indent=2))}</pre>"
+             for r in reps if r.get("run_manifest") is not None]
+    return "<h2>Raw manifest</h2>" + "".join(parts) if parts else ""
 
 
 def render(report: dict[str, Any], plots: dict[str, bytes], exs: list[dict[str, Any]],
@@ -159,7 +168,7 @@ def render(report: dict[str, Any], plots: dict[str, bytes], exs: list[dict[str, 
         comp = report["comparison"]
         title = "stepdpo inspect: " + " vs ".join(r["path"] for r in report["inputs"])
         summary = ("<h2>Comparison</h2>" + _kv_table(
-            [(k, v) for k, v in comp.items() if k != "disagreements"])
+            [(k, v) for k, v in comp.items() if k not in ("disagreements", "scatter")])
             + "<h3>Largest disagreements</h3>"
             + _table(comp["disagreements"], ["response_id", "first_error_a", "first_error_b",
                                              "steps_disagreeing", "max_abs_diff"])
@@ -180,15 +189,18 @@ def render(report: dict[str, Any], plots: dict[str, bytes], exs: list[dict[str, 
         f"<title>{_e(title)}</title><style>{CSS}</style><script>{JS}</script></head><body>"
         f"<h1>{_e(title)}</h1><p class='muted'>generated {now}; step threshold {threshold}</p>"
         f"{summary}<h2>Plots</h2><div class='plots'>{figures or '<p>no plots</p>'}</div>"
-        f"<h2>Examples</h2>{_examples_html(exs, threshold)}</body></html>"
+        f"<h2>Examples</h2>{_examples_html(exs, threshold)}{_manifests_html(report)}</body></html>"
     )
 
 
 def write_report(path: str | Path, report: dict[str, Any], plots: dict[str, bytes],
                  exs: list[dict[str, Any]], threshold: float) -> Path:
+    """Write the report atomically: a failed write leaves no partial file and no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(report, plots, exs, threshold), encoding="utf-8")
-    tmp.replace(path)
+    text = render(report, plots, exs, threshold)
+    try:
+        with atomic_open(path, "w") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise UserError(f"--html {path}: cannot write the report ({exc.strerror or exc})") from exc
     return path

@@ -149,6 +149,30 @@ def margin_histogram(rep: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
+def a_vs_b(comp: dict[str, Any]) -> bytes | None:
+    """Each compared step as a point: judge A's score against judge B's."""
+    pts = comp.get("scatter") or {}
+    if not pts.get("a"):
+        return None
+    fig, ax = _figure()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="A = B")
+    ax.scatter(pts["a"], pts["b"], s=8, alpha=0.35, edgecolors="none")
+    thr = comp.get("threshold")
+    if thr is not None:
+        ax.axvline(thr, color="red", linestyle=":", linewidth=0.8)
+        ax.axhline(thr, color="red", linestyle=":", linewidth=0.8)
+    name = lambda key: ", ".join(map(str, comp.get(key) or [])) or key  # noqa: E731
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"A: {name('judges_a')}")
+    ax.set_ylabel(f"B: {name('judges_b')}")
+    shown = len(pts["a"])
+    ax.set_title(f"Step scores, A vs B ({shown} of {pts['of']} steps)" if shown < pts["of"]
+                 else f"Step scores, A vs B ({shown} steps)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 PLOTS: dict[str, list[tuple[str, Callable[[dict[str, Any]], bytes | None]]]] = {
     "step_scores": [
         ("score_by_position", score_by_position),
@@ -169,6 +193,9 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
         raise UserError("plots need matplotlib: pip install 'stepwise-dpo[report]'") from exc
     if report.get("kind") == "comparison":
         out = {}
+        png = a_vs_b(report["comparison"])
+        if png is not None:
+            out["a_vs_b"] = png
         for prefix, rep in zip(("a_", "b_"), report["inputs"], strict=True):
             out.update({prefix + k: v for k, v in make_plots(rep).items()})
         return out
@@ -181,11 +208,18 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
 
 
 def write_plots(plots: dict[str, bytes], folder: str | Path) -> list[Path]:
+    """Write each plot as ``NAME.png`` into ``folder`` (each file atomically)."""
+    from schemas.atomic import atomic_open
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, png in plots.items():
-        path = folder / f"{name}.png"
-        path.write_bytes(png)
-        paths.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, png in plots.items():
+            path = folder / f"{name}.png"
+            with atomic_open(path, "wb") as fh:
+                fh.write(png)
+            paths.append(path)
+    except OSError as exc:
+        raise UserError(f"--plots {folder}: cannot write the plots ({exc.strerror or exc})") from exc
     return paths

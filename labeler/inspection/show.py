@@ -171,8 +171,18 @@ def _fmt(x: float | None) -> str:
     return "  -  " if x is None else f"{x:.2f}"
 
 
-def render(console: Any, exs: list[dict[str, Any]], threshold: float) -> None:
-    """Print examples with rich: score, reference label (and second judge) beside each step."""
+def cut(text: str, max_chars: int) -> str:
+    """``text`` shortened to about ``max_chars`` characters, saying how much was left out: one
+    runaway step (a model looping for 50k characters) must not bury the rest of the output."""
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    head = text[: max(max_chars - 40, max_chars // 2)]
+    return f"{head} … [{len(text) - len(head):,} more characters]"
+
+
+def render(console: Any, exs: list[dict[str, Any]], threshold: float, max_chars: int = 0) -> None:
+    """Print examples with rich: score, reference label (and second judge) beside each step.
+    Steps and problems longer than ``max_chars`` are cut (0: never)."""
     from rich.markup import escape
     from rich.text import Text
 
@@ -185,7 +195,7 @@ def render(console: Any, exs: list[dict[str, Any]], threshold: float) -> None:
         if ex.get("other_judge"):
             extra += f"  vs {ex['other_judge']}"
         console.rule(f"[bold]#{n} {escape(str(head))}[/]{escape(extra)}")
-        console.print(Text(ex["prompt"].strip(), style="italic"))
+        console.print(Text(cut(ex["prompt"].strip(), max_chars), style="italic"))
         if ex.get("error"):
             console.print(Text(f"error: {ex['error']}", style="red"))
         blocks = [("", ex["steps"])] if "steps" in ex else [
@@ -205,7 +215,7 @@ def render(console: Any, exs: list[dict[str, Any]], threshold: float) -> None:
                     line.append(f" ref {_fmt(step['reference'])}",
                                 style=style_for(step["reference"], threshold))
                 line.append("  ")
-                line.append(step["text"], style=style_for(step["score"], threshold))
+                line.append(cut(step["text"], max_chars), style=style_for(step["score"], threshold))
                 console.print(line)
         if ex.get("gold_answer") is not None or ex.get("final_answer") is not None:
             console.print(Text(f"final answer: {ex.get('final_answer')}   gold: {ex.get('gold_answer')}",

@@ -54,6 +54,35 @@ class Loaded:
     table: pa.Table
     manifest: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Row i of ``table`` is row kept[i] of the files (None: every row, in order).
+    kept: np.ndarray | None = None
+    superseded: int = 0
+
+
+def winning_rows(table: pa.Table) -> np.ndarray | None:
+    """Indices of the rows that count, by the run folder's resume rule, or None if all do.
+
+    A run killed after writing a shard but before its final compaction can hold a response
+    twice (an earlier error row and the new ok row). Per (response, judge fingerprint) the first
+    ok row wins, else the latest error row, as ``stepdpo label`` decides on its next run; so
+    ``inspect`` between a kill and the rerun counts each response once.
+    """
+    if table.num_rows == 0 or "status" not in table.column_names:
+        return None
+    rids = table.column("response_id")
+    if pc.count_distinct(rids).as_py() == table.num_rows:
+        return None  # the usual case: nothing to decide (one vector op)
+    fps = (table.column("judge_fingerprint").to_pylist() if "judge_fingerprint" in table.column_names
+           else [None] * table.num_rows)
+    winner: dict[tuple[str, Any], tuple[int, bool]] = {}
+    for i, (rid, fp, status) in enumerate(zip(rids.to_pylist(), fps, table.column("status").to_pylist(),
+                                              strict=True)):
+        prev = winner.get((rid, fp))
+        if prev is None or not prev[1]:
+            winner[(rid, fp)] = (i, status == "ok")
+    if len(winner) == table.num_rows:
+        return None
+    return np.sort(np.fromiter((i for i, _ in winner.values()), dtype=np.int64, count=len(winner)))
 
 
 def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
@@ -67,7 +96,13 @@ def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
         require_complete(path, PAIRS_MANIFESTS, fix=PAIRS_FIX)
     files = parquet_files(path)
     table = read_table(path, kind, columns=columns if columns is not None else COLUMNS[name])
-    return Loaded(path=path, kind=kind, files=files, table=table, manifest=read_manifests(path))
+    kept = winning_rows(table) if name == "step_scores" else None
+    superseded = 0
+    if kept is not None:
+        superseded = table.num_rows - len(kept)
+        table = table.take(pa.array(kept))
+    return Loaded(path=path, kind=kind, files=files, table=table, manifest=read_manifests(path),
+                  kept=kept, superseded=superseded)
 
 
 def read_manifests(path: Path) -> dict[str, Any] | None:
@@ -97,6 +132,8 @@ def take_rows(loaded: Loaded, rows: np.ndarray, columns: list[str]) -> pa.Table:
     import pyarrow.parquet as pq
 
     rows = np.asarray(rows, dtype=np.int64)
+    if loaded.kept is not None:
+        rows = loaded.kept[rows]
     kind = loaded.kind
     partial = Kind(kind.name, kind.version, pa.schema([kind.schema.field(c) for c in columns]),
                    kind.optional)
@@ -263,6 +300,8 @@ def _header(loaded: Loaded) -> dict[str, Any]:
         "files": len(loaded.files),
         "rows": loaded.table.num_rows,
     }
+    if loaded.superseded:
+        out["superseded_rows"] = loaded.superseded
     if loaded.manifest is not None:
         out["run_manifest"] = loaded.manifest
     return out

@@ -1,4 +1,9 @@
-"""The report as rich tables on the terminal (``--json`` prints the same data for scripts)."""
+"""The report as rich tables on the terminal (``--json`` prints the same data for scripts).
+
+Every table fits an 80-column terminal without breaking a header or a number across lines:
+wide summaries (agreement, A-vs-B comparison) are printed one metric per row, and the
+per-judge table is split in two (counts, then tokens and cost).
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,16 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
 
     t = Table(title=escape(title), title_justify="left", show_edge=False)
     for c in columns:
-        text = c in ("judge", "fp", "error", "response_id")
-        t.add_column(c, justify="left" if text else "right", overflow="fold", min_width=8 if text else None)
+        text = c in ("judge", "fp", "error", "response_id", "metric")
+        t.add_column(c, justify="left" if text else "right", overflow="fold")
     for r in rows:
         t.add_row(*[Text(_f(x)) for x in r])
     return t
+
+
+def _vertical(title: str, names: list[str], rows: list[tuple[str, list[Any]]]) -> Any:
+    """A metric-per-row table: ``rows`` are (metric, one value per name in ``names``)."""
+    return _table(title, ["metric", *names], [[label, *values] for label, values in rows])
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -37,6 +47,9 @@ def print_summary(console: Any, rep: dict[str, Any]) -> None:
     from rich.markup import escape
 
     console.print(f"[bold]{escape(rep['path'])}[/]  kind={rep['kind']}  files={rep['files']}  rows={rep['rows']}")
+    if rep.get("superseded_rows"):
+        console.print(f"[yellow]ignored {rep['superseded_rows']} superseded row(s)[/] (a killed run "
+                      "labeled them again; the next `stepdpo label` run removes them)")
     if "status" in rep:
         console.print(f"status: {_counts(rep['status'])}")
     if "sources" in rep:
@@ -55,10 +68,11 @@ def print_summary(console: Any, rep: dict[str, Any]) -> None:
     for err in rep.get("top_errors", []):
         console.print(f"[red]error[/] x{err['count']}: {escape(str(err['error']))}")
     if rep.get("judges"):
-        console.print(_table("judges", ["judge", "fp", "rows", "ok", "err", "steps", "tokens",
-                                        "cost $", "$/1k steps"],
+        console.print(_table("judges", ["judge", "fp", "rows", "ok", "err", "steps"],
                              [[j["judge"], j["judge_fingerprint"][:8], j["rows"], j["ok"], j["error"],
-                               j["steps"], j["input_tokens"] + j["output_tokens"], j["cost_usd"],
+                               j["steps"]] for j in rep["judges"]]))
+        console.print(_table("judge cost", ["judge", "tokens", "cost $", "$/1k steps"],
+                             [[j["judge"], j["input_tokens"] + j["output_tokens"], j["cost_usd"],
                                j["cost_per_1k_steps"]] for j in rep["judges"]]))
     if rep.get("scores", {}).get("by_position"):
         console.print(_table("score by step position", ["position", "steps", "mean", "p10", "p50", "p90",
@@ -74,15 +88,21 @@ def print_summary(console: Any, rep: dict[str, Any]) -> None:
         rows = [["none", (fe or {}).get("none", "-"), (ref or {}).get("none", "-")]]
         rows += [[k, hj.get(k, 0) if fe else "-", hr.get(k, 0) if ref else "-"] for k in keys]
         console.print(_table("first error position", ["step", "by judge", "by reference"], rows))
-    for judge, agr in (rep.get("agreement") or {}).items():
-        pb = agr["processbench"]
-        console.print(_table(
-            f"agreement with reference labels: {judge} (threshold {agr['threshold']})",
-            ["compared", "len mismatch", "steps", "step acc", "AUC", "PB acc err", "PB acc ok",
-             "PB F1", "ECE"],
-            [[agr["compared"], agr["length_mismatch"], agr["steps"], agr["step_accuracy"],
-              agr["step_auc"], pb["error_accuracy"], pb["correct_accuracy"], pb["f1"],
-              agr["calibration"]["ece"]]]))
+    agreement = rep.get("agreement") or {}
+    if agreement:
+        ags = list(agreement.values())
+        pbs = [a["processbench"] for a in ags]
+        console.print(_vertical(
+            f"agreement with reference labels (threshold {ags[0]['threshold']})", list(agreement),
+            [("responses compared", [a["compared"] for a in ags]),
+             ("length mismatch", [a["length_mismatch"] for a in ags]),
+             ("steps", [a["steps"] for a in ags]),
+             ("step accuracy", [a["step_accuracy"] for a in ags]),
+             ("step ROC AUC", [a["step_auc"] for a in ags]),
+             ("ProcessBench acc, erroneous", [p["error_accuracy"] for p in pbs]),
+             ("ProcessBench acc, correct", [p["correct_accuracy"] for p in pbs]),
+             ("ProcessBench F1", [p["f1"] for p in pbs]),
+             ("calibration ECE", [a["calibration"]["ece"] for a in ags])]))
     if "margin" in rep:
         m = rep["margin"]
         console.print(_table("reward margin (chosen − rejected)",
@@ -101,12 +121,18 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
         print_summary(console, rep)
     c = report["comparison"]
     console.rule("A vs B")
-    console.print(_table(
-        f"{', '.join(map(str, c['judges_a']))} vs {', '.join(map(str, c['judges_b']))}",
-        ["joined", "len mismatch", "steps", "step agree", "pearson", "spearman", "mean |diff|",
-         "first err agree", "responses differ"],
-        [[c["joined"], c["length_mismatch"], c["steps_compared"], c["step_agreement"], c["pearson"],
-          c["spearman"], c["mean_abs_diff"], c["first_error_agreement"], c["responses_disagreeing"]]]))
+    from rich.markup import escape
+
+    console.print(f"A: {escape(', '.join(map(str, c['judges_a'])))}")
+    console.print(f"B: {escape(', '.join(map(str, c['judges_b'])))}")
+    console.print(_vertical(
+        "agreement of A and B", ["A vs B"],
+        [(label, [c[key]]) for label, key in (
+            ("responses joined", "joined"), ("length mismatch", "length_mismatch"),
+            ("steps compared", "steps_compared"), ("step agreement", "step_agreement"),
+            ("pearson", "pearson"), ("spearman", "spearman"), ("mean |diff|", "mean_abs_diff"),
+            ("first error agreement", "first_error_agreement"),
+            ("responses disagreeing", "responses_disagreeing"))]))
     if c["disagreements"]:
         console.print(_table("largest disagreements", ["response_id", "first err A", "first err B",
                                                        "steps differ", "max |diff|"],

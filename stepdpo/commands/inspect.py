@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,10 @@ class InspectConfig:
         "help": "write the plots as PNG files into DIR", "metavar": "DIR"})
     examples: int = field(default=200, metadata={
         "help": "how many examples (picked by --where) the HTML report lists", "metavar": "N"})
+    max_chars: int = field(default=400, metadata={
+        "help": "--show cuts a step (or problem) longer than this many characters and says how "
+                "much it left out; 0 shows everything (--json and --html keep the full text)",
+        "metavar": "N"})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +111,30 @@ def pick_examples(loaded: list[stats.Loaded], where: str, threshold: float, n: i
     return show.add_other(exs, loaded[1].table, other) if len(loaded) == 2 else exs
 
 
+def check_outputs(cfg: InspectConfig) -> None:
+    """Refuse --html / --plots targets that cannot be written, before any work is done."""
+    if cfg.html is not None:
+        html = Path(cfg.html)
+        if html.is_dir():
+            raise UserError(f"--html {html}: is a folder; give a file name, e.g. --html {html / 'report.html'}")
+        parent = next((p for p in html.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UserError(f"--html {html}: {parent} is a file, not a folder")
+    if cfg.plots is not None:
+        plots = Path(cfg.plots)
+        if plots.exists() and not plots.is_dir():
+            raise UserError(f"--plots {plots}: is a file; give a folder for the PNG files, e.g. "
+                            f"--plots {plots.with_suffix('')}-plots")
+        parent = next((p for p in plots.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UserError(f"--plots {plots}: {parent} is a file, not a folder")
+    if cfg.max_chars < 0:
+        raise UserError(f"--max-chars must be 0 (no limit) or more, got {cfg.max_chars}")
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(InspectConfig, args)
+    check_outputs(cfg)
     report, loaded = build_report(args.paths, cfg.threshold)
     shown = pick_examples(loaded, cfg.where, cfg.threshold, cfg.show)
     if cfg.json:
@@ -126,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         if shown:
             from labeler.inspection.show import render
 
-            render(console, shown, cfg.threshold)
+            render(console, shown, cfg.threshold, max_chars=cfg.max_chars)
         elif cfg.show:
             print(f"--show: no rows match --where {cfg.where}", file=sys.stderr)
     if cfg.html is not None or cfg.plots is not None:
