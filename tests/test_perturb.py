@@ -275,3 +275,22 @@ def test_gsm8k_calc_agrees_on_the_full_test_set(gsm8k_test_full: Path) -> None:
     got = _calc_first_errors(out)
     assert stats["variants"] == len(got) > 1290
     assert [fe for fe, _ in got] == [step for _, step in got]
+
+
+def test_output_onto_its_own_input_is_refused(tmp_path: Path, sample_rows: list[dict], capsys) -> None:
+    """#16 item 15: `perturb IN -o IN` replaced the user's responses with originals + variants."""
+    src = write_table(from_rows(sample_rows, RESPONSES), tmp_path / "responses.parquet", RESPONSES)
+    before = src.read_bytes()
+    for out in (src, tmp_path / "." / "responses.parquet"):
+        assert main(["perturb", str(src), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"stepdpo perturb: error: -o {out}: is the input itself, which perturb would "
+                       f"overwrite; write the variants to another file, e.g. -o "
+                       f"{out.with_name('responses_perturbed.parquet')}")
+    assert src.read_bytes() == before
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_table(from_rows(sample_rows, RESPONSES), folder / "part-00000.parquet", RESPONSES)
+    assert main(["perturb", str(folder), "-o", str(folder / "perturbed.parquet")]) == 2
+    assert "is inside the input folder" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["part-00000.parquet"]

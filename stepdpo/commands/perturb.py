@@ -38,13 +38,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, PerturbConfig, "perturbation")
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(PerturbConfig, args)
-    table = read_table(args.input, RESPONSES)
-    rows, stats = perturb_rows(table.to_pylist(), cfg)
-    out = Path(args.output)
+def check_output(src: Path, out: Path) -> None:
+    """Refuse an -o that would replace the input (or land among its shards), before any work:
+    the input is the user's data, and a second run would perturb the first run's variants."""
     if out.is_dir():
         raise UserError(f"{out}: is a folder; give a .parquet file name for the output")
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise UserError(f"-o {out}: is the input itself, which perturb would overwrite; write the "
+                        f"variants to another file, e.g. -o {out.with_name(out.stem + '_perturbed.parquet')}")
+    if src.is_dir() and out.resolve().parent == src.resolve() and out.suffix == ".parquet":
+        raise UserError(f"-o {out}: is inside the input folder {src}, so it would be read as one of "
+                        "its shards next time; write it elsewhere")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = dataclass_from_args(PerturbConfig, args)
+    out = Path(args.output)
+    check_output(Path(args.input), out)
+    table = read_table(args.input, RESPONSES)
+    rows, stats = perturb_rows(table.to_pylist(), cfg)
     write_table(from_rows(rows, RESPONSES), out, RESPONSES)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(stats["skipped"].items())) or "none"
     print(
