@@ -148,7 +148,9 @@ def staged_folder(dest: str | os.PathLike) -> Iterator[Path]:
     old folder in a hidden sibling, which the next writer deletes. Whether ``dest`` may be
     replaced at all is the caller's decision (e.g. ``--overwrite``).
     """
-    dest = Path(dest)
+    # Absolute ("-o ." has no name to hide a sibling under) and through a symlink: the swap
+    # happens where the folder really is, and the link keeps pointing at it.
+    dest = Path(os.path.realpath(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(dest)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
