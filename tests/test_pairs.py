@@ -546,7 +546,7 @@ def test_leading_steps_both_sides_share_move_into_the_prefix_for_every_strategy(
     assert p["prefix_steps"] == [S0] and p["chosen_steps"] == [S1, S2]
 
 
-def test_pairs_json_records_how_rewards_and_errors_were_decided(tmp_path) -> None:
+def test_pairs_json_records_how_rewards_and_errors_were_decided(tmp_path, capsys) -> None:
     """The trainer reads these to use the stored rewards and the same error threshold."""
     run = _two_problem_run(tmp_path / "run", n=2)
     manifest = make_pairs([run], tmp_path / "pairs", PairsConfig(aggregate="min", threshold=0.3))
@@ -560,3 +560,6 @@ def test_pairs_json_records_how_rewards_and_errors_were_decided(tmp_path) -> Non
     for p in read_table(tmp_path / "pairs", PAIRS).to_pylist():
         assert p["chosen_reward"] == aggregate(p["chosen_scores"], saved["aggregation"])
         assert p["rejected_reward"] == aggregate(p["rejected_scores"], saved["aggregation"])
+    # inspect shows how the folder was made.
+    assert main(["inspect", str(tmp_path / "pairs")]) == 0
+    assert "rewards: min of the stored step scores; step threshold 0.3" in capsys.readouterr().out

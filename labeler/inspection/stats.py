@@ -38,6 +38,7 @@ COLUMNS: dict[str, list[str]] = {
 
 # Manifests that vouch for a pairs folder: `stepdpo pairs` or `stepdpo precompute-ref` wrote it.
 PAIRS_MANIFESTS = ("pairs.json", "precompute.json")
+PAIRS_MANIFEST_KEYS = ("strategy", "aggregation", "step_threshold", "judge_fingerprints", "counts")
 PAIRS_FIX = "rebuild it with `stepdpo pairs ... --overwrite` (or rerun `stepdpo precompute-ref`)"
 
 SCORE_BINS = 10  # histogram bins of scores in [0, 1]
@@ -92,8 +93,11 @@ def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
     if name not in KINDS:
         raise UserError(f"{path}: unknown stepdpo file kind '{name}'")
     kind = KINDS[name]
+    extra: dict[str, Any] = {}
     if name == "pairs":  # a killed or mixed pairs folder would be summarised as if whole
-        require_complete(path, PAIRS_MANIFESTS, fix=PAIRS_FIX)
+        manifest = require_complete(path, PAIRS_MANIFESTS, fix=PAIRS_FIX)
+        if manifest is not None:
+            extra["pairs_manifest"] = {k: manifest[k] for k in PAIRS_MANIFEST_KEYS if k in manifest}
     files = parquet_files(path)
     table = read_table(path, kind, columns=columns if columns is not None else COLUMNS[name])
     kept = winning_rows(table) if name == "step_scores" else None
@@ -102,7 +106,7 @@ def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
         superseded = table.num_rows - len(kept)
         table = table.take(pa.array(kept))
     return Loaded(path=path, kind=kind, files=files, table=table, manifest=read_manifests(path),
-                  kept=kept, superseded=superseded)
+                  extra=extra, kept=kept, superseded=superseded)
 
 
 def read_manifests(path: Path) -> dict[str, Any] | None:
@@ -427,6 +431,8 @@ def summarize_pairs(loaded: Loaded, threshold: float) -> dict[str, Any]:
     t = loaded.table
     out = _header(loaded)
     out["strategies"] = value_counts(t.column("strategy"))
+    if "pairs_manifest" in loaded.extra:
+        out["pairs_manifest"] = loaded.extra["pairs_manifest"]
     out["judge_fingerprints"] = value_counts(t.column("judge_fingerprint"))
     chosen = t.column("chosen_reward").to_numpy().astype(np.float64)
     rejected = t.column("rejected_reward").to_numpy().astype(np.float64)

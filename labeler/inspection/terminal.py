@@ -56,6 +56,10 @@ def print_summary(console: Any, rep: dict[str, Any]) -> None:
         console.print(f"sources: {_counts(rep['sources'])}")
     if "strategies" in rep:
         console.print(f"strategies: {_counts(rep['strategies'])}")
+    made = rep.get("pairs_manifest") or {}
+    if "aggregation" in made:
+        console.print(f"rewards: {escape(str(made['aggregation']))} of the stored step scores; "
+                      f"step threshold {made.get('step_threshold')}")
     if "tokens" in rep:
         tk = rep["tokens"]
         console.print(f"tokens: input {tk['input']}, output {tk['output']}, cached {tk['cached']}"
