@@ -5,7 +5,8 @@ strategies:
                         its steps up to the first error; the shared steps become prefix_steps and
                         chosen/rejected hold the diverging step (--continuation step, default) or
                         everything from it on (--continuation rest, chosen must be all correct)
-  best-worst            per problem, the highest vs the lowest aggregated reward (whole solutions)
+  best-worst            per problem, the highest vs the lowest aggregated reward (whole solutions,
+                        their shared leading steps moved to prefix_steps)
   prm800k-alternatives  PRM800K's rated alternatives at the same step: rating 1 vs rating -1
                         (reads meta of a reference-labeled run or of an ingested responses file)
 
