@@ -151,3 +151,48 @@ def test_ray_engine_refuses_api_judges_and_bad_options(setup, tmp_path, capsys):
     assert main(base + ["--judge", f"prm:{model}", "--num-workers", "0"]) == 2
     assert "--num-workers must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _gen_rows(folder: Path) -> dict[str, dict]:
+    import json
+
+    from schemas.tables import RESPONSES
+
+    rows = read_table(folder, RESPONSES).to_pylist()
+    out = {json.loads(r["meta"])["generation_id"]: r for r in rows}
+    assert len(out) == len(rows), "a sample was written twice"
+    return out
+
+
+def test_generate_and_eval_on_ray_draw_the_local_samples(setup, tmp_path, capsys):
+    """`generate --engine ray` draws exactly the local samples (same batches, so the same seeds,
+    at temperature 0.8 too); `eval --engine ray` grades them to the same numbers."""
+    import json
+
+    from trainer.tiny_model import build_tiny_model
+
+    root, _, _, _, address = setup
+    prompts = ["Natalia sold clips to 48 of her friends.", "A robe takes 2 bolts of blue fiber.",
+               "Weng earns $12 an hour for babysitting.", "James writes a 3-page letter twice a week.",
+               "Betty is saving money for a new wallet."]
+    policy = build_tiny_model(tmp_path / "policy", vocab_text=prompts + ["Step 1: Step 2: The answer is"], seed=1)
+    problems = tmp_path / "problems.jsonl"
+    with open(problems, "w") as fh:
+        for i, p in enumerate(prompts):
+            fh.write(json.dumps({"id": f"q{i}", "problem": p, "answer": str(i)}) + "\n")
+    common = [str(problems), "--generator", f"hf:{policy}", "--max-new-tokens", "8", "--progress", "none",
+              "--no-cache", "--batch-size", "2"]
+    ray_flags = ["--engine", "ray", "--ray-address", address, "--num-workers", "2"]
+    assert main(["generate", *common, "-o", str(tmp_path / "local"), "-n", "2"]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "ray"), "-n", "2", *ray_flags]) == 0
+    local, remote = _gen_rows(tmp_path / "local"), _gen_rows(tmp_path / "ray")
+    assert local.keys() == remote.keys() and len(local) == 10
+    assert all(local[g]["steps"] == remote[g]["steps"] for g in local)
+    assert main(["eval", *common, "-o", str(tmp_path / "eval-local")]) == 0
+    assert main(["eval", *common, "-o", str(tmp_path / "eval-ray"), *ray_flags]) == 0
+    a = json.loads((tmp_path / "eval-local" / "summary.json").read_text())
+    b = json.loads((tmp_path / "eval-ray" / "summary.json").read_text())
+    assert a["accuracy"] == b["accuracy"] and a["problems"] == b["problems"] == 5
+    assert main(["generate", *common, "-o", str(tmp_path / "x"), "--engine", "ray", "--generator",
+                 "openai:gpt-4o-mini"]) == 2
+    assert "local models" in capsys.readouterr().err

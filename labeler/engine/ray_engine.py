@@ -126,7 +126,7 @@ class JudgeWorker:
         return {"response_id": ids, "answer": out}
 
 
-class _Counter:
+class Counter:
     """Counts actor starts cluster-wide (a restarted actor runs __init__ again)."""
 
     def __init__(self) -> None:
@@ -188,22 +188,27 @@ def connect(options: RayOptions) -> Any:
     return ray
 
 
+def remote_call(fn: Any, options: RayOptions, *args: Any) -> Any:
+    """Run ``fn(*args)`` once on a worker with a worker's resources (to learn what the workers
+    will hold, without loading a model on the driver); a UserError there is one here."""
+    ray = connect(options)
+    task = ray.remote(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker)(fn)
+    try:
+        return ray.get(task.remote(*args))
+    except Exception as exc:  # the worker's UserError arrives wrapped in a RayTaskError
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from exc
+        raise
+
+
 def remote_judge(spec: str, config: Any, options: RayOptions) -> RemoteJudge:
     """The judge's identity, learned on a worker; refuses judges Ray cannot help."""
     prefix = spec.partition(":")[0]
     if prefix in ("openai", "anthropic", "openai-compatible"):
         raise UserError(f"--engine ray is for local model judges (prm:…); '{prefix}' is bound by the "
                         "provider's rate limit, which one process reaches: use the default engine")
-    ray = connect(options)
-    cfg = dataclasses.asdict(config)
-    probe = ray.remote(num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker)(_probe)
-    try:
-        info = ray.get(probe.remote(spec, cfg))
-    except Exception as exc:  # the worker's UserError arrives wrapped in a RayTaskError
-        cause = getattr(exc, "cause", None) or exc
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from exc
-        raise
+    info = remote_call(_probe, options, spec, dataclasses.asdict(config))
     if not info["plain_cache_key"]:
         raise UserError(f"--engine ray supports judges whose answer depends only on the problem and the "
                         f"steps (prm:); '{prefix}' also reads other fields: use the default engine")
@@ -239,7 +244,7 @@ class RayEngine(Engine):
                                     "prompt": [r["prompt"] for r in chunk],
                                     "steps": [list(r["steps"]) for r in chunk]}))
         name = f"stepdpo-starts-{uuid.uuid4().hex[:12]}"
-        counter = ray.remote(_Counter).options(name=name, num_cpus=0).remote()
+        counter = ray.remote(Counter).options(name=name, num_cpus=0).remote()
         by_id = {r["response_id"]: r for r in todo}
         try:
             ds = ray.data.from_arrow(blocks).map_batches(

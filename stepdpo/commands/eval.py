@@ -107,6 +107,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, EvalConfig, "evaluation")
     add_dataclass_arguments(parser, PairsEvalConfig, "implicit rewards on pairs (--pairs)")
     add_dataclass_arguments(parser, GeneratorOptions, "backend")
+    from labeler.engine.ray_engine import RayOptions
+
+    parser.add_argument("--engine", default="local", choices=["local", "ray"],
+                        help="where an hf: model samples: local, or ray (one model per Ray worker; as "
+                             "`generate --engine ray`)")
+    add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
 
 
 def bundled_gsm8k_test() -> Path:

@@ -107,6 +107,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder for responses shards and run.json")
     add_dataclass_arguments(parser, GenerateConfig, "generation")
     add_dataclass_arguments(parser, GeneratorOptions, "backend")
+    from labeler.engine.ray_engine import RayOptions  # imports no Ray until --engine ray runs
+
+    parser.add_argument("--engine", default="local", choices=["local", "ray"],
+                        help="where an hf: model runs: local (this process) or ray (an actor pool on a Ray "
+                             "cluster, one model per worker; needs the `ray` extra). Output, cache and resume "
+                             "are the same either way (default: local)")
+    add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
 
 
 def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
@@ -168,7 +175,16 @@ def run(args: argparse.Namespace) -> int:
         counts["problems"] = len(problems)
         tasks = sample_tasks(problems, template, cfg.n, sampling, separator)
     options = dataclass_from_args(GeneratorOptions, args)
-    generator = create_generator(args.generator, options)
+    engine_kind = getattr(args, "engine", "local")
+    if engine_kind == "ray":
+        from labeler.engine.ray_engine import RayOptions, check_options
+        from labeler.sources.generation.ray_generation import remote_generator
+
+        ray_options = dataclass_from_args(RayOptions, args)
+        check_options(ray_options)
+        generator = remote_generator(args.generator, options, ray_options)  # the model loads on a worker
+    else:
+        generator = create_generator(args.generator, options)
     prices = load_prices(cfg.prices)
     identity_parts = {"generator": generator.fingerprint(), "template": template.as_dict(),
                       "sampling": sampling.as_dict(), "split": cfg.split,
@@ -205,7 +221,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with out.locked():
             out.check_identity(identity, info["described"])
-            engine = GenerationEngine(generator, out, engine_cfg, sampling, splitter, cache, prices, described)
+            if engine_kind == "ray":
+                from labeler.sources.generation.ray_generation import RayGenerationEngine
+
+                engine = RayGenerationEngine(generator, out, engine_cfg, sampling, splitter, cache, prices, described,
+                                             spec=args.generator, generator_options=options,
+                                             ray_options=ray_options)
+            else:
+                engine = GenerationEngine(generator, out, engine_cfg, sampling, splitter, cache, prices, described)
             manifest = run_engine(engine, tasks, info)
     finally:
         if cache is not None:

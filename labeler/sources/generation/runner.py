@@ -221,16 +221,41 @@ class GenerationEngine:
         if len(gens) != len(batch):
             raise RuntimeError(f"{self.generator.name} returned {len(gens)} answers for {len(batch)} requests")
         for task, gen in zip(batch, gens, strict=True):
-            self._count(gen)
-            if self.cache is not None:
-                self.cache.put(generation_key(self.generator, task.request, self.sampling), gen)
-            self._emit(task, gen)
+            self.record(task, gen)
+
+    def record(self, task: Task, gen: Generation) -> None:
+        """Count one answer's tokens and cost, cache it, and queue its row: every way of running
+        the backend (the local worker pool, Ray) ends here."""
+        self._count(gen)
+        if self.cache is not None:
+            self.cache.put(generation_key(self.generator, task.request, self.sampling), gen)
+        self._emit(task, gen)
+
+    def record_failure(self, tasks: Sequence[Task], reason: str) -> None:
+        """Samples that could not be drawn: counted with their reason, retried by a rerun."""
+        self.failures[reason[:300]] += len(tasks)
+        self.stats.done += len(tasks)
+        self.stats.error += len(tasks)
 
     async def _worker(self, batches: Iterator[list[Task]]) -> None:
         for batch in batches:
             if self._abort is not None:
                 return
             await self._draw(batch)
+
+    async def draw_tasks(self, todo: list[Task]) -> None:
+        """Draw ``todo`` (neither written nor cached) with ``concurrency`` async workers. A
+        subclass may draw elsewhere (the Ray engine does) and report through :meth:`record`."""
+        size = max(1, self.generator.batch_size)
+        batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
+        n_workers = max(1, min(self.config.concurrency, -(-len(todo) // size)))
+        workers = [asyncio.create_task(self._worker(batches)) for _ in range(n_workers)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
     # the run ---------------------------------------------------------------------------------
     def plan(self, tasks: Sequence[Task]) -> list[Task]:
@@ -262,17 +287,8 @@ class GenerationEngine:
         state = "interrupted"
         try:
             todo = self.plan(tasks)
-            size = max(1, self.generator.batch_size)
-            batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
             async with Progress(self.stats, self.config.progress, self.config.log_interval):
-                n_workers = max(1, min(self.config.concurrency, -(-len(todo) // size)))
-                workers = [asyncio.create_task(self._worker(batches)) for _ in range(n_workers)]
-                try:
-                    await asyncio.gather(*workers)
-                finally:
-                    for w in workers:
-                        w.cancel()
-                    await asyncio.gather(*workers, return_exceptions=True)
+                await self.draw_tasks(todo)
             state = "aborted" if self._abort is not None else "finished"
         finally:
             self._flush()

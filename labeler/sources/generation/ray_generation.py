@@ -1,0 +1,140 @@
+"""`stepdpo generate --engine ray` (and `eval`): a local model sampled on a Ray cluster.
+
+The counterpart of :mod:`labeler.engine.ray_engine` for generation: a Ray Data actor pool holds
+one ``hf:`` model per worker (a GPU each when asked) and draws the samples; the driver keeps
+everything else of :class:`~labeler.sources.generation.runner.GenerationEngine` (the run folder,
+resume, the cache keyed by backend fingerprint + prompt + sampling + sample index, shards,
+``run.json``), so a Ray run writes what a local run writes.
+
+Each Ray task gets exactly one local batch (the same ``--batch-size`` requests in the same
+order), and the ``hf:`` backend seeds a batch from its first request: the samples equal the
+local path's, at any temperature. A killed worker is restarted by Ray and its batch retried
+(samples once: the driver writes each generation id once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+from labeler.engine.ray_engine import Counter, RayOptions, connect, remote_call
+from labeler.sources.generation.base import Generation, Generator, GenRequest, Sampling
+from labeler.sources.generation.runner import GenerationEngine, Task
+from schemas.errors import UserError
+
+
+def _make_generator(spec: str, options: dict[str, Any]) -> Generator:
+    from labeler.sources.generation.registry import GeneratorOptions, create_generator
+
+    return create_generator(spec, GeneratorOptions(**options))
+
+
+class GeneratorWorker:
+    """A Ray Data callable class: one backend (one model) per actor."""
+
+    def __init__(self, spec: str, options: dict[str, Any], sampling: dict[str, Any], counter: str | None) -> None:
+        self.generator = _make_generator(spec, options)
+        self.sampling = Sampling(**sampling)
+        self.loop = asyncio.new_event_loop()
+        if counter:
+            import ray
+
+            ray.get(ray.get_actor(counter).add.remote())
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        requests = [GenRequest(**json.loads(str(r))) for r in batch["request"]]
+        try:
+            gens = self.loop.run_until_complete(self.generator.generate(requests, self.sampling))
+            answers = [json.dumps({"ok": g.to_json()}) for g in gens]
+        except Exception as exc:  # this batch failed; the driver records it, a rerun retries it
+            answers = [json.dumps({"error": f"{type(exc).__name__}: {exc}"})] * len(requests)
+        return {"generation_id": [str(x) for x in batch["generation_id"]], "answer": answers}
+
+
+def _probe(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    gen = _make_generator(spec, options)
+    try:
+        return {"name": gen.name, "parts": gen.fingerprint_parts(), "batch_size": gen.batch_size,
+                "price_model": gen.price_model}
+    finally:
+        asyncio.run(gen.aclose())
+
+
+class RemoteGenerator(Generator):
+    """The driver's stand-in for the workers' backend: same name, fingerprint (so the same cache
+    keys and folder identity), no model."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.name = info["name"]
+        self.parts = info["parts"]
+        self.batch_size = info["batch_size"]
+        self.price_model = info["price_model"]
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        return self.parts
+
+    async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:  # pragma: no cover
+        raise RuntimeError("RemoteGenerator is run by Ray workers, not on the driver")
+
+
+def remote_generator(spec: str, options: Any, ray_options: RayOptions) -> RemoteGenerator:
+    prefix = spec.partition(":")[0]
+    if prefix != "hf":
+        raise UserError(f"--engine ray runs local models (hf:…); '{prefix}' is a server or an API, bound by its "
+                        "own capacity or rate limit: use the default engine (and the server's own scaling)")
+    return RemoteGenerator(remote_call(_probe, ray_options, spec, dataclasses.asdict(options)))
+
+
+class RayGenerationEngine(GenerationEngine):
+    """:class:`GenerationEngine` whose samples are drawn by a Ray Data actor pool."""
+
+    def __init__(self, *args: Any, spec: str, generator_options: Any, ray_options: RayOptions,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = spec
+        self.generator_options = dataclasses.asdict(generator_options)
+        self.ray_options = ray_options
+        self.worker_starts = 0
+
+    async def draw_tasks(self, todo: list[Task]) -> None:
+        if todo:
+            await asyncio.to_thread(self._draw_on_ray, todo)
+
+    def _draw_on_ray(self, todo: list[Task]) -> None:
+        import pyarrow as pa
+
+        ray = connect(self.ray_options)
+        opts = self.ray_options
+        size = max(1, self.generator.batch_size)
+        blocks = [pa.table({"generation_id": [t.generation_id for t in chunk],
+                            "request": [json.dumps(dataclasses.asdict(t.request)) for t in chunk]})
+                  for chunk in (todo[i:i + size] for i in range(0, len(todo), size))]
+        name = f"stepdpo-starts-{uuid.uuid4().hex[:12]}"
+        counter = ray.remote(Counter).options(name=name, num_cpus=0).remote()
+        by_id = {t.generation_id: t for t in todo}
+        try:
+            ds = ray.data.from_arrow(blocks).map_batches(
+                GeneratorWorker, batch_size=size, batch_format="numpy",
+                fn_constructor_args=(self.spec, self.generator_options, self.sampling.as_dict(), name),
+                compute=ray.data.ActorPoolStrategy(size=opts.num_workers),
+                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                self.stats.requests += 1
+                for gid, answer in zip(batch["generation_id"], batch["answer"], strict=True):
+                    task = by_id.pop(str(gid), None)
+                    if task is None:  # a retried batch's second copy
+                        continue
+                    got = json.loads(str(answer))
+                    if "error" in got:
+                        self.record_failure([task], f"worker: {got['error']}")
+                    else:
+                        self.record(task, Generation.from_json(got["ok"]))
+            self.worker_starts = ray.get(counter.value.remote())
+        finally:
+            ray.kill(counter)
+        self.stats.retries += max(0, self.worker_starts - opts.num_workers)
+        if by_id:
+            self.record_failure(list(by_id.values()), "the Ray job returned no answer")
