@@ -31,61 +31,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from labeler.judges.base import Item, Judge, Verdict
-from labeler.judges.prm_load import PRM_SUFFIX, TOKENIZER_FILES, files_digest, model_folder
+from labeler.judges.prm_load import (
+    PRM_SUFFIX,
+    TOKENIZER_FILES,
+    files_digest,
+    local_identity,
+    model_folder,
+)
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
+from schemas.prm_layout import QWEN_SYSTEM, Layout, render, score_positions  # noqa: F401 - re-exported
 
 PRM_VERSION = 2  # 2: the fingerprint names the loaded class, tokenizer and remote code
-QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULTS: dict[str, tuple[str, str | None, str | None]] = {
     # style: (separator, positive token, negative token)
     "qwen": ("<extra_0>", None, None),
     "shepherd": (" ки", "+", "-"),
     "yesno": ("\nIs this step correct (Yes/No)?", "Yes", "No"),
 }
-
-
-@dataclass
-class Layout:
-    """A response rendered for the model: the text and, per step, the character index of the
-    last character of its separator (where that step is scored)."""
-
-    text: str
-    ends: list[int]
-    add_special_tokens: bool
-
-
-def render(style: str, tokenizer: Any, prompt: str, steps: list[str], sep: str) -> Layout:
-    """The model input of one response in ``style``'s convention."""
-    if style == "qwen":
-        content = "".join(step + sep for step in steps)
-        if getattr(tokenizer, "chat_template", None):
-            messages = [
-                {"role": "system", "content": QWEN_SYSTEM},
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": content},
-            ]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-            start = text.rfind(content)
-            if start < 0:
-                raise UserError("the model's chat template changes the assistant text; "
-                                "the step separators cannot be located")
-            special = False  # the template already holds the special tokens it needs
-        else:
-            start, text, special = len(prompt) + 1, f"{prompt}\n{content}", True
-        body_ends, pos = [], start
-        for step in steps:
-            pos += len(step) + len(sep)
-            body_ends.append(pos - 1)
-        return Layout(text, body_ends, special)
-    joiner, head = ("\n", prompt + " ") if style == "shepherd" else ("\n", prompt + "\n")
-    text, ends = head, []
-    for k, step in enumerate(steps):
-        if k:
-            text += joiner
-        text += step + sep
-        ends.append(len(text) - 1)
-    return Layout(text, ends, True)
 
 
 def candidate_id(tokenizer: Any, sep: str, word: str) -> int:
@@ -196,7 +159,7 @@ class PRMJudge(Judge):
         else:
             self.candidates = [candidate_id(self.tokenizer, self.sep, self.positive),
                                candidate_id(self.tokenizer, self.sep, self.negative)]
-        self.commit = getattr(model_config, "_commit_hash", None) or _local_identity(self.model_name)
+        self.commit = getattr(model_config, "_commit_hash", None) or local_identity(self.model_name)
         folder = model_folder(self.model_name)
         self.tokenizer_digest = files_digest(folder, TOKENIZER_FILES)
         self.remote_code_digest = files_digest(folder, suffix=".py") if remote else None
@@ -227,14 +190,7 @@ class PRMJudge(Judge):
         layout = render(self.style, self.tokenizer, item.prompt, list(item.steps), self.sep)
         enc = self.tokenizer(layout.text, add_special_tokens=layout.add_special_tokens)
         ids = list(enc["input_ids"])
-        positions: list[int | None] = []
-        for end in layout.ends:
-            tok = None
-            for c in range(end, -1, -1):  # a char some tokenizers drop maps to no token
-                tok = enc.char_to_token(c)
-                if tok is not None:
-                    break
-            positions.append(tok)
+        positions = score_positions(enc, layout.ends)
         note = None
         if len(ids) > self.max_length:
             cut = sum(p is not None and p < self.max_length for p in positions)
@@ -339,22 +295,6 @@ def _load_error(model: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = " (pass --trust-remote-code if you trust this repo)" if "trust_remote_code" in str(exc) else ""
     return f"cannot load PRM '{model}': {first}{hint}"
-
-
-def _local_identity(model: str) -> str | None:
-    """For a local folder (no hub commit): a hash of its config and its weight files' names,
-    sizes and modification times, so retrained weights saved into the same folder don't hit
-    the cached scores of the old ones (a copied folder only costs a re-scoring)."""
-    from pathlib import Path
-
-    folder = Path(model)
-    if not folder.is_dir():
-        return None
-    config = folder / "config.json"
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
-                   if f.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
-    return sha256_hex({"config": config.read_text(encoding="utf-8") if config.exists() else None,
-                       "weights": files})[:16]
 
 
 def make_prm(model: str, config: Any) -> PRMJudge:

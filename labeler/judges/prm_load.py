@@ -68,6 +68,20 @@ def files_digest(folder: Path | None, names: tuple[str, ...] = (), suffix: str |
     return sha256_hex(found)[:16] if found else None
 
 
+def local_identity(model: str) -> str | None:
+    """For a local folder (no hub commit): a hash of its config and its weight files' names,
+    sizes and modification times, so retrained weights saved into the same folder don't hit
+    the cached scores of the old ones (a copied folder only costs a re-scoring)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    config = folder / "config.json"
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                   if f.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    return sha256_hex({"config": config.read_text(encoding="utf-8") if config.exists() else None,
+                       "weights": files})[:16]
+
+
 def _weight_tensors(folder: Path, prefix: str) -> dict[str, Any]:
     """Tensors whose names start with ``prefix`` from a checkpoint folder (single or sharded
     safetensors; a ``.bin`` is read with ``weights_only=True``, never unpickling code)."""
