@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labeler.pairs.rectify import is_continuation
 from labeler.pairs.strategies import STRATEGIES, share_prefix
 from schemas.aggregate import AGGREGATIONS, DEFAULT_FLOOR, DEFAULT_STEP_THRESHOLD
 from schemas.errors import UserError
@@ -263,7 +264,13 @@ def make_pairs(
             f"{inputs[0]}: is a 'responses' file; '{cfg.strategy}' pairs need judge scores: run "
             "`stepdpo label` on it first (--judge reference passes human labels through)"
         )
-    fps = check_judges(rows, cfg.allow_mixed_judges) if kind == STEP_SCORES.name else []
+    fps: list[str] = []
+    if kind == STEP_SCORES.name:
+        # Rectify pairs join two runs by design: wrong solutions (a step judge) and their
+        # continuations (answer-match); for first-error each side must still be one judge.
+        conts = [r for r in rows if is_continuation(r)] if cfg.strategy == "first-error" else []
+        fps = check_judges([r for r in rows if not is_continuation(r)] if conts else rows, cfg.allow_mixed_judges)
+        fps += check_judges(conts, cfg.allow_mixed_judges) if conts else []
     pairs = build_pairs(rows, cfg, stats)
     manifest = {
         "schema": PAIRS.tag,

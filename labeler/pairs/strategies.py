@@ -18,6 +18,9 @@ filters by margin and deduplicates, for every strategy alike.
     G's step e and B's step e, so the loss compares exactly the step where they diverge. With
     ``continuation=rest`` they hold everything from step e on, and G must be wholly correct.
     Rows where B's prefix does not match any G are counted (``no_partner``), never forced.
+    Rectify pairs (:mod:`labeler.pairs.rectify`): when the inputs also hold labeled
+    continuations of B's prefix (``stepdpo generate --continue-from``), B's step e is paired with
+    step e of a continuation that reached the answer.
 
 ``prm800k-alternatives``
     PRM800K rates several alternative steps at the same prefix; each alternative rated 1 is
@@ -34,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from labeler.pairs.rectify import is_continuation, rectify_pairs
 from schemas.aggregate import aggregate, first_error
 from schemas.errors import UserError
 from schemas.ids import pair_id
@@ -270,8 +274,15 @@ def prm800k_pairs(group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter)
     return out
 
 
+def first_error_with_rectify(group: list[dict[str, Any]], cfg: PairsConfig, stats: Counter) -> list[dict[str, Any]]:
+    """Step-DPO's rectify pairs (a wrong solution vs a correct continuation of its prefix, see
+    :mod:`labeler.pairs.rectify`), then first-error pairs among the other rows."""
+    return rectify_pairs(group, cfg, stats, make_pair) + first_error_pairs(
+        [r for r in group if not is_continuation(r)], cfg, stats)
+
+
 STRATEGIES: dict[str, Strategy] = {
-    "first-error": first_error_pairs,
+    "first-error": first_error_with_rectify,
     "best-worst": best_worst,
     "prm800k-alternatives": prm800k_pairs,
 }

@@ -4,7 +4,11 @@ strategies:
   first-error           Step-DPO: a wrong solution and a solution of the same problem that shares
                         its steps up to the first error; the shared steps become prefix_steps and
                         chosen/rejected hold the diverging step (--continuation step, default) or
-                        everything from it on (--continuation rest, chosen must be all correct)
+                        everything from it on (--continuation rest, chosen must be all correct).
+                        Rectify pairs (Step-DPO): give the labeled run of wrong solutions AND the
+                        labeled continuations of their correct prefixes (`stepdpo generate
+                        --continue-from RUN`, then `label --judge answer-match`): each wrong step
+                        is paired with the same step of a continuation that reached the answer
   best-worst            per problem, the highest vs the lowest aggregated reward (whole solutions,
                         their shared leading steps moved to prefix_steps)
   prm800k-alternatives  PRM800K's rated alternatives at the same step: rating 1 vs rating -1
@@ -24,6 +28,7 @@ pandas.read_parquet(glob.glob("work/pairs/*.parquet")) or duckdb "FROM 'work/pai
 
 examples:
   stepdpo pairs work/run -o work/pairs --strategy first-error
+  stepdpo pairs work/located work/cont-checked -o work/pairs --strategy first-error   # rectify pairs
   stepdpo pairs work/run_a work/run_b -o work/pairs --strategy best-worst --aggregate min --min-margin 0.3
   stepdpo pairs work/prm800k_ref -o work/pairs --strategy prm800k-alternatives
 """
