@@ -222,3 +222,39 @@ def test_chat_backends_through_the_real_sdks(server, backend, monkeypatch):
         row = engine.row_of(task, g)
         assert row["steps"] == solution_steps(a, b, kind_of(seed(task), continuation=True))
     assert all("sk-test" not in json.dumps(b) for b in server.bodies)
+
+
+def test_flaw_rewrites_correct_solutions_with_known_reference_scores(server, tmp_path, capsys):
+    from schemas.ids import response_id
+    from schemas.tables import from_rows, write_table
+
+    rows = []
+    for i, (a, b) in enumerate(PROBLEMS):
+        steps = [s.split(": ", 1)[1] for s in solution_steps(a, b, "right")]  # written without markers
+        rows.append({"response_id": response_id(problem_text(a, b), steps), "problem_id": f"p{i}", "source": "t",
+                     "prompt": problem_text(a, b), "steps": steps, "final_answer": gold_of(a, b),
+                     "gold_answer": gold_of(a, b)})
+    wrong = dict(rows[0], steps=rows[0]["steps"][:2] + ["The answer is \\boxed{1}."], final_answer="1",
+                 response_id="x")
+    src = tmp_path / "solutions.parquet"
+    write_table(from_rows(rows + [wrong], RESPONSES), src, RESPONSES)
+    out = tmp_path / "flawed"
+    assert gen(server, src, out, "--flaw", "--flaw-step", "2", "--no-cache") == 0
+    got = read_table(out, RESPONSES).to_pylist()
+    assert len(got) == len(PROBLEMS)  # the already-wrong solution is not flawed again
+    for r in got:
+        a, b = PROBLEMS[int(r["problem_id"][1:])]
+        original = [s.split(": ", 1)[1] for s in solution_steps(a, b, "right")]
+        assert r["steps"][0] == original[0]
+        assert r["steps"][1:] == [s.split(": ", 1)[1] for s in solution_steps(a, b, "wrong")[1:]]
+        assert r["reference_scores"] == [1.0, 0.0, None]
+        assert json.loads(r["meta"])["flaw"]["step"] == 1
+    # The free step judge finds the known error where reference_scores put it.
+    run = tmp_path / "calc"
+    assert main(["label", str(out), "--judge", "gsm8k-calc", "-o", str(run), "--progress", "none",
+                 "--no-cache"]) == 0
+    for r in read_table(run, STEP_SCORES).to_pylist():
+        assert r["scores"][:2] == [1.0, 0.0]
+    body = server.bodies[-1]
+    assert body["messages"][0]["role"] == "system" and "from step 2 on" in body["messages"][1]["content"]
+    capsys.readouterr()

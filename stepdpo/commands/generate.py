@@ -24,6 +24,10 @@ Step-DPO's GPT-4 locator; prm:; gsm8k-calc). An answer-match run knows only the 
 refused. Label the continuations with answer-match, then `stepdpo pairs --strategy first-error`
 pairs each wrong step with a correct continuation's step (Step-DPO's rectify pairs).
 
+--flaw (the LLM counterpart of `perturb`): each correct solution of INPUT (a responses file) is
+rewritten by the model with one plausible mistake at step k (--flaw-step, or drawn per solution)
+carried to the end; steps before k are kept verbatim and reference_scores are known.
+
 examples:
   stepdpo generate data/gsm8k/test_sample.jsonl --generator hf:work/tiny-model -o work/gen -n 4 --max-new-tokens 64
   stepdpo generate problems.jsonl --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/gen -n 8 --temperature 0.8 --top-p 0.95
@@ -32,6 +36,7 @@ examples:
   stepdpo generate --continue-from work/located --at first-error -n 8 --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/cont
   stepdpo label work/cont --judge answer-match -o work/cont-checked
   stepdpo pairs work/located work/cont-checked --strategy first-error -o work/pairs
+  stepdpo generate work/responses.parquet --flaw --generator openai:gpt-4o-mini -o work/flawed -n 2
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ class GenerateConfig:
                                                      "choices": ["first-error"]})
     threshold: float = field(default=0.5, metadata={"help": "with --continue-from: a step scored below this "
                                                             "is an error"})
+    flaw: bool = field(default=False, metadata={"help": "ask the model to rewrite each correct solution of INPUT "
+                                                        "(a responses file) with one mistake at a step; rows carry "
+                                                        "known reference_scores (1 before, 0 at it, null after)"})
+    flaw_step: int | None = field(default=None, metadata={"help": "with --flaw: the step to corrupt (1-based; "
+                                                                  "default: one drawn per solution from --seed)",
+                                                          "metavar": "K"})
     prompt_field: str | None = field(default=None, metadata={"help": "problems file: field of the problem "
                                                                      "text (default: prompt|problem|question)"})
     answer_field: str | None = field(default=None, metadata={"help": "problems file: field of the gold answer "
@@ -134,6 +145,10 @@ def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
     for name in ("rpm", "tpm"):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive")
+    if cfg.flaw_step is not None and cfg.flaw_step < 1:
+        raise UserError("--flaw-step must be at least 1")
+    if cfg.flaw and cfg.continue_from:
+        raise UserError("--flaw and --continue-from are different jobs; give one")
     if cfg.continue_from and args.input:
         raise UserError("give INPUT or --continue-from RUN_DIR, not both")
     if not cfg.continue_from and not args.input:
@@ -150,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from labeler.sources.generation.registry import GeneratorOptions, create_generator
     from labeler.sources.generation.runner import GenConfig, GenerationEngine, estimate, run_engine
     from labeler.sources.generation.store import GenerationCache, GenerationDir
-    from labeler.sources.generation.tasks import continuation_tasks, sample_tasks
+    from labeler.sources.generation.tasks import continuation_tasks, flaw_tasks, sample_tasks
     from labeler.sources.splitters import get_splitter
     from schemas.ids import sha256_hex
 
@@ -168,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
     separator = splitter.join(["a", "b"])[1:-1] or "\n"
     counts: Counter = Counter()
     # Inputs are read (and refused) before a model is loaded or a key is needed.
-    if cfg.continue_from:
+    if cfg.flaw:
+        tasks = flaw_tasks(args.input, cfg.n, sampling, cfg.flaw_step, counts, cfg.limit)
+    elif cfg.continue_from:
         tasks = continuation_tasks(cfg.continue_from, template, cfg.n, sampling, cfg.threshold, separator, counts)
     else:
         problems = load_problems(args.input, cfg.prompt_field, cfg.answer_field, cfg.id_field, cfg.limit)
@@ -188,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     prices = load_prices(cfg.prices)
     identity_parts = {"generator": generator.fingerprint(), "template": template.as_dict(),
                       "sampling": sampling.as_dict(), "split": cfg.split,
-                      "mode": "continue" if cfg.continue_from else "sample", "threshold": cfg.threshold}
+                      "mode": "flaw" if cfg.flaw else "continue" if cfg.continue_from else "sample",
+                      "threshold": cfg.threshold}
     identity = sha256_hex(identity_parts)[:16]
     described = {"template": template.name, "generator": generator.name}
     out = GenerationDir(args.output)

@@ -58,12 +58,30 @@ def solution_steps(a: int, b: int, kind: str) -> list[str]:
     return [f"Step 1: {a} + {b} = {s}.", f"Step 2: {s} * 2 ="]
 
 
+def flawed_steps(a: int, b: int, k: int) -> list[str]:
+    """The fake's flawed rewrite of the right solution with its mistake at step ``k`` (1-based)."""
+    s = a + b
+    if k == 1:
+        return [f"Step 1: {a} + {b} = {s + 1}.", f"Step 2: {s + 1} * 2 = {2 * s + 2}.",
+                f"Step 3: The answer is \\boxed{{{2 * s + 2}}}."]
+    if k == 2:
+        return solution_steps(a, b, "wrong")
+    return solution_steps(a, b, "right")[:2] + [f"Step 3: The answer is \\boxed{{{2 * s + 2}}}."]
+
+
+FLAW_RE = re.compile(r"Rewrite this solution from step (\d+) on")
+
+
 def answer_for(text: str, seed: int) -> tuple[str, str]:
     """(generated text, finish_reason) for a request whose whole visible text is ``text``."""
     m = PROBLEM_RE.search(text)
     if m is None:
         return "I do not know.", "stop"
     a, b = int(m.group(1)), int(m.group(2))
+    flaw = FLAW_RE.search(text)
+    if flaw:  # a --flaw request: the rewritten steps from step k on
+        k = int(flaw.group(1))
+        return "\n".join(flawed_steps(a, b, k)[k - 1:]), "stop"
     tail = TAIL_MARKER.search(text)
     start = int(tail.group(1)) if tail else 1
     continuation = start > 1
@@ -106,7 +124,10 @@ class FakePolicyServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # the default backlog of 5 refuses bursts of concurrent clients
+
+        self.httpd = Server(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # clients killed mid-request (kill -9 tests)
         self.port = self.httpd.server_address[1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class Task:
     marker: str = ""
     continues: str | None = None
     reference_scores: list[float | None] | None = None
+    #: Drop "Step i:" markers from new steps (a flawed rewrite of a solution written without them).
+    strip_markers: bool = False
 
 
 def task_id(problem_id: str, prompt: str, sample_index: int, prefix: Sequence[str] = (),
@@ -82,6 +85,9 @@ def task_id(problem_id: str, prompt: str, sample_index: int, prefix: Sequence[st
 
 def request_seed(seed: int, generation_id: str) -> int:
     return int(sha256_hex({"seed": seed, "id": generation_id})[:8], 16) & 0x7FFFFFFF
+
+
+_MARKER = re.compile(r"^\s*Step\s+\d+\s*[:.]\s*", re.I)
 
 
 def split_new(splitter: Splitter, text: str) -> list[str]:
@@ -124,6 +130,8 @@ class GenerationEngine:
         tail = task.marker if task.prefix_steps else task.request.prefill
         start = tail if gen.prefilled or (tail.strip() and not gen.text.lstrip().startswith(tail.strip())) else ""
         new_steps = split_new(self.splitter, start + gen.text)
+        if task.strip_markers:
+            new_steps = [s for s in (_MARKER.sub("", x, count=1).strip() for x in new_steps) if s]
         if not new_steps:
             return None
         steps = list(task.prefix_steps) + new_steps
