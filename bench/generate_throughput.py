@@ -84,6 +84,10 @@ def bench_api(samples: int, naive_samples: int, concurrency: int, latency: float
         n_problems = max(1, samples // 4)
         problems.write_text("".join(json.dumps({"id": f"p{i}", "problem": problem_text(i, i + 1),
                                                 "answer": gold_of(i, i + 1)}) + "\n" for i in range(n_problems)))
+        # Warm-up (imports of the SDK's lazily loaded types), so both sides are measured warm.
+        (work / "one.jsonl").write_text(problems.read_text().splitlines()[0] + "\n")
+        stepdpo(["generate", str(work / "one.jsonl"), "--generator", f"openai-compatible:policy@{url}", "-o",
+                 str(work / "warm"), "--no-cache", "--progress", "none"])
         start = time.perf_counter()
         rc = stepdpo(["generate", str(problems), "--generator", f"openai-compatible:policy@{url}", "-o",
                       str(work / "gen"), "-n", "4", "--concurrency", str(concurrency), "--no-cache",

@@ -295,7 +295,7 @@ class GenerationEngine:
         state = "interrupted"
         try:
             todo = self.plan(tasks)
-            async with Progress(self.stats, self.config.progress, self.config.log_interval):
+            async with Progress(self.stats, self.config.progress, self.config.log_interval, label="generate"):
                 await self.draw_tasks(todo)
             state = "aborted" if self._abort is not None else "finished"
         finally:
