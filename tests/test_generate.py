@@ -258,3 +258,21 @@ def test_flaw_rewrites_correct_solutions_with_known_reference_scores(server, tmp
     body = server.bodies[-1]
     assert body["messages"][0]["role"] == "system" and "from step 2 on" in body["messages"][1]["content"]
     capsys.readouterr()
+
+
+def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "gen"
+    start = time.monotonic()
+    rc = main(["generate", str(problems), "--generator", f"openai-compatible:policy@http://127.0.0.1:{port}/v1",
+               "-o", str(out), "-n", "10", "--max-attempts", "2", "--backoff", "0.01", "--progress", "none",
+               "--no-cache", "--concurrency", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "samples all failed" in err and "connection error" in err
+    assert time.monotonic() - start < 60
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["state"] == "aborted" and manifest["totals"]["samples"] == 0

@@ -54,6 +54,8 @@ class GenConfig:
     tpm: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     shard_size: int = 200
+    #: Stop when this many samples have failed (after retries) before any succeeded.
+    dead_after: int = 16
     progress: str = "auto"
     log_interval: float = 10.0
 
@@ -225,6 +227,11 @@ class GenerationEngine:
             stats.error += len(batch)
             if getattr(exc, "abort", False) and self._abort is None:
                 self._abort = exc
+            elif stats.ok == 0 and sum(self.failures.values()) >= self.config.dead_after and self._abort is None:
+                # Nothing has worked yet and every sample so far failed after its retries: the
+                # backend is down or misconfigured; stop instead of retrying every sample.
+                self._abort = RuntimeError(f"the first {sum(self.failures.values())} samples all failed; last: "
+                                           f"{type(exc).__name__}: {exc}"[:400])
             return
         if len(gens) != len(batch):
             raise RuntimeError(f"{self.generator.name} returned {len(gens)} answers for {len(batch)} requests")
