@@ -92,7 +92,9 @@ def test_generate_gives_exactly_the_scripted_rows_and_answer_match_labels_them(s
     assert body["prompt"].endswith("### Response: Let's think step by step.\nStep 1: ")
     assert body["temperature"] == 0.8 and body["top_p"] == 0.95 and body["max_tokens"] == 1024
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["totals"] == {"tasks": 12, "samples": 12, "missing": 0} and manifest["state"] == "finished"
+    assert manifest["totals"]["samples"] == 12 and manifest["state"] == "finished"
+    assert manifest["runs"][-1]["tasks"] == 12 and manifest["runs"][-1]["missing"] == 0
+    assert manifest["schema"] == "stepdpo.generate/1" and len(manifest["runs"]) == 1
 
     # answer-match on the folder: exactly 1 for right, 0 for wrong and cut off.
     run = tmp_path / "checked"

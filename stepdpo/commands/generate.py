@@ -252,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         if cache is not None:
             cache.close()
     s, totals, this = engine.stats, manifest["totals"], manifest["runs"][-1]
-    print(f"generate: {totals['samples']} of {totals['tasks']} samples in {args.output}; this run: "
+    print(f"generate: {this['tasks'] - this['missing']} of {this['tasks']} samples in {args.output} "
+          f"({totals['samples']} in the folder); this run: "
           f"{s.ok} drawn ({s.cache_hits} from cache), {s.skipped} already done, {s.requests} requests, "
           f"{s.input_tokens} tokens in / {s.output_tokens} out, cost {s.cost_text()}", file=sys.stderr)
     if this["failed"] or this["empty"]:

@@ -294,11 +294,10 @@ class GenerationEngine:
 
     async def run(self, tasks: Sequence[Task], info: dict[str, Any]) -> dict[str, Any]:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat()
-        previous = self.out.read_manifest() or {}
+        header = {"schema": GENERATE_SCHEMA, **info}
         # Stamp the folder before the first shard: a run killed mid-way leaves a folder whose
-        # configuration the rerun can check (the totals are rewritten at the end).
-        self.out.write_manifest({"schema": GENERATE_SCHEMA, **info, "state": "running",
-                                 "totals": previous.get("totals"), "runs": list(previous.get("runs", []))})
+        # configuration the rerun can check (this run's entry is replaced at the end).
+        self.out.record_run(header, {"started_at": started_at, "state": "running", "tasks": len(tasks)})
         state = "interrupted"
         try:
             todo = self.plan(tasks)
@@ -307,17 +306,15 @@ class GenerationEngine:
             state = "aborted" if self._abort is not None else "finished"
         finally:
             self._flush()
-            written = sum(1 for _ in self.out.done_ids())
+            done = self.out.done_ids()
+            missing = sum(1 for t in tasks if t.generation_id not in done)
             this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                        "state": state, "shards_written": self.shards_written, **self.stats.as_dict(),
+                        "state": state, "tasks": len(tasks), "missing": missing,
+                        "shards_written": self.shards_written, **self.stats.as_dict(),
                         "failed": sum(self.failures.values()), "empty": self.empty,
                         "failures": dict(self.failures.most_common(10)),
                         "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm}}
-            manifest = {"schema": GENERATE_SCHEMA, **info, "state": state,
-                        "totals": {"tasks": len(tasks), "samples": written,
-                                   "missing": max(0, len(tasks) - written)},
-                        "runs": list(previous.get("runs", [])) + [this_run]}
-            self.out.write_manifest(manifest)
+            manifest = self.out.record_run(header, this_run)
         if self._abort is not None:
             raise UserError(f"stopped: {type(self._abort).__name__}: {self._abort}")
         return manifest

@@ -74,6 +74,10 @@ class GenerationDir(RunDir):
                     done.add(gid)
         return done
 
+    def totals(self) -> dict[str, Any]:
+        """What the folder holds now (``run.json``'s totals, recounted by ``record_run``)."""
+        return {"samples": len(self.done_ids()), "shards": len(self.parts())}
+
     def check_identity(self, identity: str, described: str) -> None:
         """Refuse to mix two configurations' samples in one folder (only -n may change)."""
         manifest = self.read_manifest()
