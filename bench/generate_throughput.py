@@ -7,7 +7,9 @@
 2. ``openai-compatible:`` through the generate engine (concurrent, rate limiter, retries,
    shards) against the loopback fake policy with 100 ms latency per request vs a sequential
    loop of the same SDK calls: samples/s ratio (target ≥ 50×). The fake runs in its own
-   process so its threads don't share our GIL.
+   process so its threads don't share our GIL. Both sides are measured after a warm-up.
+3. The engine alone, with an in-process backend that only sleeps 100 ms: its own overhead,
+   without the SDK, HTTP and the fake's CPU (on a 2-core box those dominate part 2).
 
 Writes bench/results/generate_throughput.json.
 
@@ -121,6 +123,42 @@ def bench_api(samples: int, naive_samples: int, concurrency: int, latency: float
         proc.wait()
 
 
+def bench_engine_only(samples: int, concurrency: int, latency: float) -> dict:
+    """The engine with an in-process backend that only sleeps ``latency``: its own overhead
+    (rate limiter, retries, rows, shards), without the SDK, HTTP and the fake server's CPU."""
+    from labeler.sources.generation.base import Generation, Generator
+    from labeler.sources.generation.problems import Problem
+    from labeler.sources.generation.prompts import TEMPLATES
+    from labeler.sources.generation.runner import GenConfig, GenerationEngine, run_engine
+    from labeler.sources.generation.store import GenerationDir
+    from labeler.sources.generation.tasks import sample_tasks
+    from labeler.sources.splitters import get_splitter
+    from tests.fakes.policy_server import answer_for
+
+    class Sleepy(Generator):
+        name, price_model = "sleepy", None
+
+        def fingerprint_parts(self) -> dict:
+            return {}
+
+        async def generate(self, requests, sampling):
+            await asyncio.sleep(latency)
+            return [Generation(*answer_for(r.prompt + r.prefill, r.seed)) for r in requests]
+
+    problems = [Problem(f"p{i}", problem_text(i, i + 1), gold_of(i, i + 1), "bench") for i in range(samples // 4)]
+    sampling = Sampling()
+    tasks = sample_tasks(problems, TEMPLATES["step-dpo"], 4, sampling)
+    engine = GenerationEngine(Sleepy(), GenerationDir(tempfile.mkdtemp(prefix="gen-bench-engine-")),
+                              GenConfig(concurrency=concurrency, progress="none"), sampling,
+                              get_splitter("step-markers"))
+    start = time.perf_counter()
+    run_engine(engine, tasks, {})
+    rate = len(tasks) / (time.perf_counter() - start)
+    return {"samples": len(tasks), "samples_per_s": round(rate, 1),
+            "ideal_samples_per_s": round(concurrency / latency, 1),
+            "ratio_vs_sequential": round(rate * latency, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=64)
@@ -145,6 +183,7 @@ def main() -> None:
     if args.only in (None, "api"):
         result["openai_compatible_vs_sequential"] = bench_api(args.samples, args.naive_samples, args.concurrency,
                                                               args.latency)
+        result["engine_only_100ms_backend"] = bench_engine_only(args.samples, args.concurrency, args.latency)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
