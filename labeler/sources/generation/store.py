@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 from labeler.engine.cache import default_cache_dir
 from labeler.engine.rundir import RunDir
 from labeler.sources.generation.base import Generation, Generator, GenRequest, Sampling
-from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
 from schemas.ids import canonical_json, sha256_hex
 from schemas.tables import RESPONSES, from_rows, kind_of_schema, write_table
@@ -47,11 +46,6 @@ class GenerationDir(RunDir):
         path = self.next_part()
         write_table(from_rows(list(rows), RESPONSES), path, RESPONSES)
         return path
-
-    def write_manifest(self, data: dict[str, Any]) -> None:
-        """Write this folder's ``run.json`` atomically (a generation run's own layout: tasks,
-        samples and missing instead of the labeler's row counts)."""
-        atomic_write_json(self.manifest_path, data, default=str)
 
     def done_ids(self) -> set[str]:
         """``generation_id`` of every sample already in a finished shard."""
