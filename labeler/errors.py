@@ -28,10 +28,13 @@ class RetryableError(JudgeError):
 
     ``retry_after``: seconds the server asked us to wait. ``usage``: tokens a malformed answer
     still cost (``input_tokens``, ``output_tokens``, ``cached_tokens``), so the engine counts the
-    spend of an attempt it throws away.
+    spend of an attempt it throws away. ``down``: the failure looks like a down or unreachable
+    server (``"timeout"``, ``"connection error"``, ``"HTTP 503"``…); the engine stops a run whose
+    first requests all fail that way.
     """
 
     usage: dict[str, int] | None = None
+    down: str | None = None
 
     def __init__(
         self,
@@ -40,10 +43,12 @@ class RetryableError(JudgeError):
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         usage: dict[str, int] | None = None,
+        down: str | None = None,
     ) -> None:
         super().__init__(message, headers=headers)
         self.retry_after = retry_after
         self.usage = usage
+        self.down = down
 
 
 class FatalError(JudgeError):

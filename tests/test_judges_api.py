@@ -158,7 +158,7 @@ def test_timeout_is_retryable(fake):
     fake.faults.script = ["slow"]
     fake.faults.slow_s = 1.0
     judge = make_openai("gpt-4o-mini", JudgeConfig(timeout=0.2))
-    with pytest.raises(RetryableError, match="timeout after 0.2s"):
+    with pytest.raises(RetryableError, match="timeout: no complete answer within 0.2s"):
         run(judge)
 
 

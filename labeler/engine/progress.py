@@ -8,8 +8,10 @@ file stays readable. Only counters are shown: never a prompt, a header or a key.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -30,6 +32,15 @@ class Stats:
     cost_usd: float = 0.0  # spent by this run's requests (cache hits cost nothing)
     cost_known: bool = True  # False: the model has no price (--prices FILE), cost_usd means nothing
     started: float = field(default_factory=time.monotonic)
+    #: Why this run's error rows failed: reason → rows (see :func:`error_reason`).
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def reasons_text(self, top: int = 3) -> str:
+        """``5 × timeout: …, 2 × HTTP 400: …`` (the most common reasons first)."""
+        common = self.reasons.most_common()
+        text = ", ".join(f"{n} × {r}" for r, n in common[:top])
+        rest = sum(n for _, n in common[top:])
+        return text + (f", {rest} × other reasons" if rest else "")
 
     @property
     def elapsed(self) -> float:
@@ -64,8 +75,18 @@ class Stats:
             "requests": self.requests, "retries": self.retries, "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens, "cached_tokens": self.cached_tokens,
             "cost_usd": round(self.cost_usd, 6) if self.cost_known else None, "elapsed_s": round(self.elapsed, 3),
-            "rows_per_s": round(self.rate, 3),
+            "rows_per_s": round(self.rate, 3), "errors_by_reason": dict(self.reasons.most_common(10)),
         }
+
+
+_PREFIX = re.compile(r"^(?:(?:gave up after retries|not retryable|internal error): )?"
+                     r"(?:(?:RetryableError|FatalError|JudgeError): )?")
+
+
+def error_reason(error: str | None) -> str:
+    """The reason of an error row, without the retry verdict and class name, cut to one line."""
+    text = _PREFIX.sub("", (error or "unknown").strip()).splitlines()[0] if error else "unknown"
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def _k(n: int) -> str:

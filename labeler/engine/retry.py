@@ -82,11 +82,13 @@ async def call_with_retries(
     fn: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     on_retry: Callable[[BaseException, float], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> tuple[T, int]:
     """Run ``fn`` until it succeeds, raises a non-retryable error, or ``max_attempts`` pass.
 
     Returns ``(result, attempts)``; on failure the last exception is raised with an
-    ``attempts`` attribute set.
+    ``attempts`` attribute set. ``sleep`` replaces ``asyncio.sleep`` between attempts (the
+    engine's ends early when the run is stopping).
     """
 
     def wait(state: RetryCallState) -> float:
@@ -105,6 +107,7 @@ async def call_with_retries(
             retry=retry_if_exception_type(RetryableError),
             before_sleep=before_sleep,
             reraise=True,
+            **({"sleep": sleep} if sleep is not None else {}),
         ):
             with attempt:
                 attempts = attempt.retry_state.attempt_number

@@ -212,22 +212,29 @@ class RunDir:
         totals["cost_usd"] = None if unknown else round(totals["cost_usd"], 6)
         return totals
 
-    def record_run(self, header: Mapping[str, Any], this_run: Mapping[str, Any]) -> dict[str, Any]:
+    def record_run(self, header: Mapping[str, Any], this_run: Mapping[str, Any], *,
+                   recount: bool = True) -> dict[str, Any]:
         """Write ``run.json``: ``header`` (input, config, judge, price, mode, batches…), the runs
-        before this one plus ``this_run`` (its ``state`` becomes the job's), and the totals of
-        the shards now in the folder. Returns what it wrote.
+        before this one plus ``this_run`` (its ``state`` becomes the job's), the totals of the
+        shards now in the folder, and ``spend``: what every run cost, killed ones included.
+        Returns what it wrote.
 
         The one writer of the manifest. A run that records itself more than once (the same
-        ``started_at``) replaces its own entry instead of adding another.
+        ``started_at``: the engine checkpoints itself as ``running`` while it goes) replaces its
+        own entry instead of adding another; ``recount=False`` keeps the last totals instead of
+        reading every shard again. A new run finds any earlier run still marked ``running``
+        dead (it holds the job's lock), and marks it ``killed``.
         """
         previous = self.read_manifest() or {}
         runs = [r for r in previous.get("runs", []) if isinstance(r, dict)]
         if runs and this_run.get("started_at") is not None and runs[-1].get("started_at") == this_run["started_at"]:
             runs[-1] = dict(this_run)
         else:
+            runs = [{**r, "state": "killed"} if r.get("state") == "running" else r for r in runs]
             runs.append(dict(this_run))
-        out = {"schema": RUN_SCHEMA, **header, "state": this_run.get("state"), "totals": self.totals(),
-               "runs": runs}
+        totals = self.totals() if recount or not isinstance(previous.get("totals"), dict) else previous["totals"]
+        out = {"schema": RUN_SCHEMA, **header, "state": this_run.get("state"), "totals": totals,
+               "spend": spend_of(runs), "runs": runs}
         atomic_write_json(self.manifest_path, out, default=str)
         return out
 
@@ -262,3 +269,14 @@ class RunDir:
                     f"{parts[0]}: rows from judge fingerprint {sorted(found)[0]}, not {fingerprint}; "
                     "write to a new -o folder"
                 )
+
+
+def spend_of(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What every run into the folder spent, killed runs included (as far as their last
+    checkpoint): requests, tokens and dollars (None when a run's model had no price)."""
+    costs = [r.get("cost_usd") for r in runs]
+    return {"runs": len(runs), "killed_runs": sum(r.get("state") == "killed" for r in runs),
+            "requests": sum(int(r.get("requests") or 0) for r in runs),
+            "input_tokens": sum(int(r.get("input_tokens") or 0) for r in runs),
+            "output_tokens": sum(int(r.get("output_tokens") or 0) for r in runs),
+            "cost_usd": None if any(c is None for c in costs) else round(sum(costs), 6)}

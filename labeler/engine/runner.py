@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,14 @@ from typing import Any
 
 from labeler.engine.cache import JudgeCache, cache_key
 from labeler.engine.pricing import Price, price_for
-from labeler.engine.progress import Progress, Stats
+from labeler.engine.progress import Progress, Stats, error_reason
 from labeler.engine.ratelimit import RateLimiter
 from labeler.engine.retry import RetryPolicy, call_with_retries
 from labeler.engine.rundir import RUN_SCHEMA, RunDir
+from labeler.engine.stopping import DownProbe, Interrupted, SignalDrain, Stop, Stopped
 from labeler.errors import FatalError, RetryableError
 from labeler.judges.base import Item, Judge, Verdict
+from schemas.errors import UserError
 from schemas.ids import shard_of
 from schemas.tables import RESPONSES, read_table
 
@@ -59,6 +62,10 @@ class EngineConfig:
     shard_size: int = 1000
     progress: str = "auto"
     log_interval: float = 10.0
+    #: Stop when the first N requests all fail like a down server (0: never).
+    stop_after_failures: int = 8
+    #: Seconds between run.json checkpoints of this run's requests and spend.
+    checkpoint_s: float = 5.0
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -143,7 +150,14 @@ def _error_text(exc: BaseException) -> str:
 # -- the engine ----------------------------------------------------------------------------------
 
 class Engine:
-    """``await Engine(judge, run_dir, config, cache, prices).run(rows, manifest)``."""
+    """``await Engine(judge, run_dir, config, cache, prices).run(rows, manifest)``.
+
+    A fault in one row (an odd answer, a judge bug) is that row's error; a fault of the run (a
+    refused key, a full output disk, a dead server, a signal) stops new requests but lets those
+    in flight finish, so every answer received reaches the cache and the shards
+    (:mod:`labeler.engine.stopping`). ``run.json`` records this run's requests and spend as it
+    goes (every shard, every ``checkpoint_s`` seconds), so a run killed with -9 still shows what
+    it spent."""
 
     def __init__(self, judge: Judge, run_dir: RunDir, config: EngineConfig,
                  cache: JudgeCache | None = None, prices: dict[str, Price] | None = None) -> None:
@@ -155,9 +169,21 @@ class Engine:
         self.fingerprint = judge.fingerprint()
         self.stats = Stats()
         self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.stop = Stop()
+        self.probe = DownProbe(config.stop_after_failures)
         self._buffer: list[dict[str, Any]] = []
-        self._abort: BaseException | None = None
+        self._write_error: str | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._run_task: asyncio.Task[Any] | None = None
+        self._warned: set[str] = set()
+        self._header: dict[str, Any] | None = None
+        self._started_at = ""
         self.shards_written: list[str] = []
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            print(f"label: warning: {message}", file=sys.stderr, flush=True)
 
     # rows ---------------------------------------------------------------------------------
     def _emit(self, row: dict[str, Any]) -> None:
@@ -168,30 +194,54 @@ class Engine:
             s.ok += 1
         else:
             s.error += 1
+            s.reasons[error_reason(row["error"])] += 1
         if len(self._buffer) >= self.config.shard_size:
             self.flush()
 
     def flush(self) -> None:
-        """Write the rows made so far (labeled or answered from the cache) as one shard."""
-        if self._buffer:
-            rows, self._buffer = self._buffer, []
-            path = self.run_dir.write_shard(rows)
-            if path is not None:
-                self.shards_written.append(path.name)
+        """Write the rows made so far (labeled or answered from the cache) as one shard.
+
+        A failed write (disk full) keeps them buffered and stops the run: their answers are in
+        the cache, so a rerun gets them for free."""
+        if not self._buffer or self._write_error is not None:
+            return
+        try:
+            path = self.run_dir.write_shard(self._buffer)
+        except Exception as exc:  # noqa: BLE001 - ENOSPC, EFBIG, EROFS, a bad value: all stop the run
+            self._write_error = f"cannot write a shard in {self.run_dir.path} ({_error_text(exc)})"
+            self.stop.stop(self._write_error)
+            return
+        self._buffer = []
+        if path is not None:
+            self.shards_written.append(path.name)
+            self._checkpoint()
 
     # one batch ----------------------------------------------------------------------------
+    def _observe(self, exc: RetryableError | None, started: float) -> None:
+        """Feed one request outcome to the dead-server probe."""
+        stop = self.probe.record(exc.down if exc is not None else None, started,
+                                 "" if exc is None else str(exc)[:120])
+        if stop:
+            self.stop.stop(stop)
+
     async def _label(self, batch: list[dict[str, Any]]) -> None:
+        """Judge ``batch`` and record a row per response (none if the run stopped before it was
+        answered: the next run labels those)."""
         items = [Item.from_row(r) for r in batch]
         estimate = sum(sum(self.judge.estimate_tokens(i)) for i in items)
-        stats, limiter = self.stats, self.limiter
+        stats, limiter, stop = self.stats, self.limiter, self.stop
         start = time.monotonic()
 
         async def attempt() -> list[Verdict]:
+            stop.check()  # no request, and no retry, once the run is stopping
             await limiter.acquire(estimate)
+            stop.check()
             stats.requests += 1
+            sent = time.monotonic()
             try:
                 verdicts = await self.judge.judge(items)
             except RetryableError as exc:
+                self._observe(exc, sent)
                 limiter.update(exc.headers)
                 if exc.retry_after:  # held to --max-backoff, like the retry's own wait
                     limiter.pause(min(exc.retry_after, self.config.retry.max_wait))
@@ -203,8 +253,12 @@ class Engine:
                     stats.cost_usd += verdict_cost(Verdict(scores=[], **usage), self.price) or 0.0
                 raise
             except FatalError as exc:
+                self._observe(None, sent)
                 limiter.update(exc.headers)
+                if exc.abort:  # every later request would fail the same way
+                    stop.stop(_error_text(exc))
                 raise
+            self._observe(None, sent)
             used = 0
             for v in verdicts:
                 limiter.update(v.headers)
@@ -216,28 +270,41 @@ class Engine:
             stats.retries += 1
 
         try:
-            verdicts, attempts = await call_with_retries(attempt, self.config.retry, on_retry)
+            verdicts, attempts = await call_with_retries(attempt, self.config.retry, on_retry, sleep=stop.sleep)
+            if len(verdicts) != len(batch):
+                raise RuntimeError(f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(batch)} items")
+        except Stopped:
+            return  # not answered: the next run labels these rows
         except (RetryableError, FatalError) as exc:
             attempts = getattr(exc, "attempts", 1)
             kind = "gave up after retries" if isinstance(exc, RetryableError) else "not retryable"
             for row in batch:
-                self._emit(build_row(row, self.judge, error=f"{kind}: {_error_text(exc)}", attempts=attempts,
-                                     latency=time.monotonic() - start))
-            if isinstance(exc, FatalError) and exc.abort and self._abort is None:
-                self._abort = exc
+                self.record_error(row, f"{kind}: {_error_text(exc)}", attempts=attempts,
+                                  latency=time.monotonic() - start)
             return
-        if len(verdicts) != len(batch):
-            raise RuntimeError(f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(batch)} items")
+        except Exception as exc:  # noqa: BLE001 - a judge bug fails its rows, never the run
+            self._internal_error(batch, exc)
+            return
         latency = (time.monotonic() - start) / len(batch)
         for row, item, v in zip(batch, items, verdicts, strict=True):
-            self.record(row, item, v, attempts=attempts, latency=latency)
+            try:
+                self.record(row, item, v, attempts=attempts, latency=latency)
+            except Exception as exc:  # noqa: BLE001
+                self._internal_error([row], exc)
+
+    def _internal_error(self, rows: list[dict[str, Any]], exc: Exception) -> None:
+        self._warn_once("internal", f"judge {self.judge.name} raised {_error_text(exc)[:200]}; its rows are "
+                                    "written as errors and the run goes on")
+        for row in rows:
+            self.record_error(row, f"internal error: {_error_text(exc)}")
 
     def record(self, row: dict[str, Any], item: Item, v: Verdict, *, attempts: int = 1,
                latency: float | None = None) -> None:
         """Account for one answer (tokens, cost), cache it when it is good, and queue its row.
 
         Every way of running the judge (the local worker pool, Ray) ends here, so the checks,
-        the cache and the row format are the same whichever ran it."""
+        the cache and the row format are the same whichever ran it. A cache store that fails
+        (disk full) warns inside :class:`JudgeCache`; the row still counts."""
         stats = self.stats
         cost = verdict_cost(v, self.price)
         stats.input_tokens += v.input_tokens
@@ -257,25 +324,27 @@ class Engine:
 
     async def _worker(self, batches: Iterator[list[dict[str, Any]]]) -> None:
         for batch in batches:
-            if self._abort is not None:
+            if self.stop.stopping:
                 return
             await self._label(batch)
+            await asyncio.sleep(0)  # a CPU-bound judge never awaits: let progress and signals run
 
     async def label_rows(self, todo: list[dict[str, Any]]) -> None:
         """Label ``todo`` (rows neither done nor cached) with ``concurrency`` async workers.
 
         A subclass may run the judge elsewhere (:mod:`labeler.engine.ray_engine` does) and
-        report each answer through :meth:`record` / :meth:`record_error`."""
+        report each answer through :meth:`record` / :meth:`record_error`; it should start no new
+        work once ``self.stop.stopping``."""
         size = max(1, self.judge.batch_size)
         batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
-        workers = [asyncio.create_task(self._worker(batches))
-                   for _ in range(max(1, min(self.config.concurrency, len(todo))))]
+        self._workers = [asyncio.create_task(self._worker(batches))
+                         for _ in range(max(1, min(self.config.concurrency, len(todo))))]
         try:
-            await asyncio.gather(*workers)
+            await asyncio.gather(*self._workers, return_exceptions=True)
         finally:
-            for w in workers:
+            for w in self._workers:
                 w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*self._workers, return_exceptions=True)
 
     # the run ------------------------------------------------------------------------------
     def plan(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,33 +370,93 @@ class Engine:
                 misses.append(row)
         return misses
 
+    def _this_run(self, state: str) -> dict[str, Any]:
+        return {"started_at": self._started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "state": state, "shards_written": list(self.shards_written), **self.stats.as_dict(),
+                # The limits in force at the end: --rpm/--tpm, tightened from rate-limit headers.
+                "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm,
+                           "waited_s": round(self.limiter.waited_s, 3)},
+                **({"stopped": self.stop.reason} if self.stop.reason else {})}
+
+    def _checkpoint(self) -> None:
+        """run.json with this run as ``running``: what it spent so far survives a kill -9 (the
+        next run marks it ``killed``). The totals are not recounted until the run ends."""
+        if self._header is None:
+            return
+        try:
+            self.run_dir.record_run(self._header, self._this_run("running"), recount=False)
+        except OSError:
+            pass  # a full disk: the shard writes say so
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_s)
+            self._checkpoint()
+
+    def _in_flight(self) -> list[asyncio.Task[Any]]:
+        """What a second signal cancels: the workers, or the whole run when a subclass has none."""
+        busy = [t for t in self._workers if not t.done()]
+        return busy or [t for t in (self._run_task,) if t is not None]
+
     async def run(self, rows: Sequence[dict[str, Any]], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Label ``rows`` into the run folder; returns the manifest it wrote."""
-        started_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        """Label ``rows`` into the run folder; returns the manifest it wrote.
+
+        Raises :class:`~labeler.engine.stopping.Interrupted` after a signal and UserError after a
+        fatal fault, both once everything received is written."""
+        self._started_at = dt.datetime.now(dt.timezone.utc).isoformat()
         # Before anything is written: a refused run must not stamp its judge on the folder.
         self.run_dir.check_judge(self.judge.name, self.fingerprint)
         self.run_dir.read_manifest()  # a corrupt run.json is refused before any work, not after
+        self._header = run_header(self.judge, self.price, manifest)
         state = "interrupted"
         self.stats = Stats(cost_known=self.price is not None)
+        self.stop = Stop()
+        self._run_task = asyncio.current_task()
         try:
             todo = self.plan(rows)
+            self._checkpoint()
             async with Progress(self.stats, self.config.progress, self.config.log_interval):
-                await self.label_rows(todo)
-            state = "aborted" if self._abort is not None else "finished"
+                with SignalDrain(self.stop, self._in_flight):
+                    ticker = asyncio.create_task(self._checkpoints())
+                    try:
+                        await self.label_rows(todo)
+                    except asyncio.CancelledError:
+                        if not self.stop.signame or self._run_task is None:
+                            raise  # cancelled from outside: not ours to swallow
+                        self._run_task.uncancel()  # our own second signal: write what we have
+                    finally:
+                        ticker.cancel()
+                        await asyncio.gather(ticker, return_exceptions=True)
+            state = "interrupted" if self.stop.signame else "aborted" if self.stop.fatal else "finished"
         finally:
             self.flush()
-            self.run_dir.compact()
-            this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                        "state": state, "shards_written": self.shards_written, **self.stats.as_dict(),
-                        # The limits in force at the end: --rpm/--tpm, tightened from rate-limit headers.
-                        "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm,
-                                   "waited_s": round(self.limiter.waited_s, 3)}}
-            out = self.run_dir.record_run(run_header(self.judge, self.price, manifest), this_run)
-        if self._abort is not None:
-            from schemas.errors import UserError
-
-            raise UserError(f"stopped: {_error_text(self._abort)}")
+            out = self._finish(state)
+        if self.stop.signame:
+            raise Interrupted(self.stop.signame)
+        if self.stop.fatal:
+            raise UserError(f"stopped: {self._stop_text()}")
         return out
+
+    def _finish(self, state: str) -> dict[str, Any]:
+        """Compact and write the final manifest; on a full disk say so, never raise a traceback."""
+        assert self._header is not None
+        try:
+            self.run_dir.compact()
+        except OSError as exc:
+            self.stop.stop(f"cannot rewrite the shards of {self.run_dir.path} ({_error_text(exc)})")
+        try:
+            return self.run_dir.record_run(self._header, self._this_run(state))
+        except OSError as exc:
+            self.stop.stop(f"cannot write {self.run_dir.manifest_path} ({_error_text(exc)})")
+            return {**self._header, "state": state, "runs": [self._this_run(state)]}
+
+    def _stop_text(self) -> str:
+        text = self.stop.reason or ""
+        if self._write_error is not None and self._buffer:
+            where = "are in the judge cache: free space, then rerun the same command (they cost nothing)" \
+                if self.cache is not None else "are lost (--no-cache): free space, then rerun the same command"
+            text += f"; the {len(self._buffer)} answers received since the last shard {where}"
+        return text
 
 
 def estimate(rows: Sequence[dict[str, Any]], judge: Judge, price: Price | None) -> dict[str, Any]:

@@ -60,7 +60,16 @@ def _stage(title: str, argv: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists() and not work.is_dir():
+        raise UserError(f"--workdir {work}: exists and is not a folder")
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if args.max_steps < 1:
+        raise UserError("--max-steps must be at least 1")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--workdir {work}: cannot create it ({exc.strerror or exc})") from None
     responses = work / "responses.parquet"
     perturbed = work / "perturbed.parquet"
     labeled = work / "labeled"

@@ -65,6 +65,10 @@ class LabelConfig:
     prices: str | None = field(
         default=None, metadata={"help": "JSON/YAML file of model → {input, cached_input, output} USD per 1M "
                                         "tokens, overriding the built-in price table", "metavar": "FILE"})
+    stop_after_failures: int = field(
+        default=8, metadata={"help": "stop the run when its first N requests all fail the way a down server "
+                                     "fails (connection refused or reset, --timeout passed, HTTP 5xx) instead of "
+                                     "waiting out every row's retries; 0: never", "metavar": "N"})
     progress: str = field(default="auto", metadata={"help": "progress display: auto (live on a terminal, log "
                                                             "lines otherwise), rich, log, none",
                                                     "choices": ["auto", "rich", "log", "none"]})
@@ -114,6 +118,25 @@ def _check(cfg: LabelConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive")
+    if cfg.stop_after_failures < 0:
+        raise UserError("--stop-after-failures must be 0 (off) or more")
+    if cfg.backoff < 0 or cfg.max_backoff < 0:
+        raise UserError("--backoff and --max-backoff must not be negative")
+    if not cfg.log_interval > 0:
+        raise UserError("--log-interval must be positive")
+
+
+def _check_judge(cfg) -> None:
+    """Judge options that no provider accepts: refused here, not as 400 on every request."""
+    import math
+
+    if not (math.isfinite(cfg.timeout) and cfg.timeout > 0):
+        raise UserError(f"--timeout must be a positive number of seconds, not {cfg.timeout:g}")
+    if not (math.isfinite(cfg.temperature) and 0 <= cfg.temperature <= 2):
+        raise UserError(f"--temperature must be in [0, 2] (OpenAI's range; Anthropic's is [0, 1]), "
+                        f"not {cfg.temperature:g}")
+    if cfg.max_output_tokens < 1:
+        raise UserError(f"--max-output-tokens must be at least 1, not {cfg.max_output_tokens}")
 
 
 def _dry_run_todo(rows: list[dict], judge, cfg: LabelConfig, output: str) -> tuple[list[dict], dict[str, int]]:
@@ -163,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(LabelConfig, args)
     _check(cfg)
     judge_cfg = dataclass_from_args(JudgeConfig, args)
+    _check_judge(judge_cfg)
     prices = load_prices(cfg.prices)
     if args.engine == "ray":
         if args.batch:
@@ -202,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
         retry=RetryPolicy(max_attempts=cfg.max_attempts, initial=cfg.backoff, max_wait=cfg.max_backoff),
         shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval,
+        stop_after_failures=cfg.stop_after_failures,
     )
     cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
     info = {"input": str(args.input), "engine": args.engine, "config": dataclasses.asdict(cfg),
@@ -213,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
     from labeler.engine.runner import Engine
+    from labeler.engine.stopping import Interrupted
     from labeler.judges.config import JudgeConfig
 
     if args.batch:  # provider batch mode: labeler/batch/runner.py
@@ -235,6 +261,11 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
 
     try:
         manifest = asyncio.run(go())
+    except Interrupted:
+        s = engine.stats
+        print(f"label: stopped by a signal; this run wrote {s.done} rows (ok {s.ok}, error {s.error}) after "
+              f"{s.requests} requests, cost {s.cost_text()}", file=sys.stderr)
+        raise KeyboardInterrupt from None  # the dispatcher's exit 130 and resume hint
     finally:
         if cache is not None:
             cache.close()
@@ -246,9 +277,14 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
     if args.engine == "ray":
         print(f"label: Ray: {engine.worker_starts} worker start(s) for {engine.options.num_workers} worker(s); "
               f"{s.retries} restarted after a failure (their batches were retried)", file=sys.stderr)
+    if s.error:
+        print(f"label: {s.error} response(s) of this run ended in error: {s.reasons_text()}", file=sys.stderr)
     if totals["error"]:
-        print(f"label: {totals['error']} response(s) ended in error; rerun the same command to retry them",
-              file=sys.stderr)
+        print(f"label: {totals['error']} response(s) in the folder are errors; rerun the same command to retry "
+              "them", file=sys.stderr)
+    if s.done and not s.ok:
+        raise UserError(f"no response was labeled ok: all {s.done} of this run failed ({s.reasons_text()}); "
+                        f"{run_dir.manifest_path} has the counts")
     return 0
 
 

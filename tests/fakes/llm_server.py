@@ -10,7 +10,11 @@ httpx2 transport of openai ≥ 3), so tests exercise the exact code paths a paid
   server-side requests/min limit (token bucket) answers 429 with ``retry-after`` beyond it.
 * Injects faults on demand: a scripted sequence first, then seeded probabilities — ``429``,
   ``500``, ``529``, ``slow`` (sleeps past the client's timeout), ``malformed`` (not JSON),
-  ``schema`` (valid JSON that violates the schema).
+  ``schema`` (valid JSON that violates the schema). The transport faults of a broken server:
+  ``hang`` (reads the request, never answers), ``drip`` (headers, then the body one byte per
+  ``drip_s``), ``close`` (headers and half the body, then the connection is dropped), ``null``
+  and ``list`` (a 200 whose JSON body is ``null`` / ``[]``). ``rules`` pin a fault to every
+  request whose text contains a marker, so a test knows which rows are hit.
 * Counts requests per route and records request bodies and headers.
 
 Routes live in :attr:`FakeLLMServer.routes` (``(method, path) -> handler``) so batch endpoints can
@@ -25,6 +29,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -34,7 +39,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "529", "slow", "malformed", "schema", "401", "400")
+FAULTS = ("429", "500", "529", "slow", "malformed", "schema", "401", "400", "hang", "drip", "close", "null", "list")
+#: Faults that answer 200 and break the body or the connection (sent by :meth:`FakeLLMServer._answer`).
+BODY_FAULTS = ("drip", "close", "null", "list")
 STEP_RE = re.compile(r"^Step (\d+): ", re.M)
 
 
@@ -76,6 +83,14 @@ class FaultConfig:
     seed: int = 0
     #: Faults to inject first, in order, one per request (``None`` entries answer normally).
     script: list[str | None] = field(default_factory=list)
+    #: marker → fault for every request whose body contains the marker (before script and odds).
+    rules: dict[str, str] = field(default_factory=dict)
+    #: Probability of ``hang`` (the request is read and never answered).
+    p_hang: float = 0.0
+    #: How long a hung request is held (or until the server stops).
+    hang_s: float = 60.0
+    #: Seconds between the bytes of a dripped body.
+    drip_s: float = 0.2
     retry_after: float = 0.05
     slow_s: float = 2.0
     latency_s: float = 0.0
@@ -129,6 +144,7 @@ class FakeLLMServer:
         }
         self._bucket: _Bucket | None = None
         self._httpd: ThreadingHTTPServer | None = None
+        self.closing = threading.Event()  # ends hung and dripping requests when the server stops
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, port: int = 0) -> FakeLLMServer:
@@ -142,6 +158,7 @@ class FakeLLMServer:
         return self
 
     def stop(self) -> None:
+        self.closing.set()
         if self._httpd:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -189,15 +206,27 @@ class FakeLLMServer:
         h.send_json(200, {"ok": True}, {})
 
     # -- fault and limit decisions ---------------------------------------------------------
-    def _draw_fault(self) -> str | None:
+    def _draw_fault(self, body: dict | None = None) -> str | None:
         f = self.faults
+        if f.rules and body is not None:
+            text = json.dumps(body, ensure_ascii=False)
+            for marker, fault in f.rules.items():
+                if marker in text:
+                    with self.lock:
+                        self.fault_counts[fault] += 1
+                    return fault
         with self.lock:
             if f.script:
-                return f.script.pop(0)
+                fault = f.script.pop(0)
+                if fault in BODY_FAULTS or fault == "hang":
+                    self.fault_counts[fault] += 1
+                return fault
             r = self.rng.random()
             for name, p in (("429", f.p429), ("500", f.p500), ("529", f.p529), ("slow", f.p_slow),
-                            ("malformed", f.p_malformed), ("schema", f.p_schema)):
+                            ("malformed", f.p_malformed), ("schema", f.p_schema), ("hang", f.p_hang)):
                 if r < p:
+                    if name == "hang":
+                        self.fault_counts[name] += 1
                     return name
                 r -= p
         return None
@@ -278,6 +307,10 @@ class FakeLLMServer:
         if fault == "529":
             self._send_error(h, 529, "overloaded_error", "Overloaded (fake)", anthropic, {})
             return True
+        if fault == "hang":  # read, never answered: the client's deadline must end it
+            self.closing.wait(self.faults.hang_s)
+            h.close_connection = True
+            return True
         if fault == "slow":
             time.sleep(self.faults.slow_s)
         if self.faults.latency_s:
@@ -307,6 +340,17 @@ class FakeLLMServer:
             body = {"error": {"message": message, "type": etype, "param": None, "code": None}}
         h.send_json(code, body, headers)
 
+    def _answer(self, h: _RequestHandler, fault: str | None, body: Any, headers: dict[str, str]) -> None:
+        """Send a 200 answer, or break it the way ``fault`` says."""
+        if fault == "null":
+            h.send_json(200, None, headers)
+        elif fault == "list":
+            h.send_json(200, [], headers)
+        elif fault in ("drip", "close"):
+            h.send_broken(json.dumps(body).encode(), headers, fault, self.faults.drip_s, self.closing)
+        else:
+            h.send_json(200, body, headers)
+
     def _cached_tokens(self, prefix: str) -> int:
         with self.lock:
             hit = prefix in self.seen_prefixes
@@ -314,7 +358,7 @@ class FakeLLMServer:
         return ntokens(prefix) if hit else 0
 
     def chat_completions(self, h: _RequestHandler, body: dict) -> None:
-        fault = self._draw_fault()
+        fault = self._draw_fault(body)
         if fault in ("malformed", "schema", "slow"):
             with self.lock:
                 self.fault_counts[fault] += 1
@@ -344,7 +388,7 @@ class FakeLLMServer:
         out_tokens = ntokens(text)
         in_tokens = ntokens(prompt)
         rpm, remaining = self._limit_numbers()
-        h.send_json(200, {
+        self._answer(h, fault, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
             "created": int(time.time()), "model": body.get("model", "fake"), "choices": [choice],
             "usage": {"prompt_tokens": in_tokens, "completion_tokens": out_tokens,
@@ -373,7 +417,7 @@ class FakeLLMServer:
         return out
 
     def messages(self, h: _RequestHandler, body: dict) -> None:
-        fault = self._draw_fault()
+        fault = self._draw_fault(body)
         if fault in ("malformed", "schema", "slow"):
             with self.lock:
                 self.fault_counts[fault] += 1
@@ -412,7 +456,7 @@ class FakeLLMServer:
         read = self._cached_tokens(prefix) if prefix else 0
         total = ntokens(system + user)
         rpm, remaining = self._limit_numbers()
-        h.send_json(200, {
+        self._answer(h, fault, {
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
             "model": body.get("model", "fake"), "content": content, "stop_reason": "tool_use",
             "stop_sequence": None,
@@ -447,6 +491,31 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
             pass
+
+    def send_broken(self, data: bytes, headers: dict[str, str], how: str, drip_s: float,
+                    closing: threading.Event) -> None:
+        """A 200 whose body never arrives whole: ``drip`` sends it a byte per ``drip_s``, ``close``
+        sends half of it and drops the connection."""
+        try:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if how == "close":
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            for i in range(len(data)):
+                if closing.wait(drip_s):
+                    break
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+        except OSError:  # the client gave up (its deadline): exactly what is being tested
+            self.close_connection = True
 
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?")[0]

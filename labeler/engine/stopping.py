@@ -1,0 +1,152 @@
+"""How a labeling run stops early without losing a paid answer.
+
+Three things end a run before its last row, and all three go through one :class:`Stop`:
+
+* a fatal fault (the API key is refused, the output disk is full, the server looks down):
+  no new request starts and no retry is tried, but requests already sent finish, so their
+  answers (paid for) reach the cache and the shards before the run ends;
+* SIGINT / SIGTERM: the same drain, announced on stderr; a second signal cancels what is still
+  in flight at once (those answers were not received, so nothing paid is dropped);
+* the dead-server probe (:class:`DownProbe`): when the first N requests of a run ALL fail the
+  way a down or unreachable server fails (connection refused or reset, no answer within the
+  deadline, HTTP 5xx), the run stops with one line instead of waiting out
+  ``timeout × attempts`` for every row (hours at the defaults).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal after writing what it had received (exit 130)."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(f"interrupted by {signame}")
+        self.signame = signame
+
+
+class Stopped(Exception):
+    """Raised instead of starting a request (or a retry) once the run is stopping."""
+
+
+class Stop:
+    """The stop flag of one run: why it stops, whether it is fatal, and an interruptible sleep."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.fatal = False
+        self.signame: str | None = None
+        self.event = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None
+
+    def stop(self, reason: str, *, fatal: bool = True) -> None:
+        """The first reason wins; later ones (the same fault seen by other workers) are ignored."""
+        if self.reason is None:
+            self.reason, self.fatal = reason, fatal
+            self.event.set()
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise Stopped(self.reason)
+
+    async def sleep(self, seconds: float) -> None:
+        """``asyncio.sleep`` that ends early when the run stops (a retry backoff of a minute
+        must not hold a stopping run)."""
+        if self.reason is None and seconds > 0:
+            try:
+                await asyncio.wait_for(self.event.wait(), seconds)
+            except TimeoutError:
+                pass
+
+
+class SignalDrain:
+    """``with SignalDrain(stop, tasks_fn):`` — SIGINT/SIGTERM drain the run, a second one cancels.
+
+    Handlers are installed on the running loop (main thread only); elsewhere this does nothing
+    and Python's default Ctrl-C behaviour applies."""
+
+    def __init__(self, stop: Stop, in_flight: Callable[[], list[asyncio.Task[Any]]],
+                 say: Callable[[str], None] | None = None) -> None:
+        self.stop, self.in_flight = stop, in_flight
+        self.say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.installed: list[signal.Signals] = []
+        self.count = 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.stop.signame = sig.name
+            self.stop.stop(f"interrupted by {sig.name}", fatal=False)
+            busy = sum(not t.done() for t in self.in_flight())
+            self.say(f"label: {sig.name}: no new requests; waiting for the {busy} in flight so that "
+                     "their answers are kept (send it again to stop at once)")
+        else:
+            self.say(f"label: {sig.name} again: stopping now")
+            for task in self.in_flight():
+                task.cancel()
+
+    def __enter__(self) -> SignalDrain:
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                self.installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.installed:  # SIGINT goes back to raising KeyboardInterrupt
+            loop.remove_signal_handler(sig)
+
+
+class DownProbe:
+    """Watches the request outcomes at the start of a run.
+
+    ``record(kind, started)`` with the failure kind of a down-looking error (``"timeout"``,
+    ``"connection error"``, ``"HTTP 503"``…) or None for anything else (an answer, a 429, a
+    malformed answer, a 400: the server is up), and the monotonic time the request started.
+    Returns the stop message once ``n`` requests that STARTED AFTER the first failure was seen
+    have failed too, with no other outcome before: the first wave of a run can time out on a
+    starved client (cold SDK, busy CPU) while the server is fine, so only failures after a
+    failure count. After any other outcome it never fires. ``n = 0`` turns it off."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.kinds: Counter[str] = Counter()
+        self.armed = n > 0
+        self.first_failure: float | None = None
+        self.late = 0
+        self.example = ""
+
+    def record(self, kind: str | None, started: float, text: str = "") -> str | None:
+        if not self.armed:
+            return None
+        if kind is None:
+            self.armed = False
+            return None
+        self.kinds[kind] += 1
+        self.example = self.example or text
+        if self.first_failure is None:
+            self.first_failure = time.monotonic()
+        elif started >= self.first_failure:
+            self.late += 1
+        if self.late < self.n:
+            return None
+        self.armed = False
+        seen = sum(self.kinds.values())
+        how = ", ".join(f"{c} × {k}" for k, c in self.kinds.most_common())
+        return (f"the server looks down: the first {seen} requests all failed ({how}; e.g. {self.example}); "
+                "check that it is up and reachable (the base URL, the network), then rerun the same command "
+                "(--stop-after-failures 0 turns this check off)")
