@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from schemas.tables import STEP_SCORES, from_rows, kind_of_schema, validate, wri
 RUN_SCHEMA = "stepdpo.run/1"
 _ANY_PART = re.compile(r"^part-(?:k\d+-of-\d+-)?\d{5,}\.parquet$")
 _ANY_MANIFEST = re.compile(r"^run(?:-k\d+-of-\d+)?\.json$")
+_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]+\.tmp$")  # .TARGET.RANDOM.tmp
+_JOB_TAG = re.compile(r"^k\d+-of-\d+-")
 
 
 class RunDir:
@@ -73,15 +76,30 @@ class RunDir:
         write_table(from_rows(list(rows), STEP_SCORES), path, STEP_SCORES)
         return path
 
-    def remove_temp_files(self) -> int:
-        """Delete temp files of writers that were killed mid-write."""
+    def remove_temp_files(self, stale_s: float = 3600.0) -> int:
+        """Delete temp files (``.NAME.XXXX.tmp``, :func:`schemas.atomic.atomic_open`) of writers
+        that were killed mid-write, in the folder and its sub-folders (``batches/``): this job's
+        own at once, another job's (a ``--num-shards`` machine sharing the folder, maybe writing
+        right now) only once older than ``stale_s``."""
         if not self.path.is_dir():
             return 0
         n = 0
-        for p in self.path.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp") and ("parquet" in p.name or "json" in p.name):
-                p.unlink(missing_ok=True)
-                n += 1
+        now = time.time()
+        folders = [self.path, *(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        for folder in folders:
+            for p in folder.iterdir():
+                m = _TEMP.match(p.name)
+                if m is None or not p.is_file():
+                    continue
+                target = m.group(1)
+                own = target == self.manifest_path.name or self._part_re.match(target) is not None or (
+                    folder != self.path and (target.startswith(self.tag) if self.tag else not _JOB_TAG.match(target)))
+                try:
+                    if own or now - p.stat().st_mtime > stale_s:
+                        p.unlink()
+                        n += 1
+                except FileNotFoundError:
+                    continue
         return n
 
     def folder_parts(self) -> list[Path]:
