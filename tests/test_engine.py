@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl", REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
 KEY = "sk-test-7f3a9c2e5b1d-THIS-IS-THE-SECRET-KEY"
 ANTHROPIC_KEY = "sk-ant-test-0a1b2c3d-ANTHROPIC-SECRET"
-FAST = ["--backoff", "0.01", "--max-backoff", "0.05", "--timeout", "0.5", "--progress", "log",
+# --timeout is one deadline per request: generous, so a busy 2-core box does not time out healthy ones.
+FAST = ["--backoff", "0.01", "--max-backoff", "0.05", "--timeout", "3", "--progress", "log",
         "--log-interval", "0.5"]
 
 
@@ -71,7 +72,7 @@ def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
     inp, rows = responses(env, 500)
     fake.faults = FaultConfig(p429=0.20, p500=0.05, p_slow=0.02, p_malformed=0.03, p_schema=0.02,
                               slow_s=1.5, retry_after=0.01, seed=7)
-    rc, log = label(capsys, inp, env / "run", "--max-attempts", "3", "--shard-size", "64")
+    rc, log = label(capsys, inp, env / "run", "--max-attempts", "3", "--shard-size", "64", "--timeout", "0.5")
     assert rc == 0
     for fault in ("429", "500", "slow", "malformed", "schema"):
         assert fake.fault_counts[fault] > 0, fault
