@@ -81,15 +81,15 @@ def test_answers_that_depend_on_labels_or_gold_are_not_replayed_for_other_labels
     from schemas.tables import STEP_SCORES, read_table
     from stepdpo.cli import main
 
-    def label(inp: Path, judge: str, out: str) -> list[dict]:
+    def label(inp: Path, judge: str, out: str, rc: int = 0) -> list[dict]:
         assert main(["label", str(inp), "--judge", judge, "-o", str(tmp_path / out),
-                     "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]) == 0
+                     "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]) == rc
         return read_table(tmp_path / out, STEP_SCORES).to_pylist()
 
     labeled = _one_solution(tmp_path / "a.parquet", reference_scores=[1.0, 0.0])
     unlabeled = _one_solution(tmp_path / "b.parquet")
     assert label(labeled, "reference", "ra")[0]["scores"] == [1.0, 0.0]
-    row = label(unlabeled, "reference", "rb")[0]
+    row = label(unlabeled, "reference", "rb", rc=2)[0]  # its only row failed: a run with no ok row exits 2
     assert row["status"] == "error" and row["scores"] is None, "labels of another file came from the cache"
     relabeled = _one_solution(tmp_path / "c.parquet", reference_scores=[1.0, 1.0])
     assert label(relabeled, "reference", "rc")[0]["scores"] == [1.0, 1.0]
