@@ -211,3 +211,22 @@ def test_a_cpu_bound_judge_shows_progress(env, capsys):
     during = [line for line in lines if re.match(r"label: \d+/1200 rows", line)]
     assert during, log
     assert any(int(re.match(r"label: (\d+)/", line).group(1)) < 1200 for line in during), lines
+
+
+def test_a_second_signal_stops_at_once(env, fake):
+    """The drain waits for requests in flight; a second Ctrl-C does not."""
+    rows = gsm8k_rows(GSM8K, 10)
+    inp = write_responses(rows, env / "in.parquet")
+    fake.faults = FaultConfig(latency_s=60)  # answers that would take a minute
+    proc = subprocess.Popen(label_cmd(inp, env / "run", "--concurrency", "2"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: fake.total_requests >= 2, proc, "2 requests")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - start < 15, err
+    assert "label: SIGINT again: stopping now" in err and "Traceback" not in err
+    assert json.loads((env / "run" / "run.json").read_text())["state"] == "interrupted"
+    assert fake.total_requests == 2  # nothing new was sent after the first signal

@@ -299,9 +299,13 @@ def _label_batch(args: argparse.Namespace, judge, rows: list[dict], run_dir, cac
         from schemas.errors import UserError
 
         raise UserError("--poll-interval must be positive")
+    from labeler.engine.stopping import Interrupted
+
     try:
         manifest = run_batch_label(judge, rows, run_dir, cache=cache, prices=prices, options=options,
                                    engine_config=engine_config, manifest=info)
+    except Interrupted:  # a signal during the online retry: what it received is written
+        raise KeyboardInterrupt from None
     finally:
         if cache is not None:
             cache.close()
