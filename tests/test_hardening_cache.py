@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from diskcache import FanoutCache
 
-from labeler.engine.cache import JudgeCache, cache_key
+from labeler.engine.cache import JsonTextDisk, JudgeCache, cache_key
 from labeler.judges.base import Verdict
 from schemas.tables import STEP_SCORES, read_table
 from stepdpo.cli import main
@@ -61,9 +61,11 @@ def test_a_planted_pickle_is_never_loaded(tmp_path):
     # The fresh answer replaces the planted one, as JSON text.
     assert cache.put("k-pickle", Verdict(scores=[0.5, 1.0]))
     assert cache.get("k-pickle").scores == [0.5, 1.0]
-    with pytest.raises(TypeError):  # and nothing but text can be stored through it
-        cache._cache.set("k-obj", {"scores": [1.0]})
     cache.close()
+    ours = FanoutCache(str(tmp_path / "c"), shards=8, disk=JsonTextDisk)
+    with pytest.raises(TypeError):  # and nothing but text can be stored through our Disk
+        ours.set("k-obj", {"scores": [1.0]})
+    ours.close()
     # diskcache's own JSONDisk would have run it: the threat is real, not hypothetical.
     import zlib
 
