@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from schemas.errors import UserError
+from stepdpo.options import accept_both_spellings
 
 # name -> (module, one-line summary). Order is the order of a typical job.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(parser)
+        accept_both_spellings(parser)  # --max-length and --max_length, for every command
         args = parser.parse_args(rest)
         return int(module.run(args) or 0)
     except UserError as exc:

@@ -74,3 +74,25 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any
         elif hasattr(args, field.name):
             values[field.name] = getattr(args, field.name)
     return cls(**values)
+
+
+def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Let every long option answer to its other spelling too: ``--max-length`` and
+    ``--max_length`` (our commands use dashes, TRL's use underscores; users mix them).
+
+    argparse has no public way to list a parser's options, so this walks its actions once,
+    after the command's ``configure``; a spelling already taken is left alone.
+    """
+    taken = {s for action in parser._actions for s in action.option_strings}
+    for action in parser._actions:
+        for name in list(action.option_strings):
+            if not name.startswith("--") or len(name) < 4:
+                continue
+            if isinstance(action, argparse.BooleanOptionalAction) and name.startswith("--no-"):
+                continue  # it tells --no-x from --x by that exact prefix
+            body = name[2:]
+            other = "--" + (body.replace("-", "_") if "-" in body else body.replace("_", "-"))
+            if other != name and other not in taken:
+                action.option_strings.append(other)
+                parser._option_string_actions[other] = action
+                taken.add(other)

@@ -159,3 +159,22 @@ def test_prefix_fallback_agrees_with_offsets(tokenizer):
         bounds = step_boundaries(tokenizer, ex["prompt"], ex["chosen_steps"], "\n", full, tokenizer.eos_token)
         ids = completion_step_ids(full, len(out["prompt_ids"]), bounds, len(ex["chosen_steps"]))
         assert ids == out["chosen_step_ids"]
+
+
+@pytest.mark.parametrize("sep", [" ", "\n", " ; "])
+def test_offsets_agree_with_per_step_tokenization_for_any_separator(tokenizer, sep):
+    """With a space separator the token " 5" carrying it starts the next step (it used to be
+    given to the step before on almost every pair); a per-step tokenization is the oracle."""
+    from trainer.alignment import completion_step_ids, step_boundaries
+
+    checked = 0
+    for ex in preference_rows(gsm8k_pair_rows(60), sep=sep):
+        for side in ("chosen", "rejected"):
+            steps = ex[f"{side}_steps"]
+            out = tokenize_pair(tokenizer, ex["prompt"], ex["chosen_steps"], ex["rejected_steps"], sep=sep,
+                                add_eos="always")
+            full = out["prompt_ids"] + out[f"{side}_ids"]
+            bounds = step_boundaries(tokenizer, ex["prompt"], steps, sep, full, tokenizer.eos_token)
+            assert completion_step_ids(full, len(out["prompt_ids"]), bounds, len(steps)) == out[f"{side}_step_ids"]
+            checked += len(steps) > 1
+    assert checked >= 60

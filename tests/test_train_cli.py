@@ -59,6 +59,17 @@ def test_train_writes_model_tokenizer_config_and_metrics(setup, tmp_path, capsys
     assert "rewards/accuracies" in steps[0] and "step/first_error_weight" in steps[0]
     printed = capsys.readouterr().out
     assert "reference: frozen copy of the policy" in printed and "final: loss=" in printed
+    # provenance: the base model, the pairs folder + its manifest's fingerprint, the judges
+    import hashlib
+
+    prov = saved["provenance"]
+    assert prov["base_model"] == str(model)
+    assert prov["train_pairs"]["path"] == str(pairs.resolve()) and prov["train_pairs"]["num_pairs"] == 20
+    assert prov["train_pairs"]["manifest_sha256"] == hashlib.sha256((pairs / "pairs.json").read_bytes()).hexdigest()
+    assert prov["train_pairs"]["judge_fingerprints"] == ["test"]
+    card = (out / "README.md").read_text()
+    assert "fine-tuned version of None" not in card and f"fine-tuned version of `{model}`" in card
+    assert prov["train_pairs"]["manifest_sha256"] in card and "judge: `test`" in card
 
 
 def test_precompute_ref_then_train_without_reference_model(setup, tmp_path, capsys):
@@ -80,11 +91,20 @@ def test_precompute_ref_then_train_without_reference_model(setup, tmp_path, caps
     assert "reference: precomputed per-step log-probs" in capsys.readouterr().out
 
 
-def test_train_needs_max_steps(setup, tmp_path, capsys):
-    root, model, pairs = setup
-    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path)])
-    assert code == 2
-    assert "stepdpo train: error: --max_steps is required" in capsys.readouterr().err
+def test_without_max_steps_one_run_covers_num_train_epochs_and_max_steps_0_is_refused(setup, tmp_path, capsys):
+    root, model, pairs = setup  # 20 pairs
+    out = tmp_path / "run"
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(out),
+            "--per_device_train_batch_size", "8", "--save_strategy", "no", "--logging_steps", "1",
+            "--num_train_epochs", "1"]
+    assert main([*base, "--max_steps", "0"]) == 2
+    assert "--max_steps must be at least 1, got 0" in capsys.readouterr().err
+    assert main(base) == 0
+    assert "20 pairs x 1 epoch(s): --max_steps 3" in capsys.readouterr().out
+    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    # the epoch metric counts pairs seen (8, 16, 24 of 20), not 1.0 after the first of max_steps passes
+    assert [r["epoch"] for r in steps] == [0.4, 0.8, 1.2]
 
 
 def test_train_refuses_a_file_of_another_kind(setup, tmp_path, capsys):
@@ -133,7 +153,7 @@ def _train_config(argv):
 
     parser = argparse.ArgumentParser()
     train_cli.configure(parser)
-    return train_cli.build_config(parser.parse_args(["--pairs", "p", "--model", "m", *argv]))
+    return train_cli.build_config(parser.parse_args(["--pairs", "p", "--model", "m", *argv]))[1]
 
 
 def test_yaml_values_are_typed_and_any_given_flag_wins(tmp_path):
@@ -158,7 +178,7 @@ def test_yaml_values_are_typed_and_any_given_flag_wins(tmp_path):
 def test_badly_typed_yaml_value_is_named(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("learning_rate: fast\nmax_steps: 1\n")
-    with pytest.raises(UserError, match="learning_rate: invalid value 'fast'"):
+    with pytest.raises(UserError, match="cfg.yaml: argument --learning_rate/--learning-rate: invalid float value: 'fast'"):
         _train_config(["--config", str(cfg), "--output_dir", str(tmp_path / "o")])
 
 
@@ -243,9 +263,9 @@ def test_bad_reference_model_and_lora_targets_are_clear_errors(setup, tmp_path, 
     base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
             "--max_steps", "1"]
     assert main([*base, "--ref_model", str(tmp_path / "missing")]) == 2
-    assert "cannot load the reference model" in capsys.readouterr().err
+    assert f"--ref_model {tmp_path / 'missing'}: no such model folder" in capsys.readouterr().err
     assert main([*base, "--lora_r", "4", "--lora_targets", "nope_proj"]) == 2
-    assert "LoRA: Target modules {'nope_proj'} not found" in capsys.readouterr().err
+    assert "LoRA: Target modules nope_proj not found" in capsys.readouterr().err
 
 
 CHATML = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -346,7 +366,7 @@ def test_resume_from_checkpoint_continues_the_run(setup, tmp_path, capsys):
     base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(out),
             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_steps", "2"]
     assert main([*base, "--max_steps", "1", "--resume_from_checkpoint", "last"]) == 2
-    assert "no checkpoint-N folder" in capsys.readouterr().err
+    assert "no complete checkpoint-N folder" in capsys.readouterr().err
     assert main([*base, "--max_steps", "2"]) == 0
     assert (out / "checkpoint-2").is_dir()
     assert main([*base, "--max_steps", "3", "--resume_from_checkpoint", "last"]) == 0
@@ -379,11 +399,188 @@ def test_reference_line_names_the_reference_model_also_with_lora(setup, tmp_path
 def test_empty_pair_shards_are_skipped_and_all_empty_is_a_clear_error(setup, tmp_path, capsys):
     root, model, pairs = setup
     empty = tmp_path / "empty"
-    write_table(from_rows([], PAIRS), empty / "part-00000.parquet", PAIRS)  # `stepdpo pairs` with no pair made
+    write_pairs(empty, [])  # `stepdpo pairs` with no pair made
     base = ["train", "--model", str(model), "--output_dir", str(tmp_path / "run"), "--max_steps", "1",
             "--save_strategy", "no"]
     assert main([*base, "--pairs", str(empty)]) == 2
     assert "no pairs to train on (every shard is empty)" in capsys.readouterr().err
-    mixed = write_pairs(tmp_path / "mixed", gsm8k_pair_rows(4))
-    write_table(from_rows([], PAIRS), mixed / "part-00009.parquet", PAIRS)
+    mixed = write_pairs(tmp_path / "mixed", gsm8k_pair_rows(4), per_shard=2)
+    write_table(from_rows([], PAIRS), mixed / "part-00001.parquet", PAIRS)  # listed in pairs.json, now empty
     assert main([*base, "--pairs", str(mixed)]) == 0
+
+
+def test_trl_native_flags_train_a_lora_adapter_with_the_named_stepwise_loss(setup, tmp_path, capsys):
+    """`trl dpo`'s flags work as written: ModelConfig's model/LoRA/dtype/attention options, TRL's
+    --loss_type naming our loss, the dashed spelling of a field, and --config under the flags."""
+    root, model, pairs = setup
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("lora_r: 4\nlora_alpha: 32\nlogging_steps: 1\nenv:\n  STEPDPO_TEST_ENV: from-yaml\n")
+    out = tmp_path / "run"
+    code = main(["train", "--pairs", str(pairs), "--model_name_or_path", str(model), "--use_peft",
+                 "--lora_r", "8", "--lora_target_modules", "q_proj", "v_proj", "--loss_type", "margin",
+                 "--torch_dtype", "float32", "--attn_implementation", "eager", "--max-length", "256",
+                 "--config", str(cfg), "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no"])
+    assert code == 0
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 32  # flag over YAML; YAML over TRL's default 32→32
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    saved = json.loads((out / "stepwise_config.json").read_text())
+    assert saved["stepwise_loss"] == "margin" and saved["loss_type"] == ["margin"] and saved["max_length"] == 256
+    assert "reference: adapter switched off" in capsys.readouterr().out
+    import os
+
+    assert os.environ.pop("STEPDPO_TEST_ENV") == "from-yaml"
+
+
+def test_loss_type_and_stepwise_loss_name_one_loss(tmp_path):
+    assert _train_config(["--output_dir", str(tmp_path), "--loss_type", "soft_label"]).stepwise_loss == "soft_label"
+    assert _train_config(["--output_dir", str(tmp_path), "--stepwise_loss", "sigmoid"]).loss_type == ["sigmoid"]
+    with pytest.raises(UserError, match="loss_type margin and stepwise_loss combined disagree"):
+        _train_config(["--output_dir", str(tmp_path), "--loss_type", "margin", "--stepwise_loss", "combined"])
+    with pytest.raises(UserError, match="loss_type ipo is a TRL DPOTrainer loss"):
+        _train_config(["--output_dir", str(tmp_path), "--loss_type", "sigmoid", "ipo"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be ≥ 1, got 0"),
+    (["--learning_rate", "-1"], "learning_rate must be ≥ 0, got -1"),
+    (["--lora_r", "-2"], "--lora_r must be at least 1, got -2"),
+    (["--beta", "-1"], "beta must be > 0, got -1"),
+    (["--max_length", "-5"], "max_length must be ≥ 0, got -5"),
+    (["--max_steps", "0"], "--max_steps must be at least 1, got 0"),
+    (["--report_to", "wandb"], "--report_to wandb: the 'wandb' package is not installed (pip install "
+                               "'stepwise-dpo[trackers]'"),
+    (["--report_to", "tensorboard"], "the 'tensorboard' package is not installed"),
+    (["--use_liger_kernel", "true"], "use_liger_kernel is not supported"),
+])
+def test_bad_train_flags_are_one_line_errors(setup, tmp_path, capsys, argv, message):
+    root, model, pairs = setup
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "o"),
+                 *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("stepdpo train: error: "), err
+    assert message in err
+
+
+def test_output_dir_file_and_missing_local_model_are_named(setup, tmp_path, capsys):
+    root, model, pairs = setup
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(afile)]) == 2
+    assert f"--output_dir {afile}: is a file, not a folder" in capsys.readouterr().err
+    missing = tmp_path / "models" / "nope"
+    assert main(["train", "--pairs", str(pairs), "--model", str(missing), "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model_name_or_path {missing}: no such model folder" in err and "Repo id" not in err
+    assert main(["train", "--pairs", str(pairs), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "--model_name_or_path (or --model) is required" in capsys.readouterr().err
+
+
+def test_hub_token_never_lands_in_training_args_bin(setup, tmp_path, monkeypatch):
+    import torch
+
+    root, model, pairs = setup
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    out = tmp_path / "run"
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(out),
+                 "--max_steps", "1", "--hub_token", "hf_SECRET123", "--save_steps", "1"]) == 0
+    for path in [out / "training_args.bin", *out.glob("checkpoint-*/training_args.bin")]:
+        saved = torch.load(path, weights_only=False)
+        assert saved.hub_token is None
+        assert b"hf_SECRET123" not in path.read_bytes()
+    assert "hf_SECRET123" not in (out / "stepwise_config.json").read_text()
+    import os
+
+    assert os.environ.pop("HF_TOKEN") == "hf_SECRET123"  # where huggingface_hub finds it for push_to_hub
+
+
+@pytest.mark.parametrize("command,argv", [
+    ("precompute-ref", ["--pairs", "p", "--model", "m", "-o", "o", "--max_length", "7", "--batch_size", "3",
+                        "--truncation_mode", "keep_end"]),
+    ("pairs", ["run", "-o", "out", "--shard_size", "5"]),
+])
+def test_every_command_takes_both_spellings_of_an_option(command, argv):
+    import argparse
+    import importlib
+
+    from stepdpo.cli import COMMANDS
+    from stepdpo.options import accept_both_spellings
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).configure(parser)
+    accept_both_spellings(parser)
+    args = parser.parse_args(argv)
+    if command == "precompute-ref":
+        assert (args.max_length, args.batch_size, args.truncation_mode) == (7, 3, "keep_end")
+        dashed = parser.parse_args(["--pairs", "p", "--model", "m", "-o", "o", "--max-length", "9"])
+        assert dashed.max_length == 9
+    else:
+        assert args.shard_size == 5
+
+
+def test_resume_last_skips_a_checkpoint_cut_by_a_kill_and_metrics_do_not_repeat(setup, tmp_path, capsys):
+    import shutil
+
+    root, model, pairs = setup
+    out = tmp_path / "run"
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(out),
+            "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_steps", "1"]
+    assert main([*base, "--max_steps", "2"]) == 0
+    # a later run was killed while saving checkpoint-3 (weights written, trainer_state.json not yet),
+    # after it had logged step 3
+    cut = out / "checkpoint-3"
+    shutil.copytree(out / "checkpoint-2", cut)
+    (cut / "trainer_state.json").unlink()
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 3, "loss": 0.5}) + "\n" + '{"step": 3, "lo')
+    capsys.readouterr()
+    assert main([*base, "--max_steps", "4", "--resume_from_checkpoint", "last"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipping checkpoint-3: no trainer_state.json" in printed
+    assert f"resuming from {out / 'checkpoint-2'}" in printed
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    (out / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
+    assert main([*base, "--max_steps", "5", "--resume_from_checkpoint", str(out / "checkpoint-4")]) == 2
+    assert "cannot resume from it: trainer_state.json is unreadable" in capsys.readouterr().err
+    shutil.rmtree(cut)
+    (cut / "x").parent.mkdir()
+    assert main([*base, "--max_steps", "5", "--resume_from_checkpoint", str(cut)]) == 2
+    assert "cannot resume from it: no trainer_state.json" in capsys.readouterr().err
+
+
+def test_precompute_ref_drops_stale_shards_and_train_refuses_a_partial_folder(setup, tmp_path, capsys):
+    root, model, _ = setup
+    pairs = write_pairs(tmp_path / "pairs", gsm8k_pair_rows(12, strategy="first-error"), per_shard=4)
+    filled = tmp_path / "filled"
+    argv = ["precompute-ref", "--pairs", str(pairs), "--model", str(model), "-o", str(filled)]
+    assert main(argv) == 0
+    assert len(list(filled.glob("*.parquet"))) == 3
+    # the pairs are re-sharded (12 pairs in 2 shards) and precompute-ref rerun into the same folder
+    for f in pairs.glob("*.parquet"):
+        f.unlink()
+    write_pairs(pairs, gsm8k_pair_rows(12, strategy="first-error"), per_shard=6)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "removed part-00002.parquet" in capsys.readouterr().out
+    assert sorted(p.name for p in filled.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert read_table(filled, PAIRS).num_rows == 12
+    meta = json.loads((filled / "precompute.json").read_text())
+    assert meta["complete"] is True and meta["pairs"] == 12 and meta["shards"] == sorted(
+        p.name for p in filled.glob("*.parquet"))
+    assert json.loads((filled / "pairs.json").read_text())["judge_fingerprints"] == ["test"]
+    # an empty (or cut) precompute.json is a partial folder, not "no settings recorded"
+    (filled / "precompute.json").write_text("")
+    code = main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1"])
+    assert code == 2 and "precompute.json: unreadable" in capsys.readouterr().err
+
+
+def test_reaggregating_with_another_aggregation_than_the_pairs_is_refused(setup, tmp_path, capsys):
+    root, model, _ = setup
+    pairs = write_pairs(tmp_path / "pairs", gsm8k_pair_rows(4), aggregate="min")
+    base = ["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "o"),
+            "--max_steps", "1", "--loss_type", "soft_label"]
+    assert main([*base, "--aggregation", "product"]) == 2
+    err = capsys.readouterr().err
+    assert "--aggregation product: " in err and "was built with --aggregate min" in err

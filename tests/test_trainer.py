@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -249,7 +250,7 @@ def test_eval_rows_without_precomputed_reference_fail_at_init(tiny, rows, tmp_pa
 def test_pairs_whose_prompt_fills_max_length_are_dropped_with_a_warning(tiny, rows, tmp_path):
     long = dict(rows[1], prompt=rows[1]["prompt"] * 20)
     with pytest.warns(UserWarning, match="skipping pairs whose prompt"):
-        tr = _ours(tiny, [rows[0], long, rows[2]], tmp_path)
+        tr = _ours(tiny, [rows[0], long, rows[2]], tmp_path, max_length=400)
     assert len(tr.train_dataset) == 2
 
 
@@ -271,3 +272,94 @@ def test_moe_router_aux_loss_is_added_as_trl_adds_it(tiny, rows, tmp_path):
             aux = tr._metrics["train"]["aux_loss"][-1]
     assert aux is not None and aux > 0
     assert losses_by_coef[None] == pytest.approx(losses_by_coef[0.0] + 0.5 * aux, abs=1e-5)
+
+
+def _moved(row):
+    """The same pair as `stepdpo pairs` now writes it: shared leading steps in prefix_steps."""
+    from trainer.data import shared_leading_steps
+
+    n = shared_leading_steps(row["chosen_steps"], row["rejected_steps"])
+    return dict(row, prefix_steps=list(row["prefix_steps"]) + row["chosen_steps"][:n],
+                chosen_steps=row["chosen_steps"][n:], rejected_steps=row["rejected_steps"][n:],
+                chosen_scores=row["chosen_scores"][n:], rejected_scores=row["rejected_scores"][n:])
+
+
+@pytest.mark.parametrize("loss", losses.LOSSES)
+def test_a_shared_leading_step_gets_no_gradient_under_every_loss(tiny, rows, tmp_path, loss):
+    """Old pair files keep steps both sides share at the start in the completions; the trainer
+    moves them into the prompt, so they carry no gradient: loss and every parameter's gradient
+    equal those of the same pairs written with the shared steps as prefix (the oracle), and no
+    step slot is left for them."""
+    old = [r for r in rows if r["chosen_steps"][0] == r["rejected_steps"][0]][:B]
+    assert len(old) == B  # best-worst pairs: a solution against its copy with one corrupted step
+    grads, values = [], []
+    for pairs in (old, [_moved(r) for r in old]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        tr = _ours(tiny, pairs, tmp_path, model=model, stepwise_loss=loss, step_temperature=2.0, max_length=None)
+        batch = _batch(tr)
+        assert batch["chosen_num_steps"].tolist() == [len(_moved(r)["chosen_steps"]) for r in old]
+        value = _loss(tr, batch)
+        value.backward()
+        values.append(value.item())
+        grads.append(torch.cat([p.grad.flatten() for p in tr.model.parameters() if p.grad is not None]))
+    assert values[0] == pytest.approx(values[1], abs=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def _reward_pair():
+    # `stepdpo pairs --aggregate min`: chosen [0.7]*4 has R = 0.7, rejected [0.55] has R = 0.55;
+    # re-aggregated with product the chosen side would be 0.24 < 0.55, and soft_label would train
+    # toward the rejected side.
+    row = gsm8k_pair_rows(1, strategy="first-error")[0]
+    steps = ["a = 1", "b = 2", "c = 3", "d = 4"]
+    return dict(row, chosen_steps=steps, rejected_steps=["a = 9"], chosen_scores=[0.7] * 4,
+                rejected_scores=[0.55], chosen_reward=0.7, rejected_reward=0.55)
+
+
+@pytest.mark.parametrize("loss", ["soft_label", "margin"])
+def test_stored_rewards_train_toward_chosen_and_reaggregation_is_opt_in(tiny, tmp_path, loss):
+    row = _reward_pair()
+    tr = _ours(tiny, [row], tmp_path, stepwise_loss=loss, per_device_train_batch_size=1)
+    batch = _batch(tr, 1)
+    assert batch["chosen_rewards"].tolist() == [pytest.approx(0.7)]
+    assert batch["rejected_rewards"].tolist() == [pytest.approx(0.55)]
+    # d loss / d Δ < 0: a step of gradient descent raises chosen over rejected
+    delta = torch.zeros(1, requires_grad=True)
+    b = losses.StepBatch(rho_w=delta.view(1, 1), rho_l=torch.zeros(1, 1), mask_w=torch.ones(1, 1),
+                         mask_l=torch.ones(1, 1), r_w=batch["chosen_rewards"], r_l=batch["rejected_rewards"])
+    value, _ = losses.compute_loss(loss, b, tr.args)
+    value.sum().backward()
+    assert delta.grad.item() < 0
+    again = _ours(tiny, [row], tmp_path, stepwise_loss=loss, per_device_train_batch_size=1, aggregation="product")
+    assert _batch(again, 1)["chosen_rewards"].item() == pytest.approx(0.7 ** 4, rel=1e-4)  # only when asked
+
+
+def test_rows_with_more_scores_than_steps_or_scores_outside_0_1_are_refused(tmp_path):
+    from schemas.errors import UserError
+
+    good = gsm8k_pair_rows(3)
+    for bad, message in ((dict(good[1], chosen_scores=good[1]["chosen_scores"] + [1.0]), "chosen scores for"),
+                         (dict(good[1], rejected_scores=[1.5] + good[1]["rejected_scores"][1:]),
+                          "rejected score 1.5 outside [0, 1]")):
+        folder = write_pairs(tmp_path / message.split()[0], [good[0], bad, good[2]])
+        with pytest.raises(UserError, match=re.escape(message)) as exc:
+            load_pairs(folder)
+        assert bad["pair_id"] in str(exc.value)
+
+
+def test_a_pairs_folder_without_a_complete_manifest_is_refused(tmp_path):
+    from schemas.errors import UserError
+
+    folder = write_pairs(tmp_path / "pairs", gsm8k_pair_rows(4), per_shard=2)
+    (folder / "pairs.json").unlink()  # `stepdpo pairs` killed before its manifest
+    with pytest.raises(UserError, match="no pairs.json: `stepdpo pairs` did not finish"):
+        load_pairs(folder)
+    folder = write_pairs(tmp_path / "mixed", gsm8k_pair_rows(4), per_shard=2)
+    write_pairs(tmp_path / "other", gsm8k_pair_rows(2, offset=30))
+    (tmp_path / "other" / "part-00000.parquet").rename(folder / "part-00007.parquet")  # a rerun's leftover
+    with pytest.raises(UserError, match="not in its manifest: part-00007.parquet"):
+        has_precomputed_ref(folder)

@@ -63,11 +63,20 @@ def gsm8k_pair_rows(n: int, strategy: str = "best-worst", offset: int = 0) -> li
     return rows
 
 
-def write_pairs(folder: Path, rows: list[dict], per_shard: int = 0) -> Path:
+def write_pairs(folder: Path, rows: list[dict], per_shard: int = 0, aggregate: str = "product",
+                threshold: float = 0.5) -> Path:
+    """Shards plus the manifest `stepdpo pairs` writes last (the trainer refuses a folder without)."""
     folder.mkdir(parents=True, exist_ok=True)
-    per_shard = per_shard or len(rows)
-    for k in range(0, len(rows), per_shard):
-        write_table(from_rows(rows[k:k + per_shard], PAIRS), folder / f"part-{k // per_shard:05d}.parquet", PAIRS)
+    per_shard = per_shard or max(len(rows), 1)
+    names = []
+    for k in range(0, max(len(rows), 1), per_shard):
+        names.append(f"part-{k // per_shard:05d}.parquet")
+        write_table(from_rows(rows[k:k + per_shard], PAIRS), folder / names[-1], PAIRS)
+    manifest = {"schema": PAIRS.tag, "inputs": ["tests"], "shards": names,
+                "config": {"strategy": rows[0]["strategy"] if rows else None, "aggregate": aggregate,
+                           "threshold": threshold},
+                "judge_fingerprints": sorted({r.get("judge_fingerprint") or "" for r in rows})}
+    (folder / "pairs.json").write_text(json.dumps(manifest), encoding="utf-8")
     return folder
 
 

@@ -75,13 +75,16 @@ def wants_eos(mode: str, chosen_steps: Sequence[str], rejected_steps: Sequence[s
 
 
 def _offset_step_ids(offsets: Sequence[tuple[int, int]], prompt_len: int, text_start: int,
-                     spans: Sequence[tuple[int, int]]) -> list[int]:
-    """Step of each completion token from its start character (fast tokenizers).
+                     spans: Sequence[tuple[int, int]], text: str | None = None) -> list[int]:
+    """Step of each completion token from where its text starts (fast tokenizers).
 
-    A token belongs to the step its first character is in; characters before the completion
-    (a token merged across the prompt boundary) count for step 0, characters after the last
-    step (EOS) for the last step. A special token with an empty (0, 0) offset keeps the step of
-    the token before it, so ids never decrease.
+    A token belongs to the step its first non-space character is in (given ``text``), so with
+    ``--step_separator " "`` the token " c" that carries the separator belongs to the step "c"
+    starts, as a per-step tokenization assigns it; an all-space token (a "\n" separator) stays
+    with the step before. Characters before the completion (a token merged across the prompt
+    boundary) count for step 0, characters after the last step (EOS) for the last step. A
+    special token with an empty (0, 0) offset keeps the step of the token before it, so ids
+    never decrease.
     """
     starts = [s for s, _ in spans[1:]]
     last = max(len(spans) - 1, 0)
@@ -91,6 +94,11 @@ def _offset_step_ids(offsets: Sequence[tuple[int, int]], prompt_len: int, text_s
         if start == end == 0 and out:
             step = prev
         else:
+            if text is not None:
+                piece = text[start:end]
+                lead = len(piece) - len(piece.lstrip())
+                if lead < len(piece):
+                    start += lead
             step = min(bisect_right(starts, start - text_start), last)
         step = max(step, prev)
         out.append(step)
@@ -134,8 +142,8 @@ def tokenize_pair(
         prompt_ids, full_w, full_l = (list(x) for x in enc["input_ids"])
         prompt_len = min(common_prefix_length(prompt_ids, full_w), common_prefix_length(prompt_ids, full_l))
         off_w, off_l = enc["offset_mapping"][1], enc["offset_mapping"][2]
-        step_w = _offset_step_ids(off_w, prompt_len, len(prompt), step_char_spans(chosen_steps, sep))
-        step_l = _offset_step_ids(off_l, prompt_len, len(prompt), step_char_spans(rejected_steps, sep))
+        step_w = _offset_step_ids(off_w, prompt_len, len(prompt), step_char_spans(chosen_steps, sep), text_w)
+        step_l = _offset_step_ids(off_l, prompt_len, len(prompt), step_char_spans(rejected_steps, sep), text_l)
     else:
         prompt_ids = _ids(tokenizer, prompt)
         full_w, full_l = _ids(tokenizer, text_w), _ids(tokenizer, text_l)
@@ -187,8 +195,23 @@ def _scores(raw: Sequence[float | None] | None, n: int, floor: float, null: floa
     return out
 
 
+def pair_reward(example: dict[str, Any], side: str, cfg) -> float:
+    """R of one side: the reward `stepdpo pairs` stored (aggregated with its --aggregate), or,
+    when ``cfg.aggregation`` is set, the step scores re-aggregated with it. A row without a stored
+    reward falls back to aggregating its scores (product when none is named); no score at all is 0.
+    """
+    stored = example.get(f"{side}_reward")
+    if cfg.aggregation is None and stored is not None:
+        return float(stored)
+    r = aggregate(example.get(f"{side}_scores"), cfg.aggregation or "product", cfg.score_floor)
+    if r is None:
+        r = stored
+    return float(r) if r is not None else 0.0
+
+
 def collate_step_fields(examples: Sequence[dict[str, Any]], cfg) -> dict[str, Any]:
-    """Scores, step masks, rewards and optional precomputed reference step log-probs, ``[B, K]``.
+    """Scores, step masks, rewards (`pair_reward`) and optional precomputed reference step
+    log-probs, ``[B, K]``.
 
     A step's presence is carried by the mask (its index < the number of steps), never by its
     score, so a step scored 0 is weighted like any other.
@@ -202,12 +225,7 @@ def collate_step_fields(examples: Sequence[dict[str, Any]], cfg) -> dict[str, An
         q = [_scores(e.get(f"{side}_scores"), k, cfg.score_floor, cfg.null_score) for e, k in zip(examples, n, strict=True)]
         out[f"{side}_step_scores"] = torch.tensor(_pad(q, k_max, 0.0), dtype=torch.float32)
         out[f"{side}_num_steps"] = torch.tensor(n, dtype=torch.long)
-        rewards = []
-        for e in examples:
-            r = aggregate(e.get(f"{side}_scores"), cfg.aggregation, cfg.score_floor)
-            if r is None:
-                r = e.get(f"{side}_reward")
-            rewards.append(float(r) if r is not None else 0.0)
+        rewards = [pair_reward(e, side, cfg) for e in examples]
         out[f"{side}_rewards"] = torch.tensor(rewards, dtype=torch.float32)
         ref_key = f"ref_{side}_step_logps"
         if all(e.get(ref_key) is not None for e in examples):

@@ -19,6 +19,14 @@ class StepwiseDPOConfig(DPOConfig):
     fields below. ``beta`` is the β of `sigmoid`, `step_weighted`, `margin` and `soft_label`;
     `combined` uses ``step_beta`` and ``outcome_beta`` instead."""
 
+    loss_type: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The loss, as TRL names the option: one of sigmoid, step_weighted, margin, soft_label, "
+            "combined (the same as --stepwise_loss, which it sets). TRL's other DPO losses (ipo, hinge, …) "
+            "are not implemented for steps and are refused.",
+        },
+    )
     stepwise_loss: str = field(
         default="step_weighted",
         metadata={
@@ -28,17 +36,22 @@ class StepwiseDPOConfig(DPOConfig):
             "choices": list(LOSSES),
         },
     )
-    aggregation: str = field(
-        default="product",
+    aggregation: str | None = field(
+        default=None,
         metadata={
-            "help": "How step scores become a solution reward R for margin/soft_label "
-            "(schemas.aggregate); pairs without any score fall back to the stored reward.",
+            "help": "margin/soft_label use the rewards `stepdpo pairs` stored (chosen_reward, "
+            "rejected_reward, aggregated with its --aggregate) unless this is set: then R is "
+            "re-aggregated from the step scores with it (schemas.aggregate), which `stepdpo train` "
+            "allows only when it is the aggregation recorded in pairs.json.",
             "choices": list(AGGREGATIONS),
         },
     )
     step_temperature: float = field(
         default=1.0,
-        metadata={"help": "τ in a^w = K·softmax(τ q^w), a^l = K·softmax(−τ q^l); 0 gives plain DPO."},
+        metadata={"help": "τ in a^w = K·softmax(τ q^w), a^l = K·softmax(−τ q^l), scores q in [0, 1]: "
+                  "two steps' weights differ by at most a factor e^τ, so τ = 1 caps the ratio at e ≈ 2.7 "
+                  "and a 10× emphasis needs τ ≥ 2.3; τ = 0 weights every step 1 (plain DPO for step_weighted; "
+                  "`combined` at τ = 0 is then twice DPO)."},
     )
     step_beta: float = field(
         default=0.1, metadata={"help": "β of the step term of the combined loss."}
@@ -95,7 +108,39 @@ class StepwiseDPOConfig(DPOConfig):
         },
     )
 
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Old name of --activation_checkpointing (transformers 5): recompute activations in the "
+                  "backward pass to save memory. On unless set false (TRL's default)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP's find_unused_parameters: every parameter gets a gradient in a DPO step, so the "
+                  "extra graph walk is off by default (True for models with branches unused per batch)."},
+    )
+
     def __post_init__(self):
+        # TRL turns checkpointing on through the deprecated name, so transformers warns on every run:
+        # resolve it onto the new name first (an explicit old-name value still counts).
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = True if self.gradient_checkpointing is None else self.gradient_checkpointing
+        if self.gradient_checkpointing_kwargs is not None and self.activation_checkpointing_kwargs is None:
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+        self.gradient_checkpointing = self.gradient_checkpointing_kwargs = None
+        self._resolve_loss_type()
+        if self.max_length is not None and self.max_length == 0:
+            self.max_length = None  # 0 = no limit, as `stepdpo precompute-ref --max-length 0`
+        for name, value, low, strict in (
+            ("per_device_train_batch_size", self.per_device_train_batch_size, 1, False),
+            ("per_device_eval_batch_size", self.per_device_eval_batch_size, 1, False),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, False),
+            ("learning_rate", self.learning_rate, 0.0, False),
+            ("beta", self.beta, 0.0, True),
+            ("max_length", self.max_length if self.max_length is not None else 0, 0, False),
+            ("step_temperature", self.step_temperature, 0.0, False),
+        ):
+            if value < low or (strict and value == low):
+                raise ValueError(f"{name} must be {'>' if strict else '≥'} {low:g}, got {value:g}")
         super().__post_init__()
         for name, value, choices in (
             ("stepwise_loss", self.stepwise_loss, LOSSES),
@@ -103,14 +148,13 @@ class StepwiseDPOConfig(DPOConfig):
             ("outcome_loss", self.outcome_loss, OUTCOME_LOSSES),
             ("add_eos", self.add_eos, EOS_MODES),
         ):
-            if value not in choices:
+            if value not in choices and not (name == "aggregation" and value is None):
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         # TRL's own loss options that StepwiseDPOTrainer's losses do not read: refuse them rather
         # than train silently with another loss than the one asked for.
         ignored = {
-            "loss_type": (list(self.loss_type) if isinstance(self.loss_type, (list, tuple)) else [self.loss_type],
-                          ["sigmoid"]),
             "loss_weights": (self.loss_weights, None),
+            "f_divergence_type": (getattr(self.f_divergence_type, "value", self.f_divergence_type), "reverse_kl"),
             "ld_alpha": (self.ld_alpha, None),
             "label_smoothing": (self.label_smoothing, 0.0),
             "use_weighting": (self.use_weighting, False),
@@ -128,3 +172,20 @@ class StepwiseDPOConfig(DPOConfig):
                              "that computes per-step log-probs); leave it off")
         if not 0.0 <= self.score_floor < 0.5:
             raise ValueError(f"score_floor must be in [0, 0.5), got {self.score_floor}")
+
+    def _resolve_loss_type(self) -> None:
+        """``loss_type`` (TRL's name) and ``stepwise_loss`` end up naming the same stepwise loss."""
+        given = self.loss_type
+        if given is None:
+            self.loss_type = [self.stepwise_loss]
+            return
+        names = [given] if isinstance(given, str) else list(given)
+        if len(names) != 1 or names[0] not in LOSSES:
+            theirs = ", ".join(n for n in names if n not in LOSSES) or " + ".join(names)
+            raise ValueError(f"loss_type {theirs} is a TRL DPOTrainer loss that StepwiseDPOTrainer does not use "
+                             f"(not implemented for steps); choose one of {', '.join(LOSSES)}")
+        default = type(self).__dataclass_fields__["stepwise_loss"].default
+        if self.stepwise_loss not in (default, names[0]):
+            raise ValueError(f"loss_type {names[0]} and stepwise_loss {self.stepwise_loss} disagree; give one")
+        self.stepwise_loss = names[0]
+        self.loss_type = [names[0]]

@@ -2,17 +2,28 @@
 
 Shards are read as a streaming Parquet source (an `IterableDataset`), so memory stays flat
 however many pairs there are: rows are decoded one record batch at a time and tokenized on
-the fly. Every file's schema stamp is checked first (cheap: only footers are read), so a wrong
-file fails with one clear line before any model is loaded.
+the fly. Before any model is loaded, every check that can fail is made with one clear line:
+each file's schema stamp (footers only), the folder's manifest (`pairs.json`, written last by
+`stepdpo pairs`: a folder without it, or with shards it does not list, is partial or mixed), and
+the step scores (no more scores than steps, each in [0, 1]).
+
+Steps both sides share at the start of a pair (a whole solution against its perturbed copy) are
+moved into the prompt on read, whatever wrote the file: such a step has the same tokens and
+context on both sides, so in DPO it must cancel, and a stepwise loss that weighted its two
+copies differently would train on it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.convert import format_completion, format_prompt
@@ -34,9 +45,54 @@ STEP_COLUMNS = (
 )
 
 
+MANIFEST = "pairs.json"  # written last, atomically, by `stepdpo pairs` (labeler/pairs/build.py)
+
+
+def pairs_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The `pairs.json` of a pairs folder (or of the folder a shard lies in), or None if absent."""
+    path = Path(path)
+    meta = (path if path.is_dir() else path.parent) / MANIFEST
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{meta}: unreadable manifest ({exc}); rerun `stepdpo pairs`".splitlines()[0]) from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{meta}: not a pairs manifest; rerun `stepdpo pairs`")
+    return data
+
+
+def _check_manifest(path: Path, files: list[Path]) -> None:
+    """A folder must carry a complete manifest listing exactly its shards (a single file stands
+    alone, but one inside a pairs folder must be listed by that folder's manifest)."""
+    manifest = pairs_manifest(path)
+    folder = path if path.is_dir() else path.parent
+    if manifest is None:
+        if path.is_dir():
+            raise UserError(f"{path}: no {MANIFEST}: `stepdpo pairs` did not finish writing this folder (or it "
+                            "is not a pairs folder); rerun it")
+        return
+    if manifest.get("complete") is False:
+        raise UserError(f"{folder / MANIFEST}: `stepdpo pairs` did not finish writing this folder; rerun it")
+    listed = manifest.get("shards")
+    if not isinstance(listed, list):
+        raise UserError(f"{folder / MANIFEST}: lists no shards; rerun `stepdpo pairs`")
+    names = {f.name for f in files}
+    extra = sorted(names - set(listed))
+    missing = sorted(set(listed) - {f.name for f in parquet_files(folder)})
+    if extra or missing:
+        what = "; ".join(x for x in (f"not in its manifest: {', '.join(extra[:3])}" if extra else "",
+                                     f"missing: {', '.join(missing[:3])}" if missing else "") if x)
+        raise UserError(f"{folder}: the shards do not match {MANIFEST} ({what}): a partial or mixed folder; "
+                        "rerun `stepdpo pairs` into a new folder")
+
+
 def pair_files(path: str | os.PathLike) -> list[Path]:
-    """The shards of a pairs folder (or one file), each checked to be a `pairs` file."""
+    """The shards of a pairs folder (or one file), each checked to be a `pairs` file, the folder
+    checked against its manifest."""
     files = parquet_files(path)
+    _check_manifest(Path(path), files)
     for f in files:
         try:
             schema = pq.read_schema(f)
@@ -58,22 +114,135 @@ def has_precomputed_ref(path: str | os.PathLike) -> bool:
     return True
 
 
+def count_pairs(path: str | os.PathLike) -> int:
+    """Pairs under ``path``, from the shard footers (no row is read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in pair_files(path))
+
+
+def _first(values: list, pred) -> int:
+    return next(i for i, v in enumerate(values) if pred(v))
+
+
+def check_pair_rows(files: list[Path]) -> None:
+    """Refuse rows with more step scores than steps, or a score outside [0, 1] (null is allowed:
+    an unscored step). Reads only the step and score columns, one shard at a time."""
+    for f in files:
+        cols = ["pair_id"] + [f"{side}_{what}" for side in ("chosen", "rejected") for what in ("steps", "scores")]
+        table = pq.read_table(f, columns=cols)
+        for side in ("chosen", "rejected"):
+            steps = pc.fill_null(pc.list_value_length(table[f"{side}_steps"]), 0)
+            scores = pc.fill_null(pc.list_value_length(table[f"{side}_scores"]), 0)
+            if pc.any(pc.greater(scores, steps)).as_py():
+                i = _first(pc.greater(scores, steps).to_pylist(), bool)
+                raise UserError(f"{f}: pair {table['pair_id'][i].as_py()} has {scores[i].as_py()} {side} scores for "
+                                f"{steps[i].as_py()} steps")
+            flat = pc.drop_null(pc.list_flatten(table[f"{side}_scores"]))
+            flat = pc.filter(flat, pc.invert(pc.is_nan(flat))) if len(flat) else flat
+            if len(flat) and (pc.min(flat).as_py() < 0.0 or pc.max(flat).as_py() > 1.0):
+                rows = table[f"{side}_scores"].to_pylist()
+                i = _first(rows, lambda r: any(x is not None and not math.isnan(x) and not 0.0 <= x <= 1.0
+                                               for x in (r or [])))
+                bad = next(x for x in rows[i] if x is not None and not math.isnan(x) and not 0.0 <= x <= 1.0)
+                raise UserError(f"{f}: pair {table['pair_id'][i].as_py()} has a {side} score {bad:g} outside [0, 1]")
+
+
+def recorded_aggregation(path: str | os.PathLike) -> str | None:
+    """The aggregation `stepdpo pairs` computed chosen_reward/rejected_reward with, if recorded."""
+    manifest = pairs_manifest(path) or {}
+    for key in ("aggregation", "aggregate"):
+        if isinstance(manifest.get(key), str):
+            return manifest[key]
+    config = manifest.get("config")
+    if isinstance(config, dict) and isinstance(config.get("aggregate"), str):
+        return config["aggregate"]
+    return None
+
+
+def recorded_threshold(path: str | os.PathLike, default: float = 0.5) -> float:
+    """The score below which `stepdpo pairs` counted a step as an error, if recorded."""
+    manifest = pairs_manifest(path) or {}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    for value in (manifest.get("threshold"), config.get("threshold")):
+        if isinstance(value, (int, float)):
+            return float(value)
+    return default
+
+
+def check_aggregation(path: str | os.PathLike, aggregation: str | None) -> None:
+    """Re-aggregating step scores (``aggregation`` set) must use the aggregation the stored rewards
+    were made with: anything else silently changes which side a margin/soft_label pair favours."""
+    if aggregation is None:
+        return
+    recorded = recorded_aggregation(path)
+    if recorded is not None and recorded != aggregation:
+        raise UserError(f"--aggregation {aggregation}: {path} was built with --aggregate {recorded} (its stored "
+                        f"rewards use it); leave --aggregation out to use the stored rewards, or pass "
+                        f"--aggregation {recorded}")
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def pairs_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """Where a training run's pairs came from: the folder, its manifest's fingerprint, the judges
+    and the options that made it (for stepwise_config.json and the model card)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    manifest = pairs_manifest(path) or {}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    out: dict[str, Any] = {
+        "path": os.fspath(path.resolve()),
+        "num_pairs": count_pairs(path),
+        "manifest_sha256": _sha256(folder / MANIFEST),
+        "judge_fingerprints": manifest.get("judge_fingerprints"),
+        "strategy": config.get("strategy"),
+        "aggregation": recorded_aggregation(path),
+        "inputs": manifest.get("inputs"),
+    }
+    precompute = folder / "precompute.json"
+    if precompute.is_file():
+        out["precompute_sha256"] = _sha256(precompute)
+    return out
+
+
+def shared_leading_steps(chosen: list[str], rejected: list[str]) -> int:
+    """How many leading steps both sides share verbatim, leaving each side at least one step."""
+    limit = min(len(chosen), len(rejected)) - 1
+    n = 0
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    return n
+
+
 def to_example(row: Mapping[str, Any], sep: str) -> dict[str, Any]:
     """A pairs row as a TRL preference row (prompt/chosen/rejected text) plus the step columns.
 
     The shared prefix goes into the prompt with `schemas.convert.format_prompt`, the one place
-    the text layout is defined, so the labeler and the trainer cannot disagree on it. The bare
-    problem (``question``) and ``prefix_steps`` are kept for `alignment.chat_prompt`.
+    the text layout is defined, so the labeler and the trainer cannot disagree on it; leading
+    steps both sides share join it first (`shared_leading_steps`), with their scores and
+    reference log-probs. The bare problem (``question``) and ``prefix_steps`` are kept for
+    `alignment.chat_prompt`.
     """
-    out = {
-        "prompt": format_prompt(row["prompt"], row.get("prefix_steps") or (), sep),
-        "chosen": format_completion(row["chosen_steps"], sep),
-        "rejected": format_completion(row["rejected_steps"], sep),
+    out = {key: row.get(key) for key in STEP_COLUMNS}
+    chosen, rejected = list(row["chosen_steps"]), list(row["rejected_steps"])
+    n = shared_leading_steps(chosen, rejected)
+    prefix = list(row.get("prefix_steps") or []) + chosen[:n]
+    if n:
+        for key in ("chosen_steps", "rejected_steps", "chosen_scores", "rejected_scores",
+                    "ref_chosen_step_logps", "ref_rejected_step_logps"):
+            if out[key] is not None:
+                out[key] = list(out[key])[n:]
+    out.update({
+        "prompt": format_prompt(row["prompt"], prefix, sep),
+        "chosen": format_completion(out["chosen_steps"], sep),
+        "rejected": format_completion(out["rejected_steps"], sep),
         "question": row["prompt"],  # the bare problem, for `chat_template`
-    }
-    for key in STEP_COLUMNS:
-        out[key] = row.get(key)
-    out["prefix_steps"] = list(out["prefix_steps"] or [])
+        "prefix_steps": prefix,
+    })
     return out
 
 
@@ -94,7 +263,9 @@ def load_pairs(
     import datasets
 
     # `datasets` cannot stream a 0-row Parquet file (an Arrow "BatchSize" error): skip those.
-    files = [str(f) for f in pair_files(path) if pq.ParquetFile(f).metadata.num_rows > 0]
+    checked = pair_files(path)
+    check_pair_rows(checked)
+    files = [str(f) for f in checked if pq.ParquetFile(f).metadata.num_rows > 0]
     if not files:
         raise UserError(f"{path}: no pairs to train on (every shard is empty)")
     ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)

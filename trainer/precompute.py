@@ -21,7 +21,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def _cfg(sep: str, add_eos: str) -> SimpleNamespace:
     # The collator reads these; rewards/scores are irrelevant to the reference pass.
-    return SimpleNamespace(score_floor=DEFAULT_FLOOR, null_score=0.5, aggregation="product",
+    return SimpleNamespace(score_floor=DEFAULT_FLOOR, null_score=0.5, aggregation=None,
                            step_separator=sep, add_eos=add_eos)
 
 
@@ -39,7 +39,7 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
     import torch
 
     from trainer.alignment import chat_prompt, tokenize_pair
-    from trainer.data import to_example
+    from trainer.data import shared_leading_steps, to_example
     from trainer.stepwise_trainer import StepwiseCollator, per_token_logps, step_sums
     from trainer.trl_compat import DataCollatorForPreference
 
@@ -70,9 +70,12 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
         steps = step_sums(tok[:, -(mask.size(1) - 1):].float(), batch["step_ids"][:, 1:].to(device), k_max)
         steps = steps.cpu()
         b = len(examples)
-        for i, ex in enumerate(examples):
-            chosen_out.append(steps[i, : len(ex["chosen_steps"])].tolist())
-            rejected_out.append(steps[b + i, : len(ex["rejected_steps"])].tolist())
+        for i, (row, ex) in enumerate(zip(rows[start:start + batch_size], examples, strict=True)):
+            # One value per step of the row as stored; leading steps both sides share are in the
+            # prompt (`to_example`), so they get 0, and a reader drops them again.
+            shared = [0.0] * shared_leading_steps(list(row["chosen_steps"]), list(row["rejected_steps"]))
+            chosen_out.append(shared + steps[i, : len(ex["chosen_steps"])].tolist())
+            rejected_out.append(shared + steps[b + i, : len(ex["rejected_steps"])].tolist())
         if progress is not None:
             progress(len(chosen_out))
     return chosen_out, rejected_out

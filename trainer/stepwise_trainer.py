@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +37,7 @@ from trainer.alignment import (
     tokenize_pair,
 )
 from trainer.config import StepwiseDPOConfig
-from trainer.trl_compat import (
-    DataCollatorForPreference,
-    disable_gradient_checkpointing,
-    use_adapter,
-)
+from trainer.trl_compat import DataCollatorForPreference, use_adapter
 
 STEP_COLUMNS = [
     "chosen_step_ids",
@@ -117,6 +115,23 @@ def step_sums(per_token: torch.Tensor, step_ids: torch.Tensor, num_slots: int) -
     return out[:, 1:]
 
 
+@contextmanager
+def no_activation_checkpointing(model, kwargs: dict | None = None) -> Iterator[None]:
+    """Activation checkpointing off for a no-grad pass (the reference), back on afterwards.
+
+    TRL's `disable_gradient_checkpointing` does the same through transformers' deprecated
+    ``gradient_checkpointing_*`` names, which warns on every run.
+    """
+    was_on = getattr(model, "is_activation_checkpointing", False)
+    if was_on:
+        model.activation_checkpointing_disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+
+
 def per_token_logps(model, model_kwargs: dict[str, Any], labels: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """Log-prob of each next token, aligned with ``input_ids[:, 1:]`` (0 where label is -100).
 
@@ -137,6 +152,23 @@ def per_token_logps(model, model_kwargs: dict[str, Any], labels: torch.Tensor) -
     return logps.masked_fill(~mask, 0.0), outputs
 
 
+def provenance_markdown(provenance: dict[str, Any], args: StepwiseDPOConfig) -> str:
+    """The model card's "Stepwise DPO" section: loss, base model, pairs and judges."""
+    lines = ["## Stepwise DPO", "",
+             f"- loss: `{args.stepwise_loss}` (β={args.beta:g}, τ={args.step_temperature:g})",
+             f"- base model: `{provenance.get('base_model')}`"]
+    for key, label in (("train_pairs", "training pairs"), ("eval_pairs", "eval pairs")):
+        info = provenance.get(key)
+        if not info:
+            continue
+        lines.append(f"- {label}: `{info.get('path')}` ({info.get('num_pairs')} pairs, strategy "
+                     f"{info.get('strategy')}, aggregation {info.get('aggregation')}), manifest sha256 "
+                     f"`{info.get('manifest_sha256')}`")
+        for fp in info.get("judge_fingerprints") or []:
+            lines.append(f"  - judge: `{fp}`")
+    return "\n".join(lines) + "\n"
+
+
 class StepwiseDPOTrainer(DPOTrainer):
     """`DPOTrainer` whose loss sees each step's policy/reference log-ratio ρ_k.
 
@@ -150,7 +182,16 @@ class StepwiseDPOTrainer(DPOTrainer):
     _tag_names = ["trl", "dpo", "stepwise-dpo"]
 
     def __init__(self, model, ref_model=None, args: StepwiseDPOConfig | None = None, data_collator=None,
-                 train_dataset=None, eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+                 train_dataset=None, eval_dataset=None, processing_class=None, peft_config=None,
+                 num_train_pairs: int | None = None, provenance: dict[str, Any] | None = None,
+                 error_threshold: float = 0.5, **kwargs):
+        """``num_train_pairs`` (a stream has no length) makes the logged ``epoch`` the pairs seen
+        over it; ``provenance`` (base model, pairs, judges) goes into the model card;
+        ``error_threshold`` is the score below which a step counts as an error for the
+        ``step/first_error_weight`` metric (the pairs' own threshold)."""
+        self.num_train_pairs = num_train_pairs
+        self.provenance = provenance or {}
+        self.error_threshold = error_threshold
         if args is None:
             args = StepwiseDPOConfig("stepwise-dpo-output")
         if not isinstance(args, StepwiseDPOConfig):
@@ -258,7 +299,7 @@ class StepwiseDPOTrainer(DPOTrainer):
 
     # -- loss -------------------------------------------------------------------------------
     def _reference_token_logps(self, model_kwargs, labels) -> torch.Tensor:
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        with torch.no_grad(), no_activation_checkpointing(self.model, self.args.activation_checkpointing_kwargs):
             if is_peft_model(self.model) and self.ref_model is None:
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 ctx = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
@@ -345,6 +386,39 @@ class StepwiseDPOTrainer(DPOTrainer):
             return loss, outputs
         return loss
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with ``epoch`` counted in pairs seen when the pairs are a stream: the
+        Trainer cannot know a stream's length and reports 1.0 after the first pass of max_steps."""
+        if self.num_train_pairs and self.state.epoch is not None:
+            a = self.args
+            seen = self.state.global_step * a.per_device_train_batch_size * a.gradient_accumulation_steps \
+                * max(a.world_size, 1)
+            self.state.epoch = seen / self.num_train_pairs  # Trainer.log copies it into the record
+        super().log(logs, start_time)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None):
+        """TRL's card, naming a local base model (TRL leaves it "None") and adding where the pairs
+        and their judges came from."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero() or not self.provenance:
+            return
+        import os
+
+        card = os.path.join(self.args.output_dir, "README.md")
+        try:
+            with open(card, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError:
+            return
+        base = self.provenance.get("base_model")
+        if base and "fine-tuned version of [None]" in text:
+            text = text.replace("fine-tuned version of [None](https://huggingface.co/None)",
+                                f"fine-tuned version of `{base}` (a local model)")
+        text += "\n" + provenance_markdown(self.provenance, self.args)
+        with open(card, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
     def _log_metrics(self, mode, outputs, inputs, policy_seq, chosen_lr, rejected_lr, batch,
                      loss_metrics, seq_len) -> None:
         """TRL's own metric names (so dashboards carry over) plus `step/*` metrics."""
@@ -392,7 +466,7 @@ class StepwiseDPOTrainer(DPOTrainer):
             a_l = loss_metrics.get("weights_l")
             if a_l is None:  # the loss weights every step alike: report the weight it applies, 1
                 a_l = batch.mask_l.to(batch.rho_l.dtype)
-            is_err = (batch.q_l < 0.5) & batch.mask_l.bool()
+            is_err = (batch.q_l < self.error_threshold) & batch.mask_l.bool()
             has_err = is_err.any(dim=-1)
             first = is_err.float().argmax(dim=-1)
             w_first = a_l.gather(1, first.unsqueeze(1)).squeeze(1)

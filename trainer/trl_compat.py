@@ -11,7 +11,6 @@ from ``trl`` itself.
 
 from __future__ import annotations
 
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
@@ -32,7 +31,6 @@ PRIVATE_ATTRIBUTES = ("_metrics", "_total_train_tokens", "_tp_size", "_tokenizer
 
 # Helpers imported above, with the parameter names we call them with.
 HELPERS = {
-    "disable_gradient_checkpointing": (disable_gradient_checkpointing, ("model", "gradient_checkpointing_kwargs")),
     "use_adapter": (use_adapter, ("model", "adapter_name")),
     "add_fused_lm_head": (add_fused_lm_head, ("model",)),
     "DataCollatorForPreference": (DataCollatorForPreference,
@@ -46,6 +44,5 @@ __all__ = [
     "HELPERS",
     "DataCollatorForPreference",
     "add_fused_lm_head",
-    "disable_gradient_checkpointing",
     "use_adapter",
 ]

@@ -6,6 +6,14 @@ and truncation mode), and writes the same shards to -o with `ref_chosen_step_log
 `ref_rejected_step_logps` filled. One shard is in memory at a time. Progress is printed every
 30 s; an interrupted run resumes when rerun with the same command (finished shards are kept).
 A step truncated away gets log-prob 0, as in training.
+
+The output folder is whole or refused: shards that are not among the input's (left by an
+earlier run over differently sharded pairs) are removed, and `pairs.json` (the input's, with
+its judges) and `precompute.json` (settings, shard list, pair count, complete) are written last
+and atomically; `stepdpo train` refuses the folder until then.
+
+  stepdpo precompute-ref --pairs work/pairs --model Qwen/Qwen2.5-0.5B-Instruct -o work/pairs-ref
+  stepdpo precompute-ref --pairs work/pairs --model work/sft --max_length 2048 -o work/pairs-ref
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+from schemas.atomic import atomic_write_json
 from schemas.convert import DEFAULT_SEPARATOR
 from schemas.errors import UserError
 from schemas.tables import PAIRS, from_rows, parquet_files, read_table, write_table
@@ -42,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.data import pair_files
+    from trainer.data import MANIFEST, pair_files, pairs_manifest
     from trainer.precompute import load_reference, reference_step_logps
 
     files = pair_files(args.pairs)
@@ -66,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{out} holds reference log-probs made with other settings ({', '.join(changed)}): "
                             "write to a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({**settings, "complete": False}, indent=2) + "\n", encoding="utf-8")
+    source_manifest = pairs_manifest(args.pairs)
+    atomic_write_json(meta, {**settings, "complete": False})
+    (out / MANIFEST).unlink(missing_ok=True)  # the folder is partial until the end
+    names = {f.name for f in files}
+    for stale in sorted(out.glob("*.parquet")):  # from a run over differently sharded pairs
+        if stale.name not in names:
+            stale.unlink()
+            print(f"removed {stale.name} (not a shard of {args.pairs})", flush=True)
     model, tokenizer = load_reference(args.model, args.dtype)
     t0 = time.perf_counter()
     n = 0
@@ -101,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
         write_table(from_rows(rows, PAIRS), done, PAIRS)
         n += len(rows)
         print(f"{f.name}: {len(rows)} pairs", flush=True)
-    meta.write_text(json.dumps({**settings, "pairs": n, "complete": True}, indent=2) + "\n", encoding="utf-8")
+    shard_names = sorted(names)
+    atomic_write_json(out / MANIFEST, {**(source_manifest or {"schema": PAIRS.tag, "inputs": [settings["source"]]}),
+                                       "shards": shard_names, "reference_logps": meta.name})
+    atomic_write_json(meta, {**settings, "pairs": n, "shards": shard_names, "complete": True})
     print(f"wrote {n} pairs with reference step log-probs to {out} in {time.perf_counter() - t0:.1f}s "
           f"({len(parquet_files(out))} shards)")
     return 0
