@@ -165,6 +165,8 @@ def stream_memory(workdir: Path, sizes: list[int], per_shard: int, batch: int) -
             src = folder / f"s{k // per_shard:05d}" / "part-00000.parquet"
             src.rename(folder / f"part-{k // per_shard:05d}.parquet")
             (folder / f"s{k // per_shard:05d}").rmdir()
+        shards = sorted(p.name for p in folder.glob("*.parquet"))  # the manifest `train` requires
+        (folder / "pairs.json").write_text(json.dumps({"schema": "pairs/1", "shards": shards}), encoding="utf-8")
         env = dict(os.environ, BENCH_MODEL=str(model_dir))
         proc = subprocess.run([sys.executable, __file__, "--_stream", str(folder), "--batch", str(batch)],
                               env=env, capture_output=True, text=True, check=True)
