@@ -584,3 +584,15 @@ def test_reaggregating_with_another_aggregation_than_the_pairs_is_refused(setup,
     assert main([*base, "--aggregation", "product"]) == 2
     err = capsys.readouterr().err
     assert "--aggregation product: " in err and "was built with --aggregate min" in err
+
+
+def test_a_run_gives_no_gradient_checkpointing_deprecation_warning(setup, tmp_path):
+    import warnings
+
+    root, model, pairs = setup
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "o"),
+                     "--max_steps", "1", "--save_strategy", "no"]) == 0
+    texts = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert texts == []
