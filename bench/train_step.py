@@ -164,6 +164,7 @@ def stream_memory(workdir: Path, sizes: list[int], per_shard: int, batch: int) -
             write_pairs(folder / f"s{k // per_shard:05d}", rows)
             src = folder / f"s{k // per_shard:05d}" / "part-00000.parquet"
             src.rename(folder / f"part-{k // per_shard:05d}.parquet")
+            (folder / f"s{k // per_shard:05d}" / "pairs.json").unlink()
             (folder / f"s{k // per_shard:05d}").rmdir()
         shards = sorted(p.name for p in folder.glob("*.parquet"))  # the manifest `train` requires
         (folder / "pairs.json").write_text(json.dumps({"schema": "pairs/1", "shards": shards}), encoding="utf-8")

@@ -573,7 +573,7 @@ def test_precompute_ref_drops_stale_shards_and_train_refuses_a_partial_folder(se
     (filled / "precompute.json").write_text("")
     code = main(["train", "--pairs", str(filled), "--model", str(model), "--output_dir", str(tmp_path / "run"),
                  "--max_steps", "1"])
-    assert code == 2 and "precompute.json: unreadable" in capsys.readouterr().err
+    assert code == 2 and "precompute.json: not a readable JSON manifest" in capsys.readouterr().err
 
 
 def test_reaggregating_with_another_aggregation_than_the_pairs_is_refused(setup, tmp_path, capsys):

@@ -356,10 +356,10 @@ def test_a_pairs_folder_without_a_complete_manifest_is_refused(tmp_path):
 
     folder = write_pairs(tmp_path / "pairs", gsm8k_pair_rows(4), per_shard=2)
     (folder / "pairs.json").unlink()  # `stepdpo pairs` killed before its manifest
-    with pytest.raises(UserError, match="no pairs.json: `stepdpo pairs` did not finish"):
+    with pytest.raises(UserError, match="no pairs.json or precompute.json manifest, so the folder is not known"):
         load_pairs(folder)
     folder = write_pairs(tmp_path / "mixed", gsm8k_pair_rows(4), per_shard=2)
     write_pairs(tmp_path / "other", gsm8k_pair_rows(2, offset=30))
     (tmp_path / "other" / "part-00000.parquet").rename(folder / "part-00007.parquet")  # a rerun's leftover
-    with pytest.raises(UserError, match="not in its manifest: part-00007.parquet"):
+    with pytest.raises(UserError, match=r"1 shard\(s\) not listed in pairs.json \(part-00007.parquet\)"):
         has_precomputed_ref(folder)

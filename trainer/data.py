@@ -26,8 +26,10 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from schemas.aggregate import DEFAULT_STEP_THRESHOLD
 from schemas.convert import format_completion, format_prompt
 from schemas.errors import UserError
+from schemas.folders import require_complete
 from schemas.tables import PAIRS, parquet_files, validate
 
 # Columns the trainer keeps from a pairs row (besides the formatted prompt/chosen/rejected).
@@ -46,6 +48,7 @@ STEP_COLUMNS = (
 
 
 MANIFEST = "pairs.json"  # written last, atomically, by `stepdpo pairs` (labeler/pairs/build.py)
+PRECOMPUTE_MANIFEST = "precompute.json"  # written last by `stepdpo precompute-ref`
 
 
 def pairs_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -63,36 +66,22 @@ def pairs_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
-def _check_manifest(path: Path, files: list[Path]) -> None:
-    """A folder must carry a complete manifest listing exactly its shards (a single file stands
-    alone, but one inside a pairs folder must be listed by that folder's manifest)."""
-    manifest = pairs_manifest(path)
-    folder = path if path.is_dir() else path.parent
-    if manifest is None:
-        if path.is_dir():
-            raise UserError(f"{path}: no {MANIFEST}: `stepdpo pairs` did not finish writing this folder (or it "
-                            "is not a pairs folder); rerun it")
-        return
-    if manifest.get("complete") is False:
-        raise UserError(f"{folder / MANIFEST}: `stepdpo pairs` did not finish writing this folder; rerun it")
-    listed = manifest.get("shards")
-    if not isinstance(listed, list):
-        raise UserError(f"{folder / MANIFEST}: lists no shards; rerun `stepdpo pairs`")
-    names = {f.name for f in files}
-    extra = sorted(names - set(listed))
-    missing = sorted(set(listed) - {f.name for f in parquet_files(folder)})
-    if extra or missing:
-        what = "; ".join(x for x in (f"not in its manifest: {', '.join(extra[:3])}" if extra else "",
-                                     f"missing: {', '.join(missing[:3])}" if missing else "") if x)
-        raise UserError(f"{folder}: the shards do not match {MANIFEST} ({what}): a partial or mixed folder; "
-                        "rerun `stepdpo pairs` into a new folder")
+def _check_manifest(path: Path) -> None:
+    """A folder must carry a complete manifest listing exactly its shards (`schemas.folders`, the
+    rule every reader shares); a single file stands alone, but one inside a pairs folder must be
+    a shard that folder's manifest vouches for."""
+    fix = "rerun `stepdpo pairs` (or `stepdpo precompute-ref`)"
+    if path.is_dir():
+        require_complete(path, (MANIFEST, PRECOMPUTE_MANIFEST), fix)
+    elif (path.parent / MANIFEST).is_file():
+        require_complete(path.parent, (MANIFEST, PRECOMPUTE_MANIFEST), fix)
 
 
 def pair_files(path: str | os.PathLike) -> list[Path]:
     """The shards of a pairs folder (or one file), each checked to be a `pairs` file, the folder
     checked against its manifest."""
     files = parquet_files(path)
-    _check_manifest(Path(path), files)
+    _check_manifest(Path(path))
     for f in files:
         try:
             schema = pq.read_schema(f)
@@ -158,12 +147,12 @@ def recorded_aggregation(path: str | os.PathLike) -> str | None:
     return None
 
 
-def recorded_threshold(path: str | os.PathLike, default: float = 0.5) -> float:
+def recorded_threshold(path: str | os.PathLike, default: float = DEFAULT_STEP_THRESHOLD) -> float:
     """The score below which `stepdpo pairs` counted a step as an error, if recorded."""
     manifest = pairs_manifest(path) or {}
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    for value in (manifest.get("threshold"), config.get("threshold")):
-        if isinstance(value, (int, float)):
+    for value in (manifest.get("step_threshold"), manifest.get("threshold"), config.get("threshold")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return default
 
@@ -203,7 +192,7 @@ def pairs_provenance(path: str | os.PathLike) -> dict[str, Any]:
         "aggregation": recorded_aggregation(path),
         "inputs": manifest.get("inputs"),
     }
-    precompute = folder / "precompute.json"
+    precompute = folder / PRECOMPUTE_MANIFEST
     if precompute.is_file():
         out["precompute_sha256"] = _sha256(precompute)
     return out

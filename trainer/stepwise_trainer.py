@@ -28,6 +28,7 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
+from schemas.aggregate import DEFAULT_STEP_THRESHOLD
 from trainer import losses
 from trainer.alignment import (
     NO_STEP,
@@ -184,7 +185,7 @@ class StepwiseDPOTrainer(DPOTrainer):
     def __init__(self, model, ref_model=None, args: StepwiseDPOConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, peft_config=None,
                  num_train_pairs: int | None = None, provenance: dict[str, Any] | None = None,
-                 error_threshold: float = 0.5, **kwargs):
+                 error_threshold: float = DEFAULT_STEP_THRESHOLD, **kwargs):
         """``num_train_pairs`` (a stream has no length) makes the logged ``epoch`` the pairs seen
         over it; ``provenance`` (base model, pairs, judges) goes into the model card;
         ``error_threshold`` is the score below which a step counts as an error for the

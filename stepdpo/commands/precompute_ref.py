@@ -27,6 +27,7 @@ from pathlib import Path
 from schemas.atomic import atomic_write_json
 from schemas.convert import DEFAULT_SEPARATOR
 from schemas.errors import UserError
+from schemas.folders import write_manifest
 from schemas.tables import PAIRS, from_rows, parquet_files, read_table, write_table
 from trainer.precompute import DTYPES
 
@@ -117,10 +118,11 @@ def run(args: argparse.Namespace) -> int:
         write_table(from_rows(rows, PAIRS), done, PAIRS)
         n += len(rows)
         print(f"{f.name}: {len(rows)} pairs", flush=True)
-    shard_names = sorted(names)
-    atomic_write_json(out / MANIFEST, {**(source_manifest or {"schema": PAIRS.tag, "inputs": [settings["source"]]}),
-                                       "shards": shard_names, "reference_logps": meta.name})
-    atomic_write_json(meta, {**settings, "pairs": n, "shards": shard_names, "complete": True})
+    # Manifests last (schemas.folders: complete, listing the shards present): the input's
+    # pairs.json, so the judges and aggregation travel with the shards, then precompute.json.
+    write_manifest(out, MANIFEST, {**(source_manifest or {"schema": PAIRS.tag, "inputs": [settings["source"]]}),
+                                   "reference_logps": meta.name})
+    write_manifest(out, meta.name, {**settings, "pairs": n})
     print(f"wrote {n} pairs with reference step log-probs to {out} in {time.perf_counter() - t0:.1f}s "
           f"({len(parquet_files(out))} shards)")
     return 0
