@@ -596,3 +596,24 @@ def test_a_run_gives_no_gradient_checkpointing_deprecation_warning(setup, tmp_pa
                      "--max_steps", "1", "--save_strategy", "no"]) == 0
     texts = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
     assert texts == []
+
+
+def test_the_train_example_of_stepdpo_help_runs_as_written(setup, tmp_path, monkeypatch, capsys):
+    """`stepdpo --help` shows a train line with no --max_steps: it runs (one pass of
+    --num_train_epochs over the pairs), here with the hub model swapped for the tiny one."""
+    import shlex
+
+    from stepdpo.cli import EPILOG
+
+    root, model, pairs = setup
+    line = next(ln.strip() for ln in EPILOG.splitlines() if ln.strip().startswith("stepdpo train"))
+    argv = shlex.split(line)[1:]
+    argv[argv.index("--pairs") + 1] = str(pairs)
+    model_flag = "--model" if "--model" in argv else "--model_name_or_path"
+    argv[argv.index(model_flag) + 1] = str(model)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 0
+    assert (tmp_path / "work" / "model" / "stepwise_config.json").is_file()
+    from trainer.config import StepwiseDPOConfig
+
+    assert StepwiseDPOConfig(output_dir=str(tmp_path), use_cpu=True).ddp_find_unused_parameters is False
