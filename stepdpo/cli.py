@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("stepdpo.commands.label", "score every step with a judge into step_scores shards"),
     "batches": ("stepdpo.commands.batches", "show or cancel provider batch jobs of a labeling run"),
     "inspect": ("stepdpo.commands.inspect", "summarise, compare and report on any stepdpo file"),
+    "combine": ("stepdpo.commands.combine", "combine several judges' runs: mean, min, vote, weighted, consensus (+ escalate)"),
     "pairs": ("stepdpo.commands.pairs", "build preference pairs from labeled runs"),
     "precompute-ref": ("stepdpo.commands.precompute_ref", "write per-step reference log-probs into pair shards"),
     "train": ("stepdpo.commands.train", "train with stepwise DPO on TRL from pair shards"),
