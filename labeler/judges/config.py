@@ -62,3 +62,15 @@ class JudgeConfig:
         metadata={"help": "answer-match only: write the outcome on the final step (last) or on every "
                           "step (all)", "choices": ["last", "all"]},
     )
+    # Monte-Carlo judge (mc:BACKEND).
+    rollouts: int = field(default=8, metadata={"help": "mc only: rollouts per step (Math-Shepherd used 8)"})
+    hard: bool = field(default=False, metadata={"help": "mc only: a step scores 1 when ANY rollout reaches the "
+                                                        "gold answer (default: the fraction that does)"})
+    rollout_template: str = field(default="step-dpo", metadata={
+        "help": "mc only: prompt template of the rollouts (step-dpo, chat, plain or a JSON file, as in "
+                "`stepdpo generate --template`)"})
+    rollout_temperature: float = field(default=0.8, metadata={"help": "mc only: sampling temperature of the rollouts"})
+    rollout_top_p: float = field(default=0.95, metadata={"help": "mc only: top-p of the rollouts"})
+    rollout_max_tokens: int = field(default=1024, metadata={"help": "mc only: new tokens per rollout"})
+    rollout_seed: int = field(default=0, metadata={"help": "mc only: base seed of the rollouts (each has its own)"})
+    rollout_concurrency: int = field(default=16, metadata={"help": "mc only: rollouts in flight per response"})

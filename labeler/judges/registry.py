@@ -26,6 +26,8 @@ JUDGES: dict[str, tuple[str, str, str | None]] = {
     "anthropic": ("labeler.judges.anthropic_judge:make_anthropic", "Anthropic Messages, tool output", "api"),
     "prm": ("labeler.judges.prm:make_prm", "local process reward model: prm:PATH_OR_HUB_ID --style qwen|shepherd|yesno", "local"),
     "orm": ("labeler.judges.orm:make_orm", "local outcome reward model (stepdpo train-rm --kind outcome): one score per solution, on its last step", "local"),
+    "mc": ("labeler.judges.mc:make_mc", "Monte-Carlo step labels (Math-Shepherd): mc:BACKEND rolls out --rollouts "
+           "continuations after each step with a generate backend (hf:, openai-compatible:, openai:, anthropic:)", None),
     "gsm8k-calc": ("labeler.judges.calc:make_calc", "free rule-based check of <<expr=result>> notes and the final answer", None),
     "reference": ("labeler.judges.reference:make_reference", "pass the source's human labels through", None),
     "answer-match": ("labeler.judges.answer_match:make_answer_match",
