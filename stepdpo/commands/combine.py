@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
 import shutil
 import sys
 from pathlib import Path
@@ -102,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         settle,
     )
     from labeler.engine.rundir import RunDir
-    from labeler.engine.runner import RUN_SCHEMA, summarize
 
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat()
     opts = CombineOptions(how=args.how, threshold=args.threshold, weights=args.weights)
     check_options(opts, len(args.inputs))
     if args.escalate and opts.how not in ("consensus", "vote"):
@@ -130,15 +131,15 @@ def run(args: argparse.Namespace) -> int:
         run_dir.write_shard(combined.rows[start: start + 1000])
     if not combined.rows:
         out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "schema": RUN_SCHEMA, "command": "combine", "judge": f"combine:{opts.how}", "judge_fingerprint": fp,
+    header = {
+        "command": "combine", "judge": f"combine:{opts.how}", "judge_fingerprint": fp,
         "how": opts.how, "threshold": opts.threshold, "weights": opts.weights,
         "inputs": [{"path": i.path, "judge": i.judge, "judge_fingerprint": i.fingerprint,
                     "ok_rows": len(i.rows)} for i in inputs],
-        "escalation": escalation, "combine": summary, "state": "finished",
-        "totals": summarize(run_dir),
+        "escalation": escalation, "combine": summary,
     }
-    run_dir.write_manifest(manifest)
+    run_dir.record_run(header, {"started_at": started_at, "state": "finished",
+                                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     c = summary
     cost = ("unknown (a judge had no price)" if c["spent_usd"] is None
             else f"${c['spent_usd']:.4f} spent, ${c['cost_per_accepted_label']:.6f} per accepted label"
