@@ -113,10 +113,11 @@ def test_label_with_mc_caches_rollouts_and_counts_their_cost(policy, tmp_path, c
     prices.write_text(json.dumps({"policy": {"input": 1.0, "cached_input": 0.5, "output": 2.0}}))
     argv = ["label", str(responses), "--judge", f"mc:openai-compatible:policy@{policy.url}/v1", "--rollouts",
             str(N), "-o", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--progress", "none",
-            "--prices", str(prices)]
+            "--prices", str(prices), "--concurrency", "1", "--rollout-concurrency", "2", "--backoff", "0.01"]
+    policy.faults = [None, None, "500"]  # the 3rd rollout fails once: its response is retried
     assert main(argv) == 0, capsys.readouterr().err
     sent = policy.requests
-    assert sent == N * 6
+    assert sent == N * 6 + 1  # only the failed rollout was sent again, not its response's others
     out = {r["response_id"]: r for r in read_table(tmp_path / "run", STEP_SCORES).to_pylist()}
     judge = judge_for(policy)
     for item in its:

@@ -11,7 +11,9 @@ Rollout prompts are `stepdpo generate`'s (``--rollout-template``, default ``step
 problem, then the kept steps written as the start of the answer with the next step's marker.
 Each rollout has its own seed, derived from the response, the step and the rollout index, so
 a rerun asks the same questions. The engine caches a response's whole verdict (all its rollouts)
-under this judge's fingerprint and counts the rollouts' tokens and cost like any request.
+under this judge's fingerprint and counts the rollouts' tokens and cost like any request; while
+a response is being scored, its answered rollouts are kept, so when one rollout fails and the
+engine retries the response only the failed ones are sent again.
 
 Qwen's "Lessons of developing PRMs" (arXiv 2501.07301) finds MC labels alone generalise worse
 than judge labels; `stepdpo combine --how consensus` keeps the steps where they agree.
@@ -56,6 +58,9 @@ class MCJudge(Judge):
         self.sampling = Sampling(temperature=config.rollout_temperature, top_p=config.rollout_top_p,
                                  max_new_tokens=config.rollout_max_tokens, seed=config.rollout_seed)
         self.concurrency = max(1, int(config.rollout_concurrency))
+        # Rollouts answered in this process, by request: when one rollout of a response fails and
+        # the engine retries the response, the others are not paid for again.
+        self._done: dict[str, Any] = {}
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {"version": MC_VERSION, "generator": self.generator.fingerprint(), "rollouts": self.n,
@@ -88,9 +93,18 @@ class MCJudge(Judge):
         inp = sum(self.generator.estimate_tokens(r, self.sampling)[0] for _, r in reqs)
         return inp, len(reqs) * self.sampling.max_new_tokens
 
+    def _memo_key(self, request: GenRequest) -> str:
+        return sha256_hex(request.cache_view())
+
     async def _generate(self, slots: asyncio.Semaphore, batch: list[GenRequest]) -> list[Any]:
-        async with slots:
-            return await self.generator.generate(batch, self.sampling)
+        keys = [self._memo_key(r) for r in batch]
+        todo = [r for r, k in zip(batch, keys, strict=True) if k not in self._done]
+        if todo:
+            async with slots:
+                got = await self.generator.generate(todo, self.sampling)
+            for r, g in zip(todo, got, strict=True):
+                self._done[self._memo_key(r)] = g
+        return [self._done[k] for k in keys]
 
     async def judge(self, items: list[Item]) -> list[Verdict]:
         return [await self._one(item) for item in items]
@@ -104,7 +118,12 @@ class MCJudge(Judge):
         size = max(1, self.generator.batch_size)
         chunks = [reqs[s: s + size] for s in range(0, len(reqs), size)]
         slots = asyncio.Semaphore(self.concurrency)  # per call: the engine runs calls in parallel too
-        answers = await asyncio.gather(*(self._generate(slots, [r for _, r in c]) for c in chunks))
+        # Every rollout finishes (and is kept) before a failure is raised for the engine to retry.
+        answers = await asyncio.gather(*(self._generate(slots, [r for _, r in c]) for c in chunks),
+                                       return_exceptions=True)
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is not None:
+            raise failed
         hits = [0] * len(item.steps)
         usage = [0, 0, 0]
         for chunk, gens in zip(chunks, answers, strict=True):
@@ -114,6 +133,8 @@ class MCJudge(Judge):
                 usage[0] += gen.input_tokens
                 usage[1] += gen.output_tokens
                 usage[2] += gen.cached_tokens
+        for _, req in reqs:  # the verdict now holds them (and the engine caches it)
+            self._done.pop(self._memo_key(req), None)
         own = check_answer(answer_of_steps(item.steps, item.final_answer), item.gold_answer).correct is True
         scores: list[float | None] = [(float(h > 0) if self.hard else h / self.n) for h in hits[:-1]]
         scores.append(1.0 if own else 0.0)
