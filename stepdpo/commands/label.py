@@ -275,8 +275,8 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
           f"this run: {s.done} labeled, {s.skipped} already done, {s.cache_hits} from cache, "
           f"{s.requests} requests, cost {s.cost_text()}", file=sys.stderr)
     if args.engine == "ray":
-        print(f"label: Ray: {engine.worker_starts} worker start(s) for {engine.options.num_workers} worker(s); "
-              f"{s.retries} restarted after a failure (their batches were retried)", file=sys.stderr)
+        print(f"label: Ray: {engine.options.num_workers} worker(s), {engine.worker_restarts} restarted after a "
+              f"failure, {s.retries} batch(es) retried", file=sys.stderr)
     if s.error:
         print(f"label: {s.error} response(s) of this run ended in error: {s.reasons_text()}", file=sys.stderr)
     if totals["error"]:

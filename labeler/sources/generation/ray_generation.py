@@ -20,7 +20,14 @@ import json
 import uuid
 from typing import Any
 
-from labeler.engine.ray_engine import Counter, RayOptions, connect, remote_call
+from labeler.engine.ray_engine import (
+    Counter,
+    RayOptions,
+    connect,
+    remote_call,
+    report_batch,
+    report_start,
+)
 from labeler.sources.generation.base import Generation, Generator, GenRequest, Sampling
 from labeler.sources.generation.runner import GenerationEngine, Task
 from schemas.errors import UserError
@@ -36,16 +43,14 @@ class GeneratorWorker:
     """A Ray Data callable class: one backend (one model) per actor."""
 
     def __init__(self, spec: str, options: dict[str, Any], sampling: dict[str, Any], counter: str | None) -> None:
+        self.counter = report_start(counter)
         self.generator = _make_generator(spec, options)
         self.sampling = Sampling(**sampling)
         self.loop = asyncio.new_event_loop()
-        if counter:
-            import ray
-
-            ray.get(ray.get_actor(counter).add.remote())
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         requests = [GenRequest(**json.loads(str(r))) for r in batch["request"]]
+        report_batch(self.counter, str(batch["generation_id"][0]) if len(requests) else "")
         try:
             gens = self.loop.run_until_complete(self.generator.generate(requests, self.sampling))
             answers = [json.dumps({"ok": g.to_json()}) for g in gens]
@@ -132,9 +137,10 @@ class RayGenerationEngine(GenerationEngine):
                         self.record_failure([task], f"worker: {got['error']}")
                     else:
                         self.record(task, Generation.from_json(got["ok"]))
-            self.worker_starts = ray.get(counter.value.remote())
+            counts = ray.get(counter.value.remote())
         finally:
             ray.kill(counter)
-        self.stats.retries += max(0, self.worker_starts - opts.num_workers)
+        self.worker_starts = counts["starts"]
+        self.stats.retries += counts["retried_batches"]
         if by_id:
             self.record_failure(list(by_id.values()), "the Ray job returned no answer")
