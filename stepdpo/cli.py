@@ -27,13 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "combine": ("stepdpo.commands.combine", "combine several judges' runs: mean, min, vote, weighted, consensus (+ escalate)"),
     "pairs": ("stepdpo.commands.pairs", "build preference pairs from labeled runs"),
     "precompute-ref": ("stepdpo.commands.precompute_ref", "write per-step reference log-probs into pair shards"),
+    "sft": ("stepdpo.commands.sft", "supervised fine-tuning (TRL SFTTrainer) on correct solutions"),
     "train": ("stepdpo.commands.train", "train with stepwise DPO on TRL from pair shards"),
     "train-rm": ("stepdpo.commands.train_rm", "train a process or outcome reward model from step labels"),
     "eval": ("stepdpo.commands.eval", "accuracy, pass@k, maj@k of a policy; implicit rewards on pairs"),
 }
 
 # Commands that need the `train` extra (torch, TRL).
-TRAIN_COMMANDS = {"train", "precompute-ref", "train-rm"}
+TRAIN_COMMANDS = {"train", "precompute-ref", "train-rm", "sft"}
 
 # How to pick up an interrupted command where resuming is not simply running it again.
 RESUME_HINTS = {
