@@ -38,26 +38,37 @@ class AnthropicBatchTransport(Transport):
         return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def submit(self, record: BatchRecord, lines: list[bytes], save: Callable[[BatchRecord], Any]) -> None:
+        import anthropic
+
         requests = [json.loads(line) for line in lines]
-        batch = self.client.messages.batches.create(requests=requests)
+        try:
+            batch = self.client.messages.batches.create(requests=requests)
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+            raise self.submit_error(exc, "create") from None
         record.batch_id = batch.id
         record.status = batch.processing_status
         record.phase = "submitted"
         save(record)
 
     def find_orphan(self, record: BatchRecord, claimed: set[str]) -> str | None:
-        # No metadata on Message Batches: match by size and creation time after our intent.
-        # Only an unambiguous match is taken; otherwise a new batch is submitted.
+        """A batch is ours only if it provably is: Message Batches carry no metadata, and a
+        same-size batch created after our intent may be another job's (attaching to it wrote
+        its answers as ours). So a candidate (created after the intent, same size, not
+        claimed) must have ENDED, and the custom ids of its results must be exactly this
+        record's. A candidate still running cannot be proven ours: None, and the rows go into
+        a new batch."""
         after = _dt.datetime.fromtimestamp(record.created_at - 5, tz=_dt.timezone.utc)
-        matches = []
+        ours = set(record.manifest)
         for batch in self.client.messages.batches.list(limit=100):
             if batch.created_at < after:
                 break
             c = batch.request_counts
             total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
-            if batch.id not in claimed and total == record.n_requests:
-                matches.append(batch.id)
-        return matches[0] if len(matches) == 1 else None
+            if batch.id in claimed or total != record.n_requests or batch.processing_status != "ended":
+                continue
+            if {res.custom_id for res in self.results(batch.id)} == ours:
+                return batch.id
+        return None
 
     def _poll(self, batch: Any) -> Poll:
         counts = batch.request_counts.model_dump() if batch.request_counts else {}
@@ -67,7 +78,14 @@ class AnthropicBatchTransport(Transport):
         return self._poll(self.client.messages.batches.retrieve(batch_id))
 
     def cancel(self, batch_id: str) -> Poll:
-        return self._poll(self.client.messages.batches.cancel(batch_id))
+        import anthropic
+
+        try:
+            return self._poll(self.client.messages.batches.cancel(batch_id))
+        except anthropic.APIStatusError as exc:  # a batch that already ended
+            if exc.status_code >= 500:
+                raise
+            return self._refusal(exc, batch_id)
 
     def results(self, batch_id: str) -> Iterator[Result]:
         with self.client.messages.batches.with_streaming_response.results(batch_id) as resp:

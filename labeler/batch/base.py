@@ -34,6 +34,21 @@ class Poll:
     counts: dict[str, int] = field(default_factory=dict)
     final: bool = False
     message: str | None = None  # why a batch failed as a whole (OpenAI validation errors)
+    #: After :meth:`Transport.cancel`: why the provider would not cancel it (it had already
+    #: ended: OpenAI answers 409 "Cannot cancel a batch with status 'completed'"), else None.
+    refused: str | None = None
+
+
+class SubmitError(Exception):
+    """A batch could not be submitted. ``maybe_created``: the provider may have created it
+    anyway (the create call timed out or the connection dropped), so its record must be kept
+    for the next run to find; otherwise nothing exists and the record is dropped.
+    ``no_batch_api``: the server has no batch endpoints at all (404/405)."""
+
+    def __init__(self, message: str, *, maybe_created: bool = False, no_batch_api: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_created = maybe_created
+        self.no_batch_api = no_batch_api
 
 
 @dataclass
@@ -101,7 +116,9 @@ class Transport(abc.ABC):
         """Every request's outcome (any order; missing ones are reported by the runner)."""
 
     @abc.abstractmethod
-    def cancel(self, batch_id: str) -> Poll: ...
+    def cancel(self, batch_id: str) -> Poll:
+        """Ask the provider to cancel; a batch it will not cancel (already over) comes back as
+        its current :class:`Poll` with ``refused`` set, never as an exception."""
 
     @classmethod
     def is_final(cls, status: str) -> bool:
@@ -119,6 +136,26 @@ class Transport(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP client."""
+
+    def submit_error(self, exc: Exception, step: str) -> SubmitError:
+        """A :class:`SubmitError` for an SDK failure of ``step`` (``upload`` or ``create``): an
+        HTTP status means the provider refused (nothing created; 404/405: no batch API there);
+        a lost connection during ``create`` may hide a created batch. Keys are scrubbed."""
+        from labeler.judges.http_judge import scrub
+
+        code = getattr(exc, "status_code", None)
+        where = self.base_url or "the provider"
+        if code is not None:
+            text = scrub(f"{step} refused: HTTP {code}: {getattr(exc, 'message', exc)}", self.client.api_key)
+            return SubmitError(f"{self.provider} batch API at {where}: {text}", no_batch_api=code in (404, 405))
+        text = scrub(f"{step} failed: {type(exc).__name__}: {exc}", self.client.api_key)
+        return SubmitError(f"{self.provider} batch API at {where}: {text}", maybe_created=step == "create")
+
+    def _refusal(self, exc: Exception, batch_id: str) -> Poll:
+        """The current state of a batch the provider would not cancel (HTTP 4xx)."""
+        poll = self.poll(batch_id)
+        poll.refused = f"HTTP {getattr(exc, 'status_code', '?')}: {getattr(exc, 'message', exc)}"
+        return poll
 
 
 def chunk(encoded: Iterable[tuple[str, bytes]], limits: Limits, overhead: int = 0) -> list[list[tuple[str, bytes]]]:

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from labeler.batch import state
-from labeler.batch.base import Limits, Result, Transport, chunk
+from labeler.batch.base import Limits, Result, SubmitError, Transport, chunk
 from labeler.batch.registry import create_transport, provider_for, transport_class
 from labeler.batch.state import BatchRecord
 from labeler.judges.base import Item, Judge, Verdict
+from schemas.errors import UserError
 
 #: What both providers bill a batch request today, as a fraction of the online price (each
 #: transport carries its own ``discount``; this is the default of :class:`Transport`).
@@ -186,7 +187,10 @@ def submit_and_collect(
                 estimated_cost_usd=_estimate(judge, sink, [todo[c] for c, _ in part], transport.discount),
             )
             state.save(run_dir, rec)  # intent first: a crash from here on is recoverable
-            transport.submit(rec, [x for _, x in part], lambda r: state.save(run_dir, r))
+            try:
+                transport.submit(rec, [x for _, x in part], lambda r: state.save(run_dir, r))
+            except SubmitError as exc:
+                _submit_failed(run_dir, rec, exc, summary)
             rec.submitted_at = time.time()
             state.save(run_dir, rec)
             claimed.add(rec.batch_id or "")
@@ -222,6 +226,19 @@ def submit_and_collect(
         if own:
             transport.close()
     return summary
+
+
+def _submit_failed(run_dir: str, rec: BatchRecord, exc: SubmitError, summary: BatchSummary) -> None:
+    """One line for a batch that could not be submitted; its record is kept only if the
+    provider may have created the batch anyway (the next run then finds it or resubmits)."""
+    if not exc.maybe_created:
+        state.forget(run_dir, rec)
+    hint = ("this server has no provider batch API: label without --batch" if exc.no_batch_api
+            else "the next run looks for it and attaches or resubmits; rerun the same command"
+            if exc.maybe_created else "nothing was submitted; fix the cause and rerun the same command")
+    done = f" ({len(summary.submitted)} earlier batch(es) of this run were submitted and are kept)" \
+        if summary.submitted else ""
+    raise UserError(f"{exc}; {hint}{done}")
 
 
 def _estimate(judge: Judge, sink: Sink, responses: list[Mapping[str, Any]], discount: float) -> float | None:

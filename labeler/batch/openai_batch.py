@@ -39,18 +39,26 @@ class OpenAIBatchTransport(Transport):
         return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def submit(self, record: BatchRecord, lines: list[bytes], save: Callable[[BatchRecord], Any]) -> None:
+        import openai
+
         if record.file_id is None:
             data = b"\n".join(lines) + b"\n"
-            uploaded = self.client.files.create(file=(f"{record.key}.jsonl", data), purpose="batch")
+            try:
+                uploaded = self.client.files.create(file=(f"{record.key}.jsonl", data), purpose="batch")
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:
+                raise self.submit_error(exc, "upload") from None
             record.file_id = uploaded.id
             record.phase = "uploaded"
             save(record)
-        batch = self.client.batches.create(
-            input_file_id=record.file_id,
-            endpoint=ENDPOINT,
-            completion_window="24h",
-            metadata={META_KEY: record.key},
-        )
+        try:
+            batch = self.client.batches.create(
+                input_file_id=record.file_id,
+                endpoint=ENDPOINT,
+                completion_window="24h",
+                metadata={META_KEY: record.key},
+            )
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            raise self.submit_error(exc, "create") from None
         record.batch_id = batch.id
         record.status = batch.status
         record.phase = "submitted"
@@ -79,7 +87,14 @@ class OpenAIBatchTransport(Transport):
         return self._poll(self.client.batches.retrieve(batch_id))
 
     def cancel(self, batch_id: str) -> Poll:
-        return self._poll(self.client.batches.cancel(batch_id))
+        import openai
+
+        try:
+            return self._poll(self.client.batches.cancel(batch_id))
+        except openai.APIStatusError as exc:  # 409 on a batch that already ended
+            if exc.status_code >= 500:
+                raise
+            return self._refusal(exc, batch_id)
 
     def results(self, batch_id: str) -> Iterator[Result]:
         batch = self.client.batches.retrieve(batch_id)

@@ -107,6 +107,7 @@ def run_batch_label(
         {k: v * discount for k, v in vars(price).items()},
         "batch_retry": options.batch_retry,
     }
+    spent_online: dict[str, Any] = {}
     if online:
         log(f"retrying {len(online)} row(s) that failed inside a batch online (--batch-retry online)")
         retry_engine = Engine(judge, run_dir, config, cache, dict(prices or {}))
@@ -117,7 +118,13 @@ def run_batch_label(
             finally:
                 await judge.aclose()
 
-        asyncio.run(go())
+        try:
+            asyncio.run(go())
+        finally:  # at the ONLINE price: what it cost is said apart from the batch price
+            s = retry_engine.stats
+            spent_online = {"rows": len(online), "ok": s.ok, "error": s.error, "requests": s.requests,
+                            "input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
+                            "cost_usd": round(s.cost_usd, 6) if price is not None else None}
 
     sink = RunSink(run_dir, judge, cache, price)
     summary = submit_and_collect(judge, todo, str(run_dir.path), sink, options, transport=transport,
@@ -129,7 +136,7 @@ def run_batch_label(
     this_run = {
         "started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "mode": "batch", "state": run_state, "rows_skipped_done": skipped, "cache_hits": hits,
-        "retried_online": len(online), "batches_submitted": summary.submitted,
+        "retried_online": len(online), "online_retry": spent_online, "batches_submitted": summary.submitted,
         "batches_attached": summary.attached, "batches_pending": summary.pending,
         "ok": summary.rows.get("ok", 0), "error": summary.rows.get("error", 0),
         "input_tokens": summary.input_tokens, "output_tokens": summary.output_tokens,

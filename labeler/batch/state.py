@@ -11,8 +11,10 @@ One JSON file per batch under ``RUN_DIR/batches/``. The order of writes is the w
 
 A rerun finds every record short of ``ingested`` and attaches to it instead of resubmitting.
 A record stuck at ``intent``/``uploaded`` (killed between the create call and step 3) is
-matched to a provider batch by its key (OpenAI metadata) or by creation time and size
-(Anthropic) before anything new is submitted. Every write is temp file + fsync + rename.
+matched to a provider batch by its key (OpenAI metadata) or, on Anthropic (no metadata), by
+the custom ids of an ended batch's results, before anything new is submitted; a batch that
+cannot be proven ours is never attached to. A record whose batch the provider refused to
+create is deleted (:func:`forget`). Every write is temp file + fsync + rename.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def save(run_dir: str | os.PathLike, record: BatchRecord) -> Path:
     path = state_dir(run_dir) / f"{record.key}.json"
     atomic_write_json(path, asdict(record), indent=None)
     return path
+
+
+def forget(run_dir: str | os.PathLike, record: BatchRecord) -> None:
+    """Delete the record of a batch that was never created (the provider refused it), so that
+    nothing lists or attaches to it."""
+    (state_dir(run_dir) / f"{record.key}.json").unlink(missing_ok=True)
 
 
 def load_all(run_dir: str | os.PathLike) -> list[BatchRecord]:

@@ -3,9 +3,11 @@
 For each batch recorded in RUN_DIR/batches/: its provider id, where it stands (our phase and
 the provider's status), request counts, rows written, and cost so far at batch price (the
 estimate, pro rata, while it runs). Statuses are refreshed from the provider unless --offline.
---cancel asks the provider to cancel every batch still running; rerun `stepdpo label` on the
-same folder afterwards to write their rows (canceled requests become error rows, retried by
-the run after that).
+--cancel asks the provider to cancel every batch still running, one by one: a batch that
+already ended is reported (the provider refuses to cancel it) and the others are still
+cancelled; the command exits 1 if one could not be cancelled. Rerun `stepdpo label` on the same
+folder afterwards to write their rows (canceled requests become error rows, retried by the run
+after that). Only batches the provider created are listed.
 
 examples:
   stepdpo batches work/run
@@ -59,18 +61,36 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
-    records = state.load_all(run_dir)
+    everything = state.load_all(run_dir)
+    # A record without a provider id is a submission that never got one: not a batch to show.
+    records = [r for r in everything if r.batch_id is not None]
+    unsure = [r for r in everything if r.batch_id is None and not r.done]
     if not records:
         raise UserError(f"{run_dir}: no provider batches recorded (was it labeled with --batch?)")
     transports: dict[tuple[str, str | None], Any] = {}
+    cancelled: list[str] = []
+    refused: list[str] = []  # ended before we asked: nothing to cancel
+    failed: list[str] = []  # still running, and the cancel did not go through
     try:
         for rec in records:
-            if rec.done or rec.batch_id is None or args.offline:
+            if rec.done or args.offline or rec.batch_id is None:
                 continue
             t = _transport(rec, transports)
-            poll = t.cancel(rec.batch_id) if args.cancel else t.poll(rec.batch_id)
             if args.cancel:
-                rec.cancel_requested = True
+                try:
+                    poll = t.cancel(rec.batch_id)
+                except Exception as exc:  # noqa: BLE001 - one batch's failure must not spare the others
+                    failed.append(f"{rec.key}: {type(exc).__name__}: {exc}"[:300])
+                    continue
+                if poll.refused is None:
+                    rec.cancel_requested = True
+                    cancelled.append(rec.key)
+                elif poll.final:
+                    refused.append(f"{rec.key} had already ended ({poll.status})")
+                else:
+                    failed.append(f"{rec.key}: {poll.refused}")
+            else:
+                poll = t.poll(rec.batch_id)
             rec.status, rec.counts = poll.status, poll.counts
             if poll.final and rec.phase == "submitted":
                 rec.phase = "ended"
@@ -86,13 +106,26 @@ def run(args: argparse.Namespace) -> int:
             d["n_requests"] = rec.n_requests
             d["cost_so_far_usd"], d["cost_is_estimate"] = cost_so_far(rec)
             out.append(d)
-        print(json.dumps({"run_dir": str(run_dir), "batches": out}, indent=2, sort_keys=True))
-        return 0
+        cancel = {"cancelled": cancelled, "already_ended": refused, "failed": failed} if args.cancel else {}
+        print(json.dumps({"run_dir": str(run_dir), "batches": out, **cancel}, indent=2, sort_keys=True))
+        return 1 if failed else 0
     print(render(records))
+    if unsure:
+        print(f"{len(unsure)} submission(s) stopped before the provider gave an id; the next `stepdpo label "
+              "--batch` run finds the batch if it was created, or submits its rows anew")
     running = [r for r in records if not r.done]
-    if args.cancel and running:
-        print(f"cancel requested for {len(running)} batch(es); rerun `stepdpo label` on {run_dir} to collect them")
-    elif running:
+    if args.cancel:
+        if cancelled:
+            print(f"cancel requested for {len(cancelled)} batch(es); rerun `stepdpo label` on {run_dir} to collect "
+                  "what they finished")
+        for line in refused:
+            print(f"not cancelled: {line}; rerun `stepdpo label` on {run_dir} to collect it")
+        for line in failed:
+            print(f"could not cancel {line}")
+        if not (cancelled or refused or failed):
+            print("nothing to cancel: every batch was already collected")
+        return 1 if failed else 0
+    if running:
         print(f"{len(running)} batch(es) not collected yet; rerun `stepdpo label ... --batch` on {run_dir} to collect")
     return 0
 

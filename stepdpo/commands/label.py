@@ -315,6 +315,11 @@ def _label_batch(args: argparse.Namespace, judge, rows: list[dict], run_dir, cac
           f"attached, {this['rows_skipped_done']} already done, {this['cache_hits']} from cache, "
           + (f"${this['cost_usd']:.4f} at batch price" if this["cost_usd"] is not None
              else "cost unknown (no price for this model: --prices FILE)"), file=sys.stderr)
+    if this.get("online_retry"):
+        o = this["online_retry"]
+        cost = "cost unknown (no price for this model)" if o["cost_usd"] is None else f"${o['cost_usd']:.4f} at online price"
+        print(f"label --batch: retried online first: {o['rows']} row(s) (ok {o['ok']}, error {o['error']}), "
+              f"{o['requests']} request(s), {cost}", file=sys.stderr)
     if this["batches_pending"]:
         print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
               f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)

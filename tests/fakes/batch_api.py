@@ -323,6 +323,8 @@ class BatchAPI:
         b = self.openai_batches.get(id)
         if b is None:
             return _error(404, f"no batch {id}")
+        if b.status in ("completed", "expired", "cancelled", "failed"):  # as OpenAI answers
+            return _error(409, f"Cannot cancel a batch with status '{b.status}'.")
         if b.status in ("validating", "in_progress", "finalizing"):
             b.cancelled = True
             b.status = "cancelling"
@@ -409,6 +411,8 @@ class BatchAPI:
         b = self.anthropic_batches.get(id)
         if b is None:
             return _error(404, f"no message batch {id}", "not_found_error")
+        if b.status == "ended":
+            return _error(409, f"Batch {id} has already ended and cannot be canceled.", "invalid_request_error")
         if b.status == "in_progress":
             b.status = "canceling"
             b.cancel_at = time.time()

@@ -525,6 +525,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if batch is not None and batch.handle_http(self, method, path, raw):
             return
         handler = self.fake.routes.get((method, path))
+        if handler is None:  # e.g. a provider's batch routes on a server that has none
+            with self.fake.lock:
+                self.fake.counts[path] += 1
+            self.send_json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, {})
+            return
         with self.fake.lock:
             self.fake.counts[path] += 1
             body = json.loads(raw) if raw else {}
