@@ -393,7 +393,7 @@ def test_label_command_batch_flag_and_dry_run(fake, tmp_path, capsys):
     assert "--batch needs a judge with a provider batch API (openai:, anthropic: judges)" in capsys.readouterr().err
 
 
-def test_anthropic_orphan_found_by_size_and_time(fake, tmp_path):
+def test_anthropic_orphan_found_by_its_custom_ids(fake, tmp_path):
     from labeler.batch.anthropic_batch import AnthropicBatchTransport
 
     server, api = fake
@@ -410,6 +410,13 @@ def test_anthropic_orphan_found_by_size_and_time(fake, tmp_path):
                         transport=DiesAfterCreate(base_url=os.environ["ANTHROPIC_BASE_URL"]))
     (rec,) = state.load_all(tmp_path / "run")
     assert rec.phase == "intent" and rec.batch_id is None
+    # The lost batch ends; its results' custom ids prove it ours (a running one cannot be
+    # proven, and is never attached to: tests/test_hardening_batch.py).
+    import urllib.request
+
+    (lost,) = api.anthropic_batches
+    for _ in range(api.polls_to_finish):
+        urllib.request.urlopen(f"{server.url}/v1/messages/batches/{lost}").read()
     manifest, logs = batch_label("anthropic", rows, tmp_path / "run", tmp_path / "cache")
     assert api.submissions["anthropic"] == 1 and any("attached to" in line for line in logs)
     assert manifest["totals"]["ok"] == 30
