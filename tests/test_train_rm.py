@@ -199,3 +199,22 @@ def test_wrong_inputs_are_refused(tmp_path, backbone, capsys):
     assert main(["train-rm", str(path), "--model_name_or_path", str(backbone), "--output_dir",
                  str(tmp_path / "o"), "--max_steps", "2"]) == 2
     assert "no training step can run: no input row had a usable label" in capsys.readouterr().err
+
+
+def test_stream_is_shuffled_per_epoch_and_loses_nothing(tmp_path, backbone, task):
+    from transformers import AutoTokenizer
+
+    from trainer.reward_model import RowStream, prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(backbone)
+    seq = RewardModelConfig(output_dir="x", train_sampling_strategy="sequential", eval_fraction=0.2)
+    prepare_tokenizer(tok, seq)
+    source = label_source([str(task)])
+    ordered = [tuple(e["input_ids"]) for e in RowStream(source, tok, seq)]
+    shuffled = RowStream(source, tok, RewardModelConfig(output_dir="x", eval_fraction=0.2), buffer_size=50)
+    first = [tuple(e["input_ids"]) for e in shuffled]
+    again = [tuple(e["input_ids"]) for e in shuffled]
+    shuffled.set_epoch(1)
+    second = [tuple(e["input_ids"]) for e in shuffled]
+    assert sorted(first) == sorted(second) == sorted(ordered) and len(ordered) > 300
+    assert first == again and first != ordered and second != first

@@ -24,6 +24,7 @@ of ``problem_id``), so no problem is in both halves. Only `schemas` of ours is i
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,19 +197,51 @@ def make_example(row: dict[str, Any], tokenizer: Any, cfg: RewardModelConfig) ->
     return {"input_ids": ids, "positions": [p for p, _ in pairs], "targets": [q for _, q in pairs]}
 
 
+SHUFFLE_BUFFER = 1_000  # examples held to mix the stream: a label run lists a problem's rows together
+
+
 class RowStream(torch.utils.data.IterableDataset):
-    """Training examples streamed from the label source (the held-out problems left out)."""
+    """Training examples streamed from the label source (the held-out problems left out).
 
-    def __init__(self, source: LabelSource, tokenizer: Any, cfg: RewardModelConfig) -> None:
+    The Trainer cannot sample a stream, so unless ``--train_sampling_strategy sequential`` the
+    shard order is shuffled and rows are drawn at random from a ``buffer_size`` window, with a new
+    order every epoch (the Trainer calls :meth:`set_epoch`) — as `stepdpo train` streams pairs.
+    """
+
+    def __init__(self, source: LabelSource, tokenizer: Any, cfg: RewardModelConfig,
+                 buffer_size: int = SHUFFLE_BUFFER) -> None:
         self.source, self.tokenizer, self.cfg = source, tokenizer, cfg
+        self.buffer_size = buffer_size
+        self.epoch = 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for row in iter_rows(self.source):
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _examples(self, source: LabelSource) -> Iterator[dict[str, Any]]:
+        for row in iter_rows(source):
             if heldout(row, self.cfg.eval_fraction):
                 continue
             example = make_example(row, self.tokenizer, self.cfg)
             if example is not None:
                 yield example
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.cfg.train_sampling_strategy == "sequential" or self.buffer_size <= 1:
+            yield from self._examples(self.source)
+            return
+        rng = random.Random(int(sha256_hex({"seed": self.cfg.seed, "epoch": self.epoch})[:8], 16))
+        files = list(self.source.files)
+        rng.shuffle(files)
+        buffer: list[dict[str, Any]] = []
+        for example in self._examples(LabelSource(files, self.source.label_column)):
+            if len(buffer) < self.buffer_size:
+                buffer.append(example)
+                continue
+            i = rng.randrange(len(buffer))
+            yield buffer[i]
+            buffer[i] = example
+        rng.shuffle(buffer)
+        yield from buffer
 
 
 @dataclass
