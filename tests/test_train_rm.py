@@ -169,6 +169,7 @@ def test_cli_trains_with_lora_and_soft_labels_and_writes_the_manifest(tmp_path, 
 
 @pytest.mark.parametrize("extra, message", [
     ([], "--max_steps is required"),
+    (["--max-steps", "2", "--kind", "both"], "invalid choice"),
     (["--max_steps", "2", "--after_first_error", "drop"], "invalid choice"),
     (["--max_steps", "2", "--eval_fraction", "1.5"], "eval_fraction must be in [0, 1)"),
 ])

@@ -8,7 +8,7 @@ the loss only at the separators (hard labels by --threshold, or --soft_labels), 
 first error ignored unless --after_first_error keep. `--kind outcome` trains a 2-label sequence
 classifier on problem + solution with the aggregated step labels (--aggregate).
 
-Flags are TRL's (`--model_name_or_path`, `--use_peft --lora_r --lora_target_modules`, `--dtype`,
+Flags are TRL's, parsed as `train` parses them (`--model_name_or_path` or `--model`, `--use_peft --lora_r --lora_target_modules`, `--dtype`,
 `--config FILE.yaml`) and transformers' TrainingArguments; the data is streamed, so --max_steps
 is required. A share of the problems (--eval_fraction, by problem id) is held out: after training
 it is scored and the step accuracy, AUC and ProcessBench F1 (earliest-error match) are printed and
@@ -28,7 +28,6 @@ model (`LLM(model=DIR, runner="pooling")`, `llm.encode(prompts, pooling_task="to
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -46,62 +45,33 @@ def _types() -> tuple[type, type]:
     return RewardModelConfig, ModelConfig
 
 
-def _parser():
-    from trl import TrlParser
-
-    return TrlParser(list(_types()), add_help=False)
+TITLES = ("RewardModelConfig (labels, layout + transformers TrainingArguments)", "ModelConfig (TRL)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from stepdpo.trl_args import add_trl_arguments
+
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="step_scores run folders or responses files with reference_scores")
-    parser.add_argument("--config", default=None, metavar="FILE.yaml",
-                        help="YAML file of field: value for any option below; flags win over it")
-    titles = ("RewardModelConfig (transformers TrainingArguments + labels)", "ModelConfig (TRL)")
-    for title, dtype in zip(titles, _types(), strict=True):
-        group = parser.add_argument_group(title)
-        from trl import TrlParser
-
-        for action in TrlParser([dtype], add_help=False)._actions:
-            if action.dest == "help":
-                continue
-            action = copy.copy(action)
-            action.default = argparse.SUPPRESS  # present only when given: YAML < flags
-            action.required = False
-            group._add_action(action)
+    add_trl_arguments(parser, _types(), TITLES)
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """TrainingArguments-style defaults < --config YAML < flags given."""
+    """TrainingArguments-style defaults < our defaults < --config YAML < flags given (the TRL
+    parsing `train` uses: stepdpo/trl_args.py)."""
     import torch
-    import yaml
 
-    parser = _parser()
-    dests = {a.dest for a in parser._actions if a.dest != "help"}
-    values: dict[str, Any] = {"use_cpu": not torch.cuda.is_available(), "bf16": torch.cuda.is_available(),
-                              "save_strategy": "no", "report_to": "none"}
-    if args.config:
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"{args.config}: cannot read the YAML config ({exc})".splitlines()[0]) from exc
-        if not isinstance(loaded, dict) or set(loaded) - dests:
-            raise UserError(f"{args.config}: unknown field(s) {', '.join(sorted(set(loaded) - dests))}"
-                            if isinstance(loaded, dict) else f"{args.config}: must be a mapping")
-        values.update(loaded)
-    values.update({d: getattr(args, d) for d in dests if hasattr(args, d)})
+    from stepdpo.trl_args import parse_trl_arguments
+
+    cuda = torch.cuda.is_available()
+    defaults = {"use_cpu": not cuda, "bf16": cuda, "save_strategy": "no", "report_to": "none"}
+    parsed = parse_trl_arguments(args, _types(), defaults=defaults)
+    cfg, model_args = parsed.values
     for need in ("model_name_or_path", "output_dir"):
-        if not values.get(need):
+        if need not in parsed.explicit:
             raise UserError(f"--{need} is required")
-    if not values.get("max_steps") or int(values["max_steps"]) <= 0:
+    if not cfg.max_steps or cfg.max_steps <= 0:
         raise UserError("--max_steps is required: the labels are streamed and have no length")
-    parser.set_defaults_with_config(**values)
-    try:
-        cfg, model_args = parser.parse_args_into_dataclasses(args=[])
-    except (ValueError, TypeError) as exc:
-        raise UserError(str(exc).strip().splitlines()[0]) from exc
-    except SystemExit as exc:  # argparse rejected a YAML value
-        raise UserError(f"{args.config}: invalid value") from exc
     return cfg, model_args
 
 
