@@ -8,9 +8,9 @@ the loss only at the separators (hard labels by --threshold, or --soft_labels), 
 first error ignored unless --after_first_error keep. `--kind outcome` trains a 2-label sequence
 classifier on problem + solution with the aggregated step labels (--aggregate).
 
-Flags are TRL's, parsed as `train` parses them (`--model_name_or_path` or `--model`, `--use_peft --lora_r --lora_target_modules`, `--dtype`,
-`--config FILE.yaml`) and transformers' TrainingArguments; the data is streamed, so --max_steps
-is required. A share of the problems (--eval_fraction, by problem id) is held out: after training
+Flags are TRL's, parsed as `train` parses them (`--model_name_or_path` or `--model`,
+`--use_peft --lora_r --lora_target_modules`, `--dtype`, `--config FILE.yaml`) and transformers'
+TrainingArguments; the data is streamed (and shuffled), so --max_steps is required. A share of the problems (--eval_fraction, by problem id) is held out: after training
 it is scored and the step accuracy, AUC and ProcessBench F1 (earliest-error match) are printed and
 written to reward_model.json (written last: its presence marks a finished folder). Runs as is
 under `accelerate launch`.
