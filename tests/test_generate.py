@@ -278,3 +278,24 @@ def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys):
     assert time.monotonic() - start < 60
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["state"] == "aborted" and manifest["totals"]["samples"] == 0
+
+
+def test_backend_and_input_mismatches_are_refused_up_front(server, problems, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    # OpenAI's own API has no raw completions: the Step-DPO text template is refused before a request.
+    assert main(["generate", str(problems), "--generator", "openai:gpt-4o-mini", "-o", str(tmp_path / "a")]) == 2
+    assert "--template chat" in capsys.readouterr().err and server.requests == 0 and not (tmp_path / "a").exists()
+    # --flaw needs solutions (a responses file), not a problems file.
+    assert gen(server, problems, tmp_path / "b", "--flaw") == 2
+    assert "needs a responses file" in capsys.readouterr().err
+    assert main(["generate", str(problems), "--generator", "hf:./no/such/model", "-o", str(tmp_path / "c")]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+    # A labeled run given as INPUT is named, with the option that continues it.
+    run = tmp_path / "run"
+    assert gen(server, problems, tmp_path / "d", "--no-cache") == 0
+    assert main(["label", str(tmp_path / "d"), "--judge", "gsm8k-calc", "-o", str(run), "--progress", "none",
+                 "--no-cache"]) == 0
+    capsys.readouterr()
+    assert gen(server, run, tmp_path / "e") == 2
+    assert "a 'step_scores' file" in capsys.readouterr().err

@@ -202,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
         generator = remote_generator(args.generator, options, ray_options)  # the model loads on a worker
     else:
         generator = create_generator(args.generator, options)
+    if getattr(generator, "chat_only", False) and not template.chat and not cfg.flaw:
+        raise UserError(f"{generator.name} serves chat models only: use --template chat (the Step-DPO "
+                        "text template needs a raw-completions server: openai-compatible:MODEL@URL or hf:)")
     prices = load_prices(cfg.prices)
     identity_parts = {"generator": generator.fingerprint(), "template": template.as_dict(),
                       "sampling": sampling.as_dict(), "split": cfg.split,

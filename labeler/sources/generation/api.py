@@ -140,6 +140,8 @@ class OpenAIGenerator(ApiGenerator):
     def __init__(self, model: str, *, compatible: bool, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.compatible = compatible
+        #: OpenAI's own API serves chat models only: raw-text templates are refused up front.
+        self.chat_only = not compatible
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {"model": self.model, "protocol": "openai-compatible" if self.compatible else "openai"}

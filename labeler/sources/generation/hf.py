@@ -61,6 +61,8 @@ class HFGenerator(Generator):
         torch_dtype = getattr(torch, self.dtype_name, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise UserError(f"unknown dtype '{self.dtype_name}'; use bfloat16, float16 or float32")
+        if model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+            raise UserError(f"hf:{model}: no such model folder")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)

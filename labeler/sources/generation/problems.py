@@ -125,6 +125,14 @@ def load_problems(path: str | Path, prompt_field: str | None = None, answer_fiel
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    if not _is_responses(path) and (path.is_dir() or path.suffix.lower() == ".parquet"):
+        try:
+            kind = read_kind(path)
+        except UserError:
+            kind = None
+        if kind is not None:  # one of our other files: name it instead of reading it as problems
+            hint = "; to continue its wrong solutions use --continue-from" if kind == "step_scores" else ""
+            raise UserError(f"{path}: a '{kind}' file; generate reads problems or responses{hint}")
     problems = from_responses(path) if _is_responses(path) else from_records(path, prompt_field, answer_field,
                                                                              id_field)
     return problems[:limit] if limit else problems

@@ -126,8 +126,10 @@ def flaw_tasks(path: str | Path, n: int, sampling: Sampling, flaw_step: int | No
                stats: Counter | None = None, limit: int | None = None) -> list[Task]:
     """Tasks asking for flawed rewrites of the correct solutions in ``path``."""
     stats = stats if stats is not None else Counter()
-    if read_kind(path) != RESPONSES.name:
-        raise UserError(f"--flaw {path}: needs a responses file of correct solutions (stepdpo ingest)")
+    kind = read_kind(path) if Path(path).is_dir() or Path(path).suffix.lower() == ".parquet" else None
+    if kind != RESPONSES.name:
+        raise UserError(f"--flaw {path}: needs a responses file of correct solutions (Parquet, from "
+                        "`stepdpo ingest`), not {}".format(f"a '{kind}' file" if kind else "a problems file"))
     tasks: list[Task] = []
     seen: set[str] = set()
     for row in read_table(path, RESPONSES).to_pylist():
