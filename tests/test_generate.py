@@ -299,3 +299,37 @@ def test_backend_and_input_mismatches_are_refused_up_front(server, problems, tmp
     capsys.readouterr()
     assert gen(server, run, tmp_path / "e") == 2
     assert "a 'step_scores' file" in capsys.readouterr().err
+
+
+class _Planted:
+    """Unpickling this would create a file: proof that a cache entry ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_cache_entry_is_never_loaded(server, problems, tmp_path, capsys):
+    from diskcache import FanoutCache
+
+    from labeler.sources.generation.base import Sampling
+    from labeler.sources.generation.problems import load_problems
+    from labeler.sources.generation.prompts import TEMPLATES
+    from labeler.sources.generation.registry import create_generator
+    from labeler.sources.generation.store import generation_key
+    from labeler.sources.generation.tasks import sample_tasks
+
+    cache, marker = tmp_path / "cache", tmp_path / "pwned"
+    gen_ = create_generator(f"openai-compatible:policy@{server.url}/v1")
+    sampling = Sampling()
+    tasks = sample_tasks(load_problems(problems), TEMPLATES["step-dpo"], 1, sampling)
+    planted = FanoutCache(str(cache), shards=8)  # diskcache's default Disk pickles
+    for t in tasks:
+        planted.set(generation_key(gen_, t.request, sampling), _Planted(str(marker)))
+    planted.close()
+    assert gen(server, problems, tmp_path / "out", "--cache-dir", str(cache)) == 0
+    assert not marker.exists() and server.requests == len(tasks)
+    assert "is not ours" in capsys.readouterr().err
+    assert len(rows_by_gid(tmp_path / "out")) == len(tasks)

@@ -10,7 +10,8 @@ every (problem, sample) exactly once, and ``-n 8`` after ``-n 4`` draws only sam
 The cache is a diskcache ``FanoutCache`` beside the judge cache (``$STEPDPO_CACHE_DIR/generate``
 or ``~/.cache/stepdpo/generate``), eviction off, keyed by sha256 of the canonical JSON of
 (backend fingerprint, rendered prompt, sampling parameters, sample index, seed). Values are JSON
-text, checked on the way out, never pickles; a value that is not one of ours is a miss. A
+text stored through the judge cache's ``JsonTextDisk`` (str only; a pickled entry is refused on
+fetch, never loaded); a value that is not one of ours is a miss. A
 sample that arrived but was not yet in a shard when the process died comes back from here
 for free.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from labeler.engine.cache import default_cache_dir
+from labeler.engine.cache import JsonTextDisk, Refused, default_cache_dir
 from labeler.engine.rundir import RunDir
 from labeler.sources.generation.base import Generation, Generator, GenRequest, Sampling
 from schemas.errors import UserError
@@ -98,21 +99,6 @@ def default_generation_cache_dir() -> Path:
     return (Path(env).expanduser() / "generate") if env else default_cache_dir().parent / "generate"
 
 
-def _text_only_disk() -> type:
-    """A diskcache Disk that refuses to unpickle: a pickled entry (written by anyone) is an
-    error on fetch, which :class:`GenerationCache` turns into a miss."""
-    from diskcache import Disk
-    from diskcache.core import MODE_PICKLE
-
-    class TextOnlyDisk(Disk):
-        def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-            if mode == MODE_PICKLE:
-                raise ValueError("a pickled entry; refused")
-            return super().fetch(mode, filename, value, read)
-
-    return TextOnlyDisk
-
-
 class GenerationCache:
     """``get(key) -> Generation | None`` and ``put(key, generation)``."""
 
@@ -122,7 +108,7 @@ class GenerationCache:
         self.directory = Path(directory).expanduser() if directory else default_generation_cache_dir()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._cache = FanoutCache(str(self.directory), shards=shards, timeout=10, disk=_text_only_disk(),
+            self._cache = FanoutCache(str(self.directory), shards=shards, timeout=10, disk=JsonTextDisk,
                                       eviction_policy="none", size_limit=2**62)
         except Exception as exc:  # sqlite3.Error, OSError: one line, before any request
             raise UserError(f"generation cache {self.directory}: cannot open it ({exc}); choose another with "
@@ -139,6 +125,8 @@ class GenerationCache:
         if data is None:
             return None
         try:
+            if isinstance(data, Refused):  # pickled or binary: never loaded
+                raise ValueError(str(data))
             if not isinstance(data, str):
                 raise TypeError(f"a {type(data).__name__}, not JSON text")
             generation = Generation.from_json(json.loads(data))
