@@ -286,6 +286,8 @@ class RayEngine(Engine):
                         continue
                     got = json.loads(str(answer))
                     self.record(row, Item.from_row(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
+                if self.stop.stopping:  # a signal or a fatal error: keep what arrived, wait for nothing more
+                    break
             counts = ray.get(counter.value.remote())
         finally:
             ray.kill(counter)
@@ -293,5 +295,7 @@ class RayEngine(Engine):
         self.worker_starts = counts["starts"]
         self.worker_restarts = max(0, counts["starts"] - opts.num_workers)
         self.stats.retries += max(self.worker_restarts, counts["retried_batches"])
+        if self.stop.stopping:  # rows not answered stay unwritten: the rerun labels them
+            return
         for row in by_id.values():  # never expected; a row Ray lost is an error row, retried next run
             self.record_error(row, "the Ray job returned no answer for this row")
