@@ -17,7 +17,7 @@ from labeler.judges.openai_judge import (
     scrub,
 )
 from labeler.judges.prompting import (
-    ANSWER_SCHEMA,
+    ANALYSIS_SCHEMA,
     AnswerError,
     load_template,
     parse_answer,
@@ -62,16 +62,17 @@ def test_openai_one_request_rubric_first_steps_last(fake):
     system, user = sent["messages"][0], sent["messages"][1]
     assert system["role"] == "system" and system["content"].startswith("You are a meticulous grader")
     assert user["content"].startswith(f"Problem:\n{ITEM.prompt}\n")
-    assert user["content"].endswith("Step 1: Tom starts with 3 apples.\nStep 2: He buys 4 more: 3 + 4 = "
-                                    "<<3+4=7>>7.\nStep 3: He has 7 apples.")
+    assert user["content"].endswith("<step_1>\nTom starts with 3 apples.\n</step_1>\n<step_2>\nHe buys 4 more: "
+                                    "3 + 4 = <<3+4=7>>7.\n</step_2>\n<step_3>\nHe has 7 apples.\n</step_3>")
     fmt = sent["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
-    assert fmt["json_schema"]["schema"] == ANSWER_SCHEMA
+    assert fmt["json_schema"]["schema"] == ANALYSIS_SCHEMA  # analysis first, by default
     assert sent["max_completion_tokens"] == 2048 and sent["temperature"] == 0.0
     assert verdict.headers["x-ratelimit-limit-requests"] == "30000"
     # parse_body on the recorded reply gives the same verdict (the batch mode relies on it).
     assert json.loads(verdict.raw) == {"steps": [
-        {"step": i, "verdict": "correct" if score_of(s) >= 0.5 else "incorrect", "score": score_of(s)}
+        {"step": i, "analysis": "ok", "verdict": "correct" if score_of(s) >= 0.5 else "incorrect",
+         "score": score_of(s)}
         for i, s in enumerate(ITEM.steps, 1)]}
 
 
@@ -119,11 +120,11 @@ def test_anthropic_tool_output_and_cache_control(fake):
     sent = fake.requests[0]["body"]
     assert sent == judge.request_body(ITEM)  # temperature travels via extra_body, body unchanged
     assert sent["tool_choice"] == {"type": "tool", "name": "record_step_verdicts"}
-    assert sent["tools"][0]["input_schema"] == ANSWER_SCHEMA
+    assert sent["tools"][0]["input_schema"] == ANALYSIS_SCHEMA
     assert sent["system"][0]["cache_control"] == {"type": "ephemeral"}
     prefix, steps = sent["messages"][0]["content"]
     assert prefix["cache_control"] == {"type": "ephemeral"} and ITEM.prompt in prefix["text"]
-    assert "Step" not in prefix["text"] and steps["text"].startswith("Step 1: ") and "cache_control" not in steps
+    assert "<step_" not in prefix["text"] and steps["text"].startswith("<step_1>\n") and "cache_control" not in steps
     headers = fake.requests[0]["headers"]
     assert KEY in headers.get("x-api-key", "") + headers.get("authorization", "")
     [again] = run(create_judge("anthropic:claude-haiku-4-5", JudgeConfig()))
@@ -182,9 +183,10 @@ def test_parse_answer_rejects_schema_violations():
 
 def test_templates(tmp_path):
     default = load_template(None)
-    assert default.name == "step_judge_v1"
+    assert default.name == "step_judge_v2"
     r = default.render("P?", ["a", "b"])
-    assert r.prefix.endswith("Solution, one step per line:\n") and r.steps == "Step 1: a\nStep 2: b"
+    assert r.prefix.endswith("Solution, one tagged step at a time:\n")
+    assert r.steps == "<step_1>\na\n</step_1>\n<step_2>\nb\n</step_2>"
     bad = tmp_path / "bad.txt"
     bad.write_text("[system]\nrubric\n[user]\n{problem}\n")
     with pytest.raises(UserError, match=r"bad: the \[user\] section must contain \{problem\} and \{steps\}"):
@@ -192,7 +194,7 @@ def test_templates(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_template(str(tmp_path / "missing.txt"))
     custom = parse_template("# v2\n[system]\nBe brief.\n[user]\nQ: {problem}\nRef: {gold_answer}\n{steps}\n", "v2")
-    assert custom.render("1+1?", ["2"], "2").user == "Q: 1+1?\nRef: 2\nStep 1: 2"
+    assert custom.render("1+1?", ["2"], "2").user == "Q: 1+1?\nRef: 2\n<step_1>\n2\n</step_1>"
 
 
 def test_judge_names_keys_and_fingerprints(monkeypatch):

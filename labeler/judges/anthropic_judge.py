@@ -6,6 +6,11 @@ rubric (shared by every request) and the problem (shared by all solutions of a p
 cached by Anthropic and billed at the cache-read rate on the next request; the numbered steps
 follow in a separate block. 529 ``overloaded_error`` is retryable, like 429 and other 5xx.
 There are no logprobs on this API, so scores are the stated ones.
+
+With ``--thinking-budget`` Claude reasons in extended thinking first: the answer schema then has
+no ``analysis`` field, ``tool_choice`` is ``auto`` (the API refuses a forced tool with thinking)
+and temperature is left at the API's own (it refuses any other with thinking). With
+``--template processbench`` there is no tool: the answer is text ending in ``\\boxed{k}``.
 """
 
 from __future__ import annotations
@@ -19,16 +24,9 @@ from typing import Any
 
 from labeler.judges.base import Item, Verdict
 from labeler.judges.config import JudgeConfig
-from labeler.judges.http_judge import HttpJudge, malformed_answer
-from labeler.judges.prompting import (
-    ANSWER_SCHEMA,
-    TOOL_NAME,
-    AnswerError,
-    load_template,
-    parse_answer,
-)
+from labeler.judges.http_judge import HttpJudge, cut_off_error, malformed_answer
+from labeler.judges.prompting import TOOL_NAME, AnswerError
 from schemas.errors import UserError
-from schemas.ids import sha256_hex
 
 ANTHROPIC_VERSION_NOTE = "messages/tool_use"
 
@@ -36,47 +34,56 @@ ANTHROPIC_VERSION_NOTE = "messages/tool_use"
 class AnthropicJudge(HttpJudge):
     sdk = "anthropic"
     batch_provider = "anthropic"  # Message Batches: labeler/batch/anthropic_batch.py
+    prompt_overhead = 400  # the tool definition
 
     def __init__(self, model: str, config: JudgeConfig, *, api_key: str, base_url: str | None) -> None:
         if not model:
             raise UserError("judge 'anthropic' needs a model name, e.g. anthropic:claude-haiku-4-5")
         if config.logprobs:
             raise UserError("--logprobs is not available for anthropic judges (the API returns none)")
+        if config.thinking_budget is not None and config.thinking_budget < 1024:
+            raise UserError("--thinking-budget must be at least 1024 tokens (the API's minimum)")
         super().__init__(config, api_key=api_key, base_url=base_url)
         self.name = f"anthropic:{model}"
         self.model = model
         self.price_model = model
-        self.template = load_template(config.template)
+        self.reasoning = config.thinking_budget is not None
+        self.setup_answer()
 
     def fingerprint_parts(self) -> dict[str, Any]:
-        return {
+        parts = {
             "model": self.model,
             "protocol": ANTHROPIC_VERSION_NOTE,
-            "template": self.template.name,
-            "template_sha": self.template.sha,
-            "schema_sha": sha256_hex(ANSWER_SCHEMA)[:16],
+            **self.answer_parts(),
             "temperature": self.config.temperature,
-            "max_output_tokens": self.config.max_output_tokens,
         }
+        if self.reasoning:
+            parts["thinking_budget"] = self.config.thinking_budget
+        return parts
 
-    def request_body(self, item: Item) -> dict[str, Any]:
-        """The exact JSON body POSTed to ``/v1/messages`` for ``item``."""
-        r = self.template.render(item.prompt, item.steps, item.gold_answer)
+    def request_body(self, item: Item, sample: int | None = None) -> dict[str, Any]:
+        """The exact JSON body POSTed to ``/v1/messages`` for ``item`` (Anthropic has no seed:
+        samples differ by temperature alone)."""
+        r = self.render(item)
         ephemeral = {"type": "ephemeral"}
-        return {
-            "model": self.model,
-            "max_tokens": self.config.max_output_tokens,
-            "temperature": self.config.temperature,
-            "system": [{"type": "text", "text": r.system, "cache_control": ephemeral}],
-            "messages": [{"role": "user", "content": [
-                {"type": "text", "text": r.prefix, "cache_control": ephemeral},
-                {"type": "text", "text": r.steps + r.suffix},
-            ]}],
-            "tools": [{"name": TOOL_NAME,
-                       "description": "Record the verdict and score of every solution step, in order.",
-                       "input_schema": ANSWER_SCHEMA}],
-            "tool_choice": {"type": "tool", "name": TOOL_NAME},
-        }
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.config.max_output_tokens}
+        if self.reasoning:
+            body["max_tokens"] += self.config.thinking_budget
+            body["thinking"] = {"type": "enabled", "budget_tokens": self.config.thinking_budget}
+        else:
+            body["temperature"] = self.config.temperature
+        if r.system:
+            body["system"] = [{"type": "text", "text": r.system, "cache_control": ephemeral}]
+        body["messages"] = [{"role": "user", "content": [
+            {"type": "text", "text": r.prefix, "cache_control": ephemeral},
+            {"type": "text", "text": r.steps + r.suffix},
+        ]}]
+        if self.kind == "steps":
+            body["tools"] = [{"name": TOOL_NAME,
+                              "description": "Record the verdict and score of every solution step, in order.",
+                              "input_schema": self.schema}]
+            body["tool_choice"] = {"type": "auto"} if self.reasoning else {"type": "tool", "name": TOOL_NAME}
+        return body
 
     def parse_body(self, item: Item, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Verdict:
         """A Verdict from a Messages response body; RetryableError for a bad answer."""
@@ -85,24 +92,25 @@ class AnthropicJudge(HttpJudge):
         written = int(usage.get("cache_creation_input_tokens") or 0)
         tokens = {"input_tokens": int(usage.get("input_tokens") or 0) + read + written,
                   "output_tokens": int(usage.get("output_tokens") or 0), "cached_tokens": read}
+        blocks = body.get("content") or []
+        if self.kind == "first-error-index":
+            text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+            if body.get("stop_reason") == "max_tokens":
+                return Verdict(scores=[None] * len(item.steps), raw=text, headers=headers,
+                               error=cut_off_error(self.config.max_output_tokens), **tokens)
+            return self.read_answer(item, text, text, tokens, headers)
         try:
-            call = next((b for b in body.get("content") or []
-                         if b.get("type") == "tool_use" and b.get("name") == TOOL_NAME), None)
+            call = next((b for b in blocks if b.get("type") == "tool_use" and b.get("name") == TOOL_NAME), None)
             if call is None:
                 if body.get("stop_reason") == "max_tokens":
-                    # The same request would be cut off again: not retried (each try is billed).
+                    # Cut off: an error row, never cached; the same request would be cut off again.
                     return Verdict(scores=[None] * len(item.steps), headers=headers,
-                                   error=f"answer cut off at {self.config.max_output_tokens} output "
-                                         "tokens (raise --max-output-tokens, in a new -o folder)", **tokens)
+                                   error=cut_off_error(self.config.max_output_tokens), **tokens)
                 raise AnswerError(f"no {TOOL_NAME} tool call in the answer")
-            scores, _ = parse_answer(call.get("input"), len(item.steps))
         except AnswerError as exc:
             raise malformed_answer(f"malformed answer: {exc}", headers, tokens) from None
-        return Verdict(scores=scores, raw=json.dumps(call.get("input"), ensure_ascii=False), headers=headers, **tokens)
-
-    def estimate_tokens(self, item: Item) -> tuple[int, int]:
-        r = self.template.render(item.prompt, item.steps, item.gold_answer)
-        return (len(r.system) + len(r.user)) // 4 + 400, 40 + 18 * len(item.steps)  # +tool definition
+        answer = call.get("input")
+        return self.read_answer(item, answer, json.dumps(answer, ensure_ascii=False), tokens, headers)
 
     def _make_client(self) -> Any:
         import anthropic

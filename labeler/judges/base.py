@@ -113,6 +113,10 @@ class Judge(abc.ABC):
         human labels is never answered from the cache. None: prompt and steps decide."""
         return None
 
+    def use_cache(self, cache: Any) -> None:  # noqa: B027 - optional hook
+        """The engine's judge cache, for judges that cache parts of an answer themselves (the
+        samples of ``--samples N``); most judges ignore it."""
+
     def estimate_tokens(self, item: Item) -> tuple[int, int]:
         """Rough (input, output) tokens of judging ``item``, for ``--dry-run`` and the limiter."""
         text = item.prompt + "".join(item.steps)

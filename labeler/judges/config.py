@@ -13,12 +13,41 @@ from dataclasses import dataclass, field
 class JudgeConfig:
     template: str | None = field(
         default=None,
-        metadata={"help": "prompt template file for API judges (overrides the built-in rubric; "
-                          "its hash is part of the judge fingerprint)", "metavar": "FILE"},
+        metadata={"help": "API judges' prompt: a built-in name (step_judge_v2 = default rubric; "
+                          "with_reference = Step-DPO's locator, shows the row's correct reference "
+                          "solution; processbench = the official ProcessBench critic, earliest wrong "
+                          "paragraph in \\boxed{}) or a template FILE; its hash is part of the judge "
+                          "fingerprint", "metavar": "NAME|FILE"},
+    )
+    analysis: bool = field(
+        default=True,
+        metadata={"help": "API step judges write a per-step 'analysis' before each verdict and score "
+                          "(kept in raw); reasoning models (OpenAI o-series, gpt-5, Claude with "
+                          "--thinking-budget) reason on their own and skip it; --no-analysis: verdicts only"},
+    )
+    samples: int = field(
+        default=1,
+        metadata={"help": "self-consistency: ask N times (needs --temperature > 0) and vote per step "
+                          "(processbench: majority of the boxed indices); each sample is cached on its "
+                          "own, so raising N later asks only the new ones", "metavar": "N"},
+    )
+    vote: str = field(
+        default="majority",
+        metadata={"help": "how --samples combine: majority (the most common verdict's score; a tie "
+                          "goes to the lower score) or mean (of the stated scores)",
+                  "choices": ["majority", "mean"]},
     )
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature for API judges"})
     max_output_tokens: int = field(
-        default=2048, metadata={"help": "max tokens a judge may answer with (API judges)"}
+        default=2048,
+        metadata={"help": "max tokens a judge may answer with (API judges); not part of the judge "
+                          "fingerprint: answers cut off at the limit are error rows, never cached, so "
+                          "rerunning with a higher limit in the same -o folder redoes only those"},
+    )
+    thinking_budget: int | None = field(
+        default=None,
+        metadata={"help": "anthropic only: extended thinking with this many tokens (a reasoning "
+                          "model: no analysis field, tool choice auto, no temperature)", "metavar": "TOKENS"},
     )
     logprobs: bool = field(
         default=False,

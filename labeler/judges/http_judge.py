@@ -5,7 +5,13 @@ Both SDKs raise the same exception family (``APITimeoutError``, ``APIConnectionE
 ``APIStatusError``, ``APIResponseValidationError``), so one classifier serves both: 408/409/429
 and 5xx (529 overloaded included) are retryable, 401/403/404 abort the run (every later request
 would fail the same way), other 4xx fail the row. A provider subclass only builds its client,
-sends a body and parses an answer.
+sends a body and extracts the answer from a response body.
+
+What the two share besides transport lives here too: the template and the answer it asks for
+(a JSON verdict per step, with an ``analysis`` field first unless the model reasons on its own,
+or ProcessBench's boxed earliest-error index), and ``--samples N`` self-consistency: N requests
+per solution, each answer cached under its own sample index (so a retry or a larger N asks only
+what is missing), combined by :mod:`labeler.judges.voting`.
 
 ``--timeout`` is one deadline for the whole request, body included (the SDKs' timeouts are per
 read, so a server dripping a byte a second kept one request alive for minutes). An answer of an
@@ -26,9 +32,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from labeler.engine.retry import parse_retry_after
-from labeler.judges.base import FatalError, Item, Judge, RetryableError, Verdict
+from labeler.judges.base import FatalError, Item, Judge, JudgeError, RetryableError, Verdict
 from labeler.judges.config import JudgeConfig
+from labeler.judges.processbench import check_index, extract_boxed, scores_from_index, to_index
+from labeler.judges.prompting import (
+    ANALYSIS_RULE,
+    ANALYSIS_SCHEMA,
+    ANSWER_SCHEMA,
+    RENDER_VERSION,
+    AnswerError,
+    Rendered,
+    load_template,
+    parse_answer,
+    reference_solution_of,
+)
+from labeler.judges.voting import VOTES, combine
 from schemas.errors import UserError
+from schemas.ids import sha256_hex
 
 RETRYABLE_STATUS = {408, 409, 429}
 ABORT_STATUS = {401, 403, 404}
@@ -68,6 +88,15 @@ def lower_headers(headers: Any) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
 
 
+#: Start of the error of an answer cut off at --max-output-tokens (never cached, never voted).
+CUT_OFF = "answer cut off at"
+
+
+def cut_off_error(limit: int) -> str:
+    return (f"{CUT_OFF} {limit} output tokens (rerun with a higher --max-output-tokens, same -o "
+            "folder: only cut-off rows are asked again)")
+
+
 class HttpJudge(Judge):
     """An API judge: ``request_body``/``parse_body`` are its whole wire format (the batch mode
     sends and reads exactly these), ``_send`` the one SDK call of the online path."""
@@ -76,31 +105,116 @@ class HttpJudge(Judge):
     #: The SDK's module name; its exception classes drive :meth:`_classify`.
     sdk: str
 
+    #: Rough extra input tokens per request beyond the rendered text (tool definition etc.).
+    prompt_overhead = 12
+    #: A model that reasons before answering (OpenAI o-series / gpt-5, Claude with thinking).
+    reasoning = False
+
     def __init__(self, config: JudgeConfig, *, api_key: str, base_url: str | None) -> None:
         self.config = config
         self._api_key = api_key
         self._base_url = base_url
         self._client: Any = None
+        self._sample_cache: Any = None
         try:  # imported now, not at the first request: a missing SDK is a clear error up front
             importlib.import_module(self.sdk)
         except ImportError as exc:
             raise UserError(
                 f"judge '{self.sdk}' needs the {self.sdk} package: pip install 'stepwise-dpo[api]'"
             ) from exc
+        self.template = load_template(config.template)
+
+    def setup_answer(self) -> None:
+        """Decide the answer format once the subclass knows whether its model reasons."""
+        cfg = self.config
+        self.kind = self.template.answer
+        self.analysis = bool(cfg.analysis) and not self.reasoning and self.kind == "steps"
+        self.schema = ANALYSIS_SCHEMA if self.analysis else ANSWER_SCHEMA
+        if cfg.samples < 1:
+            raise UserError("--samples must be at least 1")
+        if cfg.vote not in VOTES:
+            raise UserError(f"--vote must be one of {', '.join(VOTES)}")
+        if cfg.samples > 1 and cfg.temperature <= 0 and not self.reasoning:
+            raise UserError(f"--samples {cfg.samples} needs --temperature > 0 (at temperature 0 every "
+                            "sample is the same answer); e.g. --temperature 0.7")
+        if cfg.logprobs and self.kind != "steps":
+            raise UserError(f"--logprobs needs a step template; --template {self.template.name} answers "
+                            "with a boxed index")
+
+    def answer_parts(self) -> dict[str, Any]:
+        """Fingerprint parts of the prompt, answer format and voting (not --max-output-tokens:
+        a cut-off answer is never cached, so the limit does not change what is cached)."""
+        parts: dict[str, Any] = {"template": self.template.name, "template_sha": self.template.sha,
+                                 "render": RENDER_VERSION, "answer": self.kind}
+        if self.kind == "steps":
+            parts["schema_sha"] = sha256_hex(self.schema)[:16]
+            parts["analysis"] = self.analysis
+            if self.analysis:
+                parts["analysis_rule_sha"] = sha256_hex(ANALYSIS_RULE)[:16]
+        if self.config.samples > 1:
+            parts["samples"] = self.config.samples
+            parts["vote"] = self.config.vote if self.kind == "steps" else "majority-boxed"
+        return parts
+
+    def render(self, item: Item) -> Rendered:
+        r = self.template.render(item.prompt, item.steps, item.gold_answer, reference_solution_of(item.meta))
+        if self.analysis:
+            r = Rendered(f"{r.system}\n\n{ANALYSIS_RULE}" if r.system else ANALYSIS_RULE, r.prefix, r.steps, r.suffix)
+        return r
 
     def batch_connection(self) -> dict[str, Any]:
         return {"api_key": self._api_key, "base_url": self._base_url}
 
     def cache_inputs(self, item: Item) -> dict[str, Any] | None:
-        # A template that shows the gold answer asks a different question per gold answer.
-        template = getattr(self, "template", None)
-        if template is not None and "{gold_answer}" in template.user:
-            return {"gold_answer": item.gold_answer}
-        return None
+        # A template that shows the gold answer or a reference solution asks a different
+        # question per gold answer / reference.
+        inputs: dict[str, Any] = {}
+        if self.template.uses("gold_answer"):
+            inputs["gold_answer"] = item.gold_answer
+        if self.template.uses("reference_solution"):
+            inputs["reference_solution"] = reference_solution_of(item.meta)
+        return inputs or None
+
+    def use_cache(self, cache: Any) -> None:
+        """The judge cache, for the answers of single samples under ``--samples N``."""
+        self._sample_cache = cache
+
+    def estimate_tokens(self, item: Item) -> tuple[int, int]:
+        r = self.render(item)
+        n = len(item.steps)
+        inp = (len(r.system) + len(r.user)) // 4 + self.prompt_overhead
+        if self.kind == "first-error-index":
+            out = 40 + 60 * n  # a critique paragraph by paragraph, then the boxed index
+        else:
+            out = 8 + 18 * n + (50 * n if self.analysis else 0)
+        if self.reasoning:
+            out += self.config.thinking_budget or 150 * n
+        return inp * self.config.samples, out * self.config.samples
+
+    # -- answers -----------------------------------------------------------------------------
+    def read_answer(self, item: Item, answer: Any, raw: str, tokens: dict[str, int],
+                    headers: Mapping[str, str] | None) -> Verdict:
+        """The Verdict of a complete answer: ``answer`` is the decoded JSON (step templates) or
+        the text (first-error-index). A malformed JSON answer is retried (RetryableError); an
+        unparseable critique is an error row, as ProcessBench counts it a miss."""
+        n = len(item.steps)
+        if self.kind == "first-error-index":
+            boxed = extract_boxed(raw)
+            index = to_index(boxed)
+            why = check_index(index, boxed, n)
+            if why is not None:
+                return Verdict(scores=[None] * n, raw=raw, error=why, headers=headers, **tokens)
+            return Verdict(scores=scores_from_index(index, n), raw=raw, headers=headers, **tokens)
+        try:
+            scores, _ = parse_answer(answer, n)
+        except AnswerError as exc:
+            raise malformed_answer(f"malformed answer: {exc}", headers, tokens) from None
+        return Verdict(scores=scores, raw=raw, headers=headers, **tokens)
 
     @abc.abstractmethod
-    def request_body(self, item: Item) -> dict[str, Any]:
-        """The exact JSON body of the request judging ``item``."""
+    def request_body(self, item: Item, sample: int | None = None) -> dict[str, Any]:
+        """The exact JSON body of the request judging ``item`` (``sample``: its index under
+        ``--samples N``)."""
 
     @abc.abstractmethod
     def parse_body(self, item: Item, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Verdict:
@@ -151,12 +265,12 @@ class HttpJudge(Judge):
             raise malformed_answer(f"malformed answer: unexpected shape ({type(exc).__name__}: {exc})"[:300],
                                    headers, {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0}) from None
 
-    async def _request(self, item: Item) -> tuple[str, dict[str, str]]:
+    async def _request(self, item: Item, sample: int | None = None) -> tuple[str, dict[str, str]]:
         """One request and its whole body, under ONE deadline of ``--timeout`` seconds: the SDK's
         own timeout is per read, so a server dripping a byte a second would keep it alive for
         minutes."""
         async with asyncio.timeout(self.config.timeout):
-            raw = await self._send(self._client, self.request_body(item))
+            raw = await self._send(self._client, self.request_body(item, sample))
             return await body_text(raw), lower_headers(raw.headers)
 
     async def judge(self, items: list[Item]) -> list[Verdict]:
@@ -164,19 +278,68 @@ class HttpJudge(Judge):
             self._client = self._make_client()
         out = []
         for item in items:
-            try:
-                text, headers = await self._request(item)
-            except Exception as exc:  # classified; anything unknown propagates as a bug
-                classified = self._classify(exc)
-                if classified is exc:
-                    raise
-                raise classified from None
-            try:
-                body = json.loads(text)
-            except (json.JSONDecodeError, RecursionError):
-                raise RetryableError("malformed answer: response body is not JSON", headers=headers) from None
-            out.append(self.verdict_of(item, body, headers))
+            if self.config.samples > 1:
+                out.append(await self._vote(item))
+            else:
+                out.append(await self._ask(item))
         return out
+
+    async def _ask(self, item: Item, sample: int | None = None) -> Verdict:
+        try:
+            text, headers = await self._request(item, sample)
+        except Exception as exc:  # classified; anything unknown propagates as a bug
+            classified = self._classify(exc)
+            if classified is exc:
+                raise
+            raise classified from None
+        try:
+            body = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise RetryableError("malformed answer: response body is not JSON", headers=headers) from None
+        return self.verdict_of(item, body, headers)
+
+    def _sample_key(self, item: Item, sample: int) -> str:
+        from labeler.engine.cache import cache_key
+
+        parts = {k: v for k, v in self.fingerprint_parts().items() if k not in ("samples", "vote")}
+        fingerprint = sha256_hex({"judge": self.name, "sample_of": parts})[:16]
+        return cache_key(fingerprint, item.prompt, item.steps, {**(self.cache_inputs(item) or {}), "sample": sample})
+
+    async def _sample(self, item: Item, sample: int) -> tuple[Verdict, bool]:
+        """One sample's answer: from the cache, or asked now and cached if complete."""
+        cache = self._sample_cache
+        if cache is not None:
+            hit = cache.get(self._sample_key(item, sample))
+            if hit is not None and len(hit.scores) == len(item.steps):
+                return hit, True
+        verdict = await self._ask(item, sample)
+        if cache is not None and verdict.error is None:
+            cache.put(self._sample_key(item, sample), verdict)
+        return verdict, False
+
+    async def _vote(self, item: Item) -> Verdict:
+        """``--samples N``: every sample asked at once; a failed one fails the item (the engine
+        retries it, and the samples that did answer come back from the cache)."""
+        n = self.config.samples
+        results = await asyncio.gather(*(self._sample(item, i) for i in range(n)), return_exceptions=True)
+        done = [r for r in results if not isinstance(r, BaseException)]
+        spent = {k: sum(getattr(v, k) for v, cached in done if not cached)
+                 for k in ("input_tokens", "output_tokens", "cached_tokens")}
+        failed = [r for r in results if isinstance(r, BaseException)]
+        headers = next((v.headers for v, cached in reversed(done) if not cached), None)
+        if failed:
+            exc = failed[0]
+            if isinstance(exc, JudgeError):  # the answers that did arrive were billed
+                usage = getattr(exc, "usage", None) or {}
+                exc.usage = {k: spent[k] + usage.get(k, 0) for k in spent}  # type: ignore[attr-defined]
+            raise exc
+        verdicts = [v for v, _ in done]
+        cut = next((v.error for v in verdicts if v.error and v.error.startswith(CUT_OFF)), None)
+        if cut is not None:  # not voted, not cached: a higher limit asks only the cut-off samples
+            return Verdict(scores=[None] * len(item.steps), error=cut, headers=headers, **spent)
+        voted = combine(verdicts, [c for _, c in done], len(item.steps), self.kind, self.config.vote)
+        voted.headers = headers
+        return voted
 
     async def aclose(self) -> None:
         if self._client is not None:

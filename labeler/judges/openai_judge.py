@@ -1,9 +1,10 @@
 """Judges over the OpenAI Chat Completions protocol: ``openai:MODEL`` and
 ``openai-compatible:MODEL@BASE_URL`` (vLLM, SGLang, llama.cpp, any server speaking it).
 
-All steps of a response are judged in ONE request whose answer is forced into
-:data:`~labeler.judges.prompting.ANSWER_SCHEMA` by ``response_format={"type": "json_schema",
-"strict": true}``. The rubric and problem come first, the numbered steps last, so OpenAI's
+All steps of a response are judged in ONE request whose answer is forced into the answer
+schema (:func:`~labeler.judges.prompting.answer_schema`, with a per-step ``analysis`` ahead of
+the verdict unless the model is a reasoning model) by ``response_format={"type": "json_schema",
+"strict": true}``; ``--template processbench`` asks for free text ending in ``\\boxed{k}``. The rubric and problem come first, the numbered steps last, so OpenAI's
 automatic prompt caching bills the shared prefix at the cached rate. With ``--logprobs`` the
 score of a step is calibrated from ``top_logprobs`` at its verdict token:
 (P(correct) + ½·P(neutral)) / (P(correct) + P(neutral) + P(incorrect)), which ranks steps far
@@ -27,18 +28,12 @@ from labeler.judges.base import Item, Verdict
 from labeler.judges.config import JudgeConfig
 from labeler.judges.http_judge import (  # noqa: F401 - scrub re-exported for callers
     HttpJudge,
+    cut_off_error,
     malformed_answer,
     scrub,
 )
-from labeler.judges.prompting import (
-    ANSWER_SCHEMA,
-    VERDICT_SCORE,
-    AnswerError,
-    load_template,
-    parse_answer,
-)
+from labeler.judges.prompting import VERDICT_SCORE, AnswerError
 from schemas.errors import UserError
-from schemas.ids import sha256_hex
 
 
 def calibrated_scores(text: str, tokens: list[dict[str, Any]], n_steps: int) -> list[float] | None:
@@ -88,39 +83,39 @@ class OpenAIJudge(HttpJudge):
                  batch_provider: str | None = None) -> None:
         if not model:
             raise UserError(f"judge '{name}' needs a model name, e.g. openai:gpt-4o-mini")
+        if config.thinking_budget is not None:
+            raise UserError("--thinking-budget is for anthropic judges (OpenAI reasoning models always reason)")
         super().__init__(config, api_key=api_key, base_url=base_url)
         self.name = name
         self.model = model
-        self.template = load_template(config.template)
         self.price_model = price_model
         self.token_field = token_field
         self.batch_provider = batch_provider  # OpenAI's own API has a Batch API; other servers do not
+        self.reasoning = token_field == "max_completion_tokens" and bool(_REASONING.match(model))
+        self.setup_answer()
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "protocol": "chat.completions/json_schema",
-            "template": self.template.name,
-            "template_sha": self.template.sha,
-            "schema_sha": sha256_hex(ANSWER_SCHEMA)[:16],
+            **self.answer_parts(),
             "temperature": self.config.temperature,
-            "max_output_tokens": self.config.max_output_tokens,
             "logprobs": bool(self.config.logprobs),
         }
 
-    def request_body(self, item: Item) -> dict[str, Any]:
+    def request_body(self, item: Item, sample: int | None = None) -> dict[str, Any]:
         """The exact JSON body POSTed to ``/v1/chat/completions`` for ``item``."""
-        r = self.template.render(item.prompt, item.steps, item.gold_answer)
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": r.system}, {"role": "user", "content": r.user}],
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": "step_verdicts", "strict": True, "schema": ANSWER_SCHEMA}},
-            "temperature": self.config.temperature,
-            self.token_field: self.config.max_output_tokens,
-        }
-        if self.token_field == "max_completion_tokens" and _REASONING.match(self.model) \
-                and self.config.temperature == 0.0:
+        r = self.render(item)
+        messages = [{"role": "system", "content": r.system}] if r.system else []
+        body: dict[str, Any] = {"model": self.model, "messages": [*messages, {"role": "user", "content": r.user}]}
+        if self.kind == "steps":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "step_verdicts", "strict": True, "schema": self.schema}}
+        body["temperature"] = self.config.temperature
+        body[self.token_field] = self.config.max_output_tokens
+        if sample is not None:
+            body["seed"] = sample  # N different, reproducible samples where the server honours it
+        if self.reasoning and self.config.temperature == 0.0:
             # OpenAI's reasoning models answer 400 to any temperature but their own (1): the
             # default 0 is left out for them; an explicit --temperature is still sent.
             del body["temperature"]
@@ -143,28 +138,25 @@ class OpenAIJudge(HttpJudge):
                 raise AnswerError(f"the model refused: {message['refusal'][:200]}")
             text = message.get("content") or ""
             if choice.get("finish_reason") == "length":
-                # The same request would be cut off again: not retried (each try is billed).
+                # Cut off: an error row, never cached; the same request would be cut off again.
                 return Verdict(scores=[None] * len(item.steps), raw=text, headers=headers,
-                               error=f"answer cut off at {self.config.max_output_tokens} output tokens "
-                                     "(raise --max-output-tokens, in a new -o folder)", **tokens)
-            try:
-                answer = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise AnswerError(f"answer is not JSON ({exc.msg} at char {exc.pos})") from exc
-            scores, _ = parse_answer(answer, len(item.steps))
+                               error=cut_off_error(self.config.max_output_tokens), **tokens)
+            answer: Any = text
+            if self.kind == "steps":
+                try:
+                    answer = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise AnswerError(f"answer is not JSON ({exc.msg} at char {exc.pos})") from exc
         except (AnswerError, IndexError, AttributeError) as exc:
             raise malformed_answer(f"malformed answer: {exc}", headers, tokens) from None
+        verdict = self.read_answer(item, answer, text, tokens, headers)
         if self.config.logprobs:
             content = ((choice.get("logprobs") or {}).get("content")) or []
             calibrated = calibrated_scores(text, content, len(item.steps))
             if calibrated is None:
                 raise malformed_answer("malformed answer: no usable top_logprobs at the verdicts", headers, tokens)
-            scores = calibrated
-        return Verdict(scores=scores, raw=text, headers=headers, **tokens)
-
-    def estimate_tokens(self, item: Item) -> tuple[int, int]:
-        r = self.template.render(item.prompt, item.steps, item.gold_answer)
-        return (len(r.system) + len(r.user)) // 4 + 12, 8 + 18 * len(item.steps)
+            verdict.scores = calibrated
+        return verdict
 
     def _make_client(self) -> Any:
         import openai

@@ -228,7 +228,11 @@ def run(args: argparse.Namespace) -> int:
         shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval,
         stop_after_failures=cfg.stop_after_failures,
     )
+    if args.batch and judge_cfg.samples > 1:
+        raise UserError("--samples is not available with --batch (each sample would be a separate batch "
+                        "request joined later); run --samples online")
     cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
+    judge.use_cache(cache)
     info = {"input": str(args.input), "engine": args.engine, "config": dataclasses.asdict(cfg),
             **({"ray": vars(ray_options)} if args.engine == "ray" else {}),
             "judge_config": dataclasses.asdict(judge_cfg)}

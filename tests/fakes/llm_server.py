@@ -54,8 +54,15 @@ def verdict_of(step: str) -> str:
     return "correct" if score_of(step) >= 0.5 else "incorrect"
 
 
+TAG_RE = re.compile(r"<(step|paragraph)_(\d+)>\n(.*?)\n</\1_\2>", re.S)
+
+
 def split_steps(text: str) -> list[str]:
-    """Recover the step texts from a prompt that numbers them ``Step N: ...`` on their own lines."""
+    """Recover the step texts from a prompt: tagged ``<step_N>`` / ``<paragraph_N>`` blocks (the
+    judges' format), else lines numbered ``Step N: ...``."""
+    tagged = TAG_RE.findall(text)
+    if tagged:
+        return [body for _, _, body in tagged]
     marks = list(STEP_RE.finditer(text))
     steps = []
     for i, m in enumerate(marks):
@@ -378,7 +385,7 @@ class FakeLLMServer:
             text = json.dumps(self.violate(schema, steps))
         else:
             text = json.dumps(self.fill(schema, steps))
-        first = STEP_RE.search(prompt)
+        first = TAG_RE.search(prompt) or STEP_RE.search(prompt)
         cached = self._cached_tokens(prompt[: first.start()] if first else prompt)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None,
                                   "message": {"role": "assistant", "content": text, "refusal": None}}
