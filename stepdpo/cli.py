@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batches": ("stepdpo.commands.batches", "show or cancel provider batch jobs of a labeling run"),
     "inspect": ("stepdpo.commands.inspect", "summarise, compare and report on any stepdpo file"),
     "combine": ("stepdpo.commands.combine", "combine several judges' runs: mean, min, vote, weighted, consensus (+ escalate)"),
+    "judge-eval": ("stepdpo.commands.judge_eval", "score judges on ProcessBench-format files (F1 table)"),
     "pairs": ("stepdpo.commands.pairs", "build preference pairs from labeled runs"),
     "precompute-ref": ("stepdpo.commands.precompute_ref", "write per-step reference log-probs into pair shards"),
     "sft": ("stepdpo.commands.sft", "supervised fine-tuning (TRL SFTTrainer) on correct solutions"),

@@ -72,6 +72,25 @@ def harmonic(a: float | None, b: float | None) -> float | None:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
+def processbench_metric(pred: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """The ProcessBench metric from earliest-error indices (-1: no error), as its run_eval.py
+    computes it: accuracy on erroneous solutions (prediction == label exactly), on correct ones
+    (prediction == -1), and their harmonic mean. A prediction that can match nothing (e.g. -2
+    for an answer that could not be parsed) is a miss, as the official script counts it."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    erroneous = ref >= 0
+    hit = pred == ref
+    acc_err = float(hit[erroneous].mean()) if erroneous.any() else None
+    acc_cor = float(hit[~erroneous].mean()) if (~erroneous).any() else None
+    return {
+        "erroneous": int(erroneous.sum()),
+        "correct": int((~erroneous).sum()),
+        "error_accuracy": json_number(acc_err),
+        "correct_accuracy": json_number(acc_cor),
+        "f1": json_number(harmonic(acc_err, acc_cor)),
+    }
+
+
 def _rows_to_compare(table: pa.Table) -> tuple[np.ndarray, dict[str, int]]:
     """Mask of rows with status ok, scores and labels present and equally long."""
     n = table.num_rows
@@ -130,22 +149,13 @@ def versus_reference(table: pa.Table, threshold: float = 0.5) -> dict[str, Any] 
     pred_ok, ref_ok = sv >= threshold, rv >= threshold
     fe_pred, fe_ref = first_errors(s, threshold), first_errors(r, threshold)
     erroneous = fe_ref >= 0
-    hit = fe_pred == fe_ref
-    acc_err = float(hit[erroneous].mean()) if erroneous.any() else None
-    acc_cor = float(hit[~erroneous].mean()) if (~erroneous).any() else None
     out: dict[str, Any] = {
         **counts,
         "threshold": threshold,
         "steps": int(len(sv)),
         "step_accuracy": json_number(float((pred_ok == ref_ok).mean())) if len(sv) else None,
         "step_auc": json_number(roc_auc(sv, ref_ok)),
-        "processbench": {
-            "erroneous": int(erroneous.sum()),
-            "correct": int((~erroneous).sum()),
-            "error_accuracy": json_number(acc_err),
-            "correct_accuracy": json_number(acc_cor),
-            "f1": json_number(harmonic(acc_err, acc_cor)),
-        },
+        "processbench": processbench_metric(fe_pred, fe_ref),
         # Both histograms over the same compared rows, so they can be plotted side by side.
         "first_error_reference": {"none": int((~erroneous).sum()),
                                   "histogram": _hist(fe_ref[erroneous])},
