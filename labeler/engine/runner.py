@@ -31,11 +31,12 @@ import asyncio
 import datetime as dt
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labeler.engine.budget import Budget, BudgetReached, folder_spend
 from labeler.engine.cache import JudgeCache, cache_key
 from labeler.engine.pricing import Price, price_for
 from labeler.engine.progress import Progress, Stats, error_reason
@@ -66,6 +67,7 @@ class EngineConfig:
     stop_after_failures: int = 8
     #: Seconds between run.json checkpoints of this run's requests and spend.
     checkpoint_s: float = 5.0
+    max_cost: float | None = None  # USD cap on the run folder's spend (labeler.engine.budget)
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -178,6 +180,7 @@ class Engine:
         self._warned: set[str] = set()
         self._header: dict[str, Any] | None = None
         self._started_at = ""
+        self.budget: Budget | None = None
         self.shards_written: list[str] = []
 
     def _warn_once(self, kind: str, message: str) -> None:
@@ -270,11 +273,14 @@ class Engine:
             stats.retries += 1
 
         try:
-            verdicts, attempts = await call_with_retries(attempt, self.config.retry, on_retry, sleep=stop.sleep)
+            verdicts, attempts = await call_with_retries(self._within_budget(attempt, items), self.config.retry, on_retry,
+                                                         sleep=stop.sleep)
             if len(verdicts) != len(batch):
                 raise RuntimeError(f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(batch)} items")
         except Stopped:
             return  # not answered: the next run labels these rows
+        except BudgetReached:
+            return  # not sent, not written: the rows stay to do for a rerun with a higher cap
         except (RetryableError, FatalError) as exc:
             attempts = getattr(exc, "attempts", 1)
             kind = "gave up after retries" if isinstance(exc, RetryableError) else "not retryable"
@@ -321,6 +327,25 @@ class Engine:
                      latency: float | None = None) -> None:
         """Queue a row that failed: it is written with status=error and retried by a rerun."""
         self._emit(build_row(row, self.judge, error=error, attempts=attempts, latency=latency))
+
+    def _within_budget(self, attempt: Callable[[], Awaitable[list[Verdict]]],
+                       items: list[Item]) -> Callable[[], Awaitable[list[Verdict]]]:
+        """``attempt`` holding its share of ``--max-cost`` while in flight (every retry too)."""
+        budget = self.budget
+        if budget is None:
+            return attempt
+
+        async def guarded() -> list[Verdict]:
+            tokens = [self.judge.estimate_tokens(i) for i in items]
+            hold = budget.reserve(sum(t[0] for t in tokens), sum(t[1] for t in tokens), self.stats.cost_usd)
+            try:
+                verdicts = await attempt()
+            finally:
+                budget.release(hold)
+            budget.release(0.0, sum(verdict_cost(v, self.price) or 0.0 for v in verdicts))
+            return verdicts
+
+        return guarded
 
     async def _worker(self, batches: Iterator[list[dict[str, Any]]]) -> None:
         for batch in batches:
@@ -406,8 +431,11 @@ class Engine:
         self._started_at = dt.datetime.now(dt.timezone.utc).isoformat()
         # Before anything is written: a refused run must not stamp its judge on the folder.
         self.run_dir.check_judge(self.judge.name, self.fingerprint)
-        self.run_dir.read_manifest()  # a corrupt run.json is refused before any work, not after
+        previous = self.run_dir.read_manifest()  # a corrupt run.json is refused before any work, not after
         self._header = run_header(self.judge, self.price, manifest)
+        if self.config.max_cost is not None:
+            self.budget = Budget(self.config.max_cost, self.price, folder_spend(previous),
+                                 model=self.judge.price_model)
         state = "interrupted"
         self.stats = Stats(cost_known=self.price is not None)
         self.stop = Stop()
@@ -427,9 +455,13 @@ class Engine:
                     finally:
                         ticker.cancel()
                         await asyncio.gather(ticker, return_exceptions=True)
-            state = "interrupted" if self.stop.signame else "aborted" if self.stop.fatal else "finished"
+            state = "interrupted" if self.stop.signame else "aborted" if self.stop.fatal else \
+                "budget" if self.budget is not None and self.budget.reason else "finished"
         finally:
             self.flush()
+            if self.budget is not None and self.budget.reason:  # why this run stopped early
+                self._header = {**(self._header or {}), "stop_reason": self.budget.reason,
+                                "max_cost_usd": self.budget.cap}
             out = self._finish(state)
         if self.stop.signame:
             raise Interrupted(self.stop.signame)

@@ -15,6 +15,9 @@ examples:
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --batch   # half price, ≤ 24h
   stepdpo label work/responses.parquet --judge openai-compatible:Qwen/Qwen2.5-72B-Instruct@http://gpu:8000/v1 -o work/run-qwen
   stepdpo label big.parquet --judge openai:gpt-4o -o run --num-shards 4 --shard-index 0   # machine 0 of 4
+  stepdpo label work/responses.parquet --judge openai:gpt-4o -o work/run --max-cost 5      # stop at $5 (exit 3)
+  stepdpo label work/responses.parquet --judge openai:gpt-4o --template processbench -o work/run-pb
+  stepdpo label work/responses.parquet --judge openai:gpt-4o-mini --samples 5 --temperature 0.7 -o work/run-vote
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class LabelConfig:
     shard_index: int = field(default=0, metadata={"help": "which of --num-shards this machine labels (0-based)"})
     limit: int | None = field(default=None, metadata={"help": "label only the first N responses (after "
                                                                  "sharding)", "metavar": "N"})
+    max_cost: float | None = field(
+        default=None, metadata={"help": "stop before this run folder's spend in USD (earlier runs + this one + "
+                                        "requests in flight) would pass this cap; rows done are kept, run.json "
+                                        "says why it stopped, exit code 3; rerun with a higher cap to continue",
+                                "metavar": "USD"})
     dry_run: bool = field(default=False, metadata={"help": "print the token and cost estimate of the rows not "
                                                            "already done or cached, send nothing, write nothing"})
     prices: str | None = field(
@@ -216,6 +224,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dry run: {est['rows']} responses{free}, {est['steps']} steps, {est['requests']} requests, "
               f"~{est['input_tokens']} input + ~{est['output_tokens']} output tokens, cost ≤ {cost}",
               file=sys.stderr)
+        if cfg.max_cost is not None and est["cost_usd"] is not None and est["cost_usd"] > cfg.max_cost:
+            print(f"dry run: the estimate passes --max-cost ${cfg.max_cost:.4f}: the run would stop before the "
+                  "end (already spent in the folder counts too)", file=sys.stderr)
         if est.get("batch_cost_usd") is not None:
             print(f"dry run: online ≤ ${est['online_cost_usd']:.4f}, with --batch ≤ ${est['batch_cost_usd']:.4f} "
                   "(half price)", file=sys.stderr)
@@ -226,8 +237,10 @@ def run(args: argparse.Namespace) -> int:
         concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
         retry=RetryPolicy(max_attempts=cfg.max_attempts, initial=cfg.backoff, max_wait=cfg.max_backoff),
         shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval,
-        stop_after_failures=cfg.stop_after_failures,
+        stop_after_failures=cfg.stop_after_failures, max_cost=cfg.max_cost,
     )
+    if args.batch and cfg.max_cost is not None:
+        raise UserError("--max-cost is for online runs; with --batch, --dry-run shows the cost before you submit")
     if args.batch and judge_cfg.samples > 1:
         raise UserError("--samples is not available with --batch (each sample would be a separate batch "
                         "request joined later); run --samples online")
@@ -289,6 +302,11 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
     if s.done and not s.ok:
         raise UserError(f"no response was labeled ok: all {s.done} of this run failed ({s.reasons_text()}); "
                         f"{run_dir.manifest_path} has the counts")
+    if manifest["state"] == "budget":
+        left = s.total - s.done
+        print(f"label: stopped: {manifest['stop_reason']}; {left} response(s) not labeled yet: rerun with a "
+              "higher --max-cost to continue", file=sys.stderr)
+        return 3
     return 0
 
 
