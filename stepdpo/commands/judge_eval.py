@@ -4,7 +4,7 @@ Each FILE is one split (ProcessBench's gsm8k, math, olympiadbench, omnimath …)
 problem, steps, final_answer_correct and label (the earliest wrong step, -1 if none), as JSONL,
 a JSON array or Parquet; name a split with NAME=FILE (default: the file name). Every judge labels
 every split through the ordinary engine into OUT/<judge>/<split>/ (cached, resumable: a rerun
-pays for nothing twice), then the report gives per split the accuracy on erroneous and on
+asks again only the cases that ended in error), then the report gives per split the accuracy on erroneous and on
 correct solutions and their F1 (exactly as ProcessBench's run_eval.py; a row the judge could
 not answer is a miss), the unweighted mean over splits, Hard2Verify's step-level balanced F1,
 and the cost per 1,000 steps. Markdown goes to stdout, JSON to OUT/judge_eval.json.
