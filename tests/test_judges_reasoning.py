@@ -289,3 +289,18 @@ def test_label_raising_the_limit_redoes_only_cut_off_rows_in_the_same_folder(cri
     # one was never cached.
     assert main([*base[:4], "-o", str(tmp_path / "run2"), "--max-output-tokens", "64", "--progress", "none"]) == 0
     assert server.total_requests == 4  # r1's good answer (at 400) is cached too
+
+
+def test_perturbed_variants_carry_their_correct_original_as_the_reference():
+    from labeler.judges.prompting import reference_solution_of
+    from labeler.sources.perturb import PerturbConfig, perturb_rows
+
+    steps = ["He buys 4 more: 3 + 4 = <<3+4=7>>7.", "He has 7 apples."]
+    row = {"response_id": "r1", "problem_id": "p1", "source": "gsm8k", "prompt": "Tom has 3 apples and buys 4.",
+           "steps": steps, "final_answer": "7", "gold_answer": "7", "reference_scores": None, "meta": None}
+    variants, _ = perturb_rows([row], PerturbConfig(variants=1, seed=0))
+    [variant] = [v for v in variants if v["response_id"] != "r1"]
+    assert variant["steps"] != steps and reference_solution_of(variant["meta"]) == "\n".join(steps)
+    r = load_template("with_reference").render(variant["prompt"], variant["steps"], None,
+                                                reference_solution_of(variant["meta"]))
+    assert f"Reference solution (correct):\n{steps[0]}\n{steps[1]}\n" in r.prefix

@@ -342,6 +342,8 @@ def perturb_rows(rows: list[dict[str, Any]], cfg: PerturbConfig) -> tuple[list[d
             seen.add(rid)
             meta = _meta_dict(row.get("meta"))
             meta["perturbation"] = {"of": row["response_id"], "seed": cfg.seed, "attempt": attempt, **info}
+            # The verified-correct original: what `--template with_reference` shows the judge.
+            meta.setdefault("reference_solution", list(steps))
             k = info["step"]
             variant = dict(row)
             variant.update(
