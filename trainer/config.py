@@ -9,6 +9,7 @@ from trl import DPOConfig
 from schemas.aggregate import AGGREGATIONS, DEFAULT_FLOOR
 from schemas.convert import DEFAULT_SEPARATOR
 from trainer.losses import LOSSES, OUTCOME_LOSSES
+from trainer.packing import PACKING_MODES
 
 EOS_MODES = ("auto", "always", "never")
 
@@ -107,6 +108,18 @@ class StepwiseDPOConfig(DPOConfig):
             "choices": list(EOS_MODES),
         },
     )
+    packing: str = field(
+        default="auto",
+        metadata={
+            "help": "How a batch of pairs is laid out for the forward pass (trainer/packing.py): none "
+            "(TRL's padded [chosen; rejected] rows), padding_free (sequences packed into rows of up to "
+            "max_length tokens, no padding), prefix_shared (also one copy of each pair's prompt + "
+            "prefix, the two completions attending it but not each other). Same losses, gradients and "
+            "metrics. auto: the fastest the model's attention implementation supports "
+            "(prefix_shared for sdpa/eager/flex_attention, padding_free for FlashAttention).",
+            "choices": list(PACKING_MODES),
+        },
+    )
 
     gradient_checkpointing: bool | None = field(
         default=None,
@@ -147,6 +160,7 @@ class StepwiseDPOConfig(DPOConfig):
             ("aggregation", self.aggregation, AGGREGATIONS),
             ("outcome_loss", self.outcome_loss, OUTCOME_LOSSES),
             ("add_eos", self.add_eos, EOS_MODES),
+            ("packing", self.packing, PACKING_MODES),
         ):
             if value not in choices and not (name == "aggregation" and value is None):
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -2,7 +2,7 @@
 
 Reads every shard of --pairs, runs the reference model once over each pair (tokenized and
 truncated exactly as `stepdpo train` will: same separator, EOS rule, chat template, max length
-and truncation mode), and writes the same shards to -o with `ref_chosen_step_logps` /
+and truncation mode; packed like training, see `trainer.packing`), and writes the same shards to -o with `ref_chosen_step_logps` /
 `ref_rejected_step_logps` filled. One shard is in memory at a time. Progress is printed every
 30 s; an interrupted run resumes when rerun with the same command (finished shards are kept).
 A step truncated away gets log-prob 0, as in training.
@@ -28,8 +28,11 @@ def _cfg(sep: str, add_eos: str) -> SimpleNamespace:
 def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAULT_SEPARATOR,
                          add_eos: str = "auto", max_length: int | None = 1024,
                          truncation_mode: str = "keep_start", batch_size: int = 8,
-                         chat_template: bool = False, progress=None):
+                         chat_template: bool = False, progress=None, packing: str = "auto"):
     """Per-step reference log-probs ``(chosen, rejected)`` for pairs rows, one list per row.
+
+    ``packing`` lays each batch out as training does (`trainer.packing`; ``auto``: the fastest
+    the model's attention supports); the numbers are the padded path's whatever the layout.
 
     ``progress``, when given, is called with the number of rows done after every batch.
 
@@ -38,6 +41,7 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
     """
     import torch
 
+    from trainer import packing as packing_lib
     from trainer.alignment import chat_prompt, tokenize_pair
     from trainer.data import shared_leading_steps, to_example
     from trainer.stepwise_trainer import StepwiseCollator, per_token_logps, step_sums
@@ -46,7 +50,8 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
     cfg = _cfg(sep, add_eos)
     base = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length,
                                      truncation_mode=truncation_mode)
-    collator = StepwiseCollator(base, cfg)
+    impl = packing_lib.attn_implementation(model)
+    collator = StepwiseCollator(base, cfg, packing_lib.resolve_packing(packing, impl), impl)
     device = next(model.parameters()).device
     chosen_out: list[list[float]] = []
     rejected_out: list[list[float]] = []
@@ -65,7 +70,11 @@ def reference_step_logps(model, tokenizer, rows: list[dict], *, sep: str = DEFAU
         kwargs = {"input_ids": batch["input_ids"].to(device),
                   "attention_mask": batch["attention_mask"].to(device), "use_cache": False}
         with torch.no_grad():
-            tok, _ = per_token_logps(model, kwargs, labels.to(device))
+            if "packed_input_ids" in batch:
+                packed = {k: batch[k].to(device) for k in packing_lib.PACKED_KEYS}
+                tok, _ = packing_lib.token_logps(model, packed, use_cache=False)
+            else:
+                tok, _ = per_token_logps(model, kwargs, labels.to(device))
         k_max = batch["chosen_step_scores"].size(1)
         steps = step_sums(tok[:, -(mask.size(1) - 1):].float(), batch["step_ids"][:, 1:].to(device), k_max)
         steps = steps.cpu()

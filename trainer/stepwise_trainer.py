@@ -26,10 +26,11 @@ from typing import Any
 import datasets
 import torch
 from accelerate.utils import is_peft_model
+from transformers.utils import logging
 from trl import DPOTrainer
 
 from schemas.aggregate import DEFAULT_STEP_THRESHOLD
-from trainer import losses
+from trainer import losses, packing
 from trainer.alignment import (
     NO_STEP,
     chat_prompt,
@@ -39,6 +40,8 @@ from trainer.alignment import (
 )
 from trainer.config import StepwiseDPOConfig
 from trainer.trl_compat import DataCollatorForPreference, use_adapter
+
+logger = logging.get_logger(__name__)
 
 STEP_COLUMNS = [
     "chosen_step_ids",
@@ -64,7 +67,7 @@ CUSTOM_KEYS = (
     "ref_chosen_step_logps",
     "ref_rejected_step_logps",
 )
-NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *CUSTOM_KEYS}
+NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *CUSTOM_KEYS, *packing.PACKED_KEYS}
 
 
 @dataclass
@@ -85,9 +88,14 @@ class StepLogratios:
 
 
 class StepwiseCollator(DataCollatorForPreference):
-    """TRL's preference collator plus step ids ``[2B, L]`` and the per-step fields ``[B, K]``."""
+    """TRL's preference collator plus step ids ``[2B, L]`` and the per-step fields ``[B, K]``.
 
-    def __init__(self, base: DataCollatorForPreference, cfg: StepwiseDPOConfig):
+    With ``packing`` (a resolved mode of `trainer.packing`) it also lays the same kept tokens
+    out packed (the ``packed_*`` keys); the padded keys stay for the loss and the metrics.
+    """
+
+    def __init__(self, base: DataCollatorForPreference, cfg: StepwiseDPOConfig, packing: str = "none",
+                 attn_implementation: str | None = None):
         super().__init__(
             pad_token_id=base.pad_token_id,
             max_length=base.max_length,
@@ -95,12 +103,18 @@ class StepwiseCollator(DataCollatorForPreference):
             pad_to_multiple_of=base.pad_to_multiple_of,
         )
         self.cfg = cfg
+        self.packing = packing
+        # FlashAttention's varlen layout is a single row; other kernels take rows of max_length.
+        self.pack_capacity = None if "flash" in (attn_implementation or "") else base.max_length
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         out = super().torch_call(examples)
         width = out["input_ids"].shape[1]
         out["step_ids"] = collate_step_ids(examples, width, self.max_length, self.truncation_mode)
         out.update(collate_step_fields(examples, self.cfg))
+        if self.packing != "none":
+            out.update(packing.pack_batch(out["input_ids"], out["attention_mask"], out["completion_mask"],
+                                          self.packing, self.pack_capacity, self.pad_token_id))
         return out
 
 
@@ -231,8 +245,12 @@ class StepwiseDPOTrainer(DPOTrainer):
         super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, peft_config=peft_config, **kwargs)
+        impl = packing.attn_implementation(self.model)
+        self.packing = "none" if data_collator is not None else packing.resolve_packing(
+            args.packing, impl, router_aux_loss=getattr(self, "aux_loss_enabled", False))
         if data_collator is None:
-            self.data_collator = StepwiseCollator(self.data_collator, args)
+            self.data_collator = StepwiseCollator(self.data_collator, args, self.packing, impl)
+        logger.info(f"packing: {self.packing} (attention implementation: {impl})")
 
     # -- data -------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -299,15 +317,24 @@ class StepwiseDPOTrainer(DPOTrainer):
         )
 
     # -- loss -------------------------------------------------------------------------------
-    def _reference_token_logps(self, model_kwargs, labels) -> torch.Tensor:
+    def _token_logps(self, model, inputs, model_kwargs, labels) -> tuple[torch.Tensor, Any]:
+        """Per-token log-probs ``[2B, L-1]`` in the padded layout, from the packed rows when the
+        batch has them (`trainer.packing`), else from the padded rows."""
+        if "packed_input_ids" in inputs:
+            extra = {k: v for k, v in model_kwargs.items() if k not in ("input_ids", "attention_mask")}
+            return packing.token_logps(model, inputs, **extra)
+        return per_token_logps(model, model_kwargs, labels)
+
+    def _reference_token_logps(self, model_kwargs, labels, inputs=None) -> torch.Tensor:
+        inputs = inputs if inputs is not None else {}
         with torch.no_grad(), no_activation_checkpointing(self.model, self.args.activation_checkpointing_kwargs):
             if is_peft_model(self.model) and self.ref_model is None:
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 ctx = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
                 with ctx:
-                    logps, _ = per_token_logps(self.model, model_kwargs, labels)
+                    logps, _ = self._token_logps(self.model, inputs, model_kwargs, labels)
             else:
-                logps, _ = per_token_logps(self.ref_model, model_kwargs, labels)
+                logps, _ = self._token_logps(self.ref_model, inputs, model_kwargs, labels)
         return logps
 
     def step_logratios(self, model, inputs: dict[str, Any]) -> StepLogratios:
@@ -327,7 +354,7 @@ class StepwiseDPOTrainer(DPOTrainer):
         policy_kwargs = dict(model_kwargs)
         if getattr(self, "aux_loss_enabled", False):  # MoE: the router's load-balancing loss, as TRL adds
             policy_kwargs["output_router_logits"] = True
-        policy_tok, outputs = per_token_logps(model, policy_kwargs, labels)
+        policy_tok, outputs = self._token_logps(model, inputs, policy_kwargs, labels)
         policy_tok = policy_tok[:, -seq_len:]
         k_max = extra["chosen_step_scores"].size(1)
         policy_steps = step_sums(policy_tok, step_ids, k_max)
@@ -343,7 +370,7 @@ class StepwiseDPOTrainer(DPOTrainer):
             ref_steps = torch.cat([ref_w, ref_l], dim=0)
             ref_seq = ref_steps.sum(dim=1)
         else:
-            ref_tok = self._reference_token_logps(model_kwargs, labels)[:, -seq_len:]
+            ref_tok = self._reference_token_logps(model_kwargs, labels, inputs)[:, -seq_len:]
             ref_steps = step_sums(ref_tok, step_ids, k_max)
             ref_seq = ref_tok.sum(dim=1)
         counts = step_sums(completion_mask[:, 1:].to(policy_tok.dtype), step_ids, k_max)
