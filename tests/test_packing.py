@@ -12,8 +12,6 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
-from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
-from trl.trainer.utils import add_fused_lm_head  # noqa: E402
 
 from tests.trainer_util import gsm8k_pair_rows, preference_rows  # noqa: E402
 from trainer import losses, packing  # noqa: E402
@@ -22,6 +20,7 @@ from trainer.config import StepwiseDPOConfig  # noqa: E402
 from trainer.precompute import load_reference, reference_step_logps  # noqa: E402
 from trainer.stepwise_trainer import StepwiseDPOTrainer, per_token_logps  # noqa: E402
 from trainer.tiny_model import build_tiny_model  # noqa: E402
+from trainer.trl_compat import DataCollatorForPreference, add_fused_lm_head  # noqa: E402
 
 MODES = ("padding_free", "prefix_shared")
 TOL = 1e-5

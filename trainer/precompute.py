@@ -2,8 +2,8 @@
 
 Reads every shard of --pairs, runs the reference model once over each pair (tokenized and
 truncated exactly as `stepdpo train` will: same separator, EOS rule, chat template, max length
-and truncation mode; packed like training, see `trainer.packing`), and writes the same shards to -o with `ref_chosen_step_logps` /
-`ref_rejected_step_logps` filled. One shard is in memory at a time. Progress is printed every
+and truncation mode; packed as training packs, see `trainer.packing`), and writes the same
+shards to -o with `ref_chosen_step_logps` / `ref_rejected_step_logps` filled. One shard is in memory at a time. Progress is printed every
 30 s; an interrupted run resumes when rerun with the same command (finished shards are kept).
 A step truncated away gets log-prob 0, as in training.
 """
