@@ -119,6 +119,24 @@ def test_rows_never_exceed_capacity_unless_one_unit_does():
     assert packing.assign_rows([5, 6], None) == [[0, 1]]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_dense_mask_rows_are_as_wide_as_the_longest_unit(tok, rows, mode):
+    b = _padded(tok, rows)
+    assert packing.row_capacity("sdpa", 512) == 0
+    pk = packing.pack_batch(b["input_ids"], b["attention_mask"], b["completion_mask"], mode, 0)
+    units = packing.build_units(b["input_ids"], b["attention_mask"], b["completion_mask"], mode)
+    assert pk["packed_input_ids"].size(1) == max(len(u.ids) for u in units)
+    if mode == "padding_free":  # never more dense-attention work than the padded rows
+        n, width = pk["packed_input_ids"].shape
+        assert n * width**2 <= b["input_ids"].size(0) * b["input_ids"].size(1) ** 2
+
+
+def test_row_capacity_per_kernel():
+    assert packing.row_capacity("flash_attention_2", 512) is None  # varlen: one row
+    assert packing.row_capacity("flex_attention", 512) == 512
+    assert packing.row_capacity("eager", 512) == 0
+
+
 def test_resolve_packing_follows_the_attention_implementation():
     assert packing.resolve_packing("auto", "sdpa") == "prefix_shared"
     assert packing.resolve_packing("auto", "eager") == "prefix_shared"

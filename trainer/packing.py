@@ -4,9 +4,10 @@ TRL lays a batch of B pairs out as ``[2B, L]``: every pair's prompt (for first-e
 problem plus the whole correct prefix) is computed twice, and every row is padded to the
 longest. Here the same kept tokens are laid out again:
 
-- ``padding_free``: each of the 2B sequences is one segment; segments are packed into rows of
-  at most ``capacity`` tokens (``--max_length``), position ids restart at 0 per segment and
-  attention stays inside a segment, so the rows hold (almost) no padding.
+- ``padding_free``: each of the 2B sequences is one segment; segments are packed into rows
+  (first-fit decreasing; never wider than ``--max_length`` unless one unit alone is, see
+  `row_capacity`), position ids restart at 0 per segment and attention stays inside a segment,
+  so the rows hold almost no padding (only the tail of a row that no segment fits).
 - ``prefix_shared``: a pair whose two sides keep the same prompt tokens becomes ONE unit
   ``[shared | p_last chosen… | p_last rejected…]``: ``shared`` = the prompt but its last token,
   each branch starts with a copy of the prompt's last token (the position whose logits predict
@@ -163,6 +164,9 @@ def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
                mode: str, capacity: int | None, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
     """The packed layout of a padded preference batch, as tensors (the ``packed_*`` batch keys).
 
+    Rows hold up to ``capacity`` tokens (at least the longest unit; ``0``: exactly that, ``None``:
+    one row for everything).
+
     ``packed_source_index[i, t]`` is the flat index (into ``[R * W]``) of the packed position
     whose logits score padded token ``input_ids[i, t + 1]``, or -1 where that token is not a
     completion token; so ``packed.flatten()[index]`` is aligned with ``input_ids[:, 1:]``.
@@ -196,6 +200,19 @@ def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
             start = end
     return {"packed_input_ids": ids, "packed_position_ids": pos, "packed_unit_ids": unit,
             "packed_branch_ids": branch, "packed_shift_labels": labels, "packed_source_index": source}
+
+
+def row_capacity(attn_implementation: str | None, max_length: int | None) -> int | None:
+    """How wide packed rows are for a kernel. FlashAttention varlen: one row (``None``). Flex
+    attention skips masked blocks, so rows fill up to ``max_length``. A dense 4-D mask (SDPA,
+    eager) costs rows × width², so rows are only as wide as the batch's longest unit (``0``):
+    never more attention work than the padded rows, and fewer positions."""
+    impl = attn_implementation or "eager"
+    if "flash" in impl:
+        return None
+    if impl == "flex_attention":
+        return max_length or 0
+    return 0
 
 
 def allowed_mask(unit_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:
@@ -309,5 +326,5 @@ def tokens_computed(batch: dict[str, Any]) -> int:
 
 
 __all__ = ["PACKING_MODES", "PACKED_KEYS", "resolve_packing", "build_units", "assign_rows", "pack_batch",
-           "allowed_mask", "flex_block_mask", "model_inputs", "unpack", "tokens_computed",
+           "allowed_mask", "flex_block_mask", "row_capacity", "model_inputs", "unpack", "tokens_computed",
            "attn_implementation", "token_logps", "PackedOutputs"]

@@ -90,11 +90,11 @@ class StepLogratios:
 class StepwiseCollator(DataCollatorForPreference):
     """TRL's preference collator plus step ids ``[2B, L]`` and the per-step fields ``[B, K]``.
 
-    With ``packing`` (a resolved mode of `trainer.packing`) it also lays the same kept tokens
+    With a packing ``mode`` (resolved, see `trainer.packing`) it also lays the same kept tokens
     out packed (the ``packed_*`` keys); the padded keys stay for the loss and the metrics.
     """
 
-    def __init__(self, base: DataCollatorForPreference, cfg: StepwiseDPOConfig, packing: str = "none",
+    def __init__(self, base: DataCollatorForPreference, cfg: StepwiseDPOConfig, mode: str = "none",
                  attn_implementation: str | None = None):
         super().__init__(
             pad_token_id=base.pad_token_id,
@@ -103,9 +103,8 @@ class StepwiseCollator(DataCollatorForPreference):
             pad_to_multiple_of=base.pad_to_multiple_of,
         )
         self.cfg = cfg
-        self.packing = packing
-        # FlashAttention's varlen layout is a single row; other kernels take rows of max_length.
-        self.pack_capacity = None if "flash" in (attn_implementation or "") else base.max_length
+        self.packing = mode
+        self.pack_capacity = packing.row_capacity(attn_implementation, base.max_length)
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         out = super().torch_call(examples)

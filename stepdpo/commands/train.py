@@ -371,6 +371,9 @@ def run(args: argparse.Namespace) -> int:
     if precomputed and not trainer.uses_precomputed_ref and trainer.is_world_process_zero():
         print(f"note: the shards carry precomputed reference log-probs; they are not used, the reference is: "
               f"{reference}")
+    if trainer.is_world_process_zero():  # trainer/packing.py: the layout auto chose, or the one asked for
+        print(f"packing: {trainer.packing}" + (" (auto: the fastest this attention implementation supports)"
+                                               if config.packing == "auto" else ""), flush=True)
     trainer.train(resume_from_checkpoint=resume)
     if trainer.state.global_step == 0:
         limit = (f": every pair's prompt is at least --max_length {config.max_length} tokens"
