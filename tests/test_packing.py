@@ -292,3 +292,21 @@ def test_precompute_ref_packs_and_gives_the_padded_numbers(tiny, tok, rows):
 def test_bad_packing_value_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="packing must be one of auto, none, padding_free, prefix_shared"):
         _config(tmp_path, packing="dense")
+
+
+def test_train_command_says_which_packing_and_refuses_a_bad_one(tmp_path, capsys):
+    from stepdpo.cli import main
+    from tests.trainer_util import write_pairs
+
+    model = build_tiny_model(tmp_path / "model", arch="qwen2", hidden=32, layers=1)
+    pairs = write_pairs(tmp_path / "pairs", gsm8k_pair_rows(4, strategy="first-error"))
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no"])
+    assert code == 0
+    assert "packing: prefix_shared (auto: the fastest this attention implementation supports)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(tmp_path / "run2"),
+              "--max_steps", "1", "--packing", "dense"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("stepdpo train: error:") and "--packing" in err[-1] and "prefix_shared" in err[-1]
