@@ -238,7 +238,8 @@ def test_every_loss_and_its_gradients_equal_the_padded_path(tiny, tok, rows, tmp
         assert worst <= TOL, f"{mode}: gradient differs by {worst}"
         assert metrics.keys() == metrics0.keys()
         for key, value in metrics0.items():  # rewards, margins, logps, step metrics, num_tokens
-            assert metrics[key] == pytest.approx(value, abs=TOL), key
+            # logps are sums of a few hundred log-probs (~ -400): equal up to fp32 rounding of the sum
+            assert metrics[key] == pytest.approx(value, rel=1e-6, abs=TOL), key
 
 
 @pytest.mark.parametrize("mode", MODES)
