@@ -16,8 +16,11 @@ for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPI
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
 SAMPLE_GSM8K = REPO / "data" / "gsm8k" / "test_sample.jsonl"
+# Bundled with the repository, so no test skips for want of ../shared: the GSM8K test set whole
+# (data/, it ships with the package) and a slice of the train set (tests/data/gsm8k/README.md).
+TEST_GSM8K = REPO / "data" / "gsm8k" / "test.jsonl"
+TRAIN_SLICE_GSM8K = REPO / "tests" / "data" / "gsm8k" / "train_slice.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -32,17 +35,11 @@ def gsm8k_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def gsm8k_test_full() -> Path:
-    """The full GSM8K test set from ../shared (skips where the shared folder is absent)."""
-    path = SHARED_GSM8K / "test.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/data/gsm8k is not present")
-    return path
+    """The full GSM8K test set (1,319 problems), bundled in data/gsm8k/."""
+    return TEST_GSM8K
 
 
 @pytest.fixture(scope="session")
-def gsm8k_train_full() -> Path:
-    """The full GSM8K train set from ../shared (skips where the shared folder is absent)."""
-    path = SHARED_GSM8K / "train.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/data/gsm8k is not present")
-    return path
+def gsm8k_train_slice() -> Path:
+    """403 rows of the GSM8K train set: the first 400 and the three with a negative answer."""
+    return TRAIN_SLICE_GSM8K

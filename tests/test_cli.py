@@ -51,6 +51,15 @@ print(json.dumps({{"rc": rc, "out": buf.getvalue(), "elapsed": elapsed, "heavy":
         assert f"  {name} " in out and summary in out, name
 
 
+def test_python_dash_m_stepdpo_lists_every_command():
+    done = subprocess.run([sys.executable, "-m", "stepdpo", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: stepdpo")
+    for name in COMMANDS:
+        assert f"  {name} " in done.stdout, name
+
+
 def test_console_script_help(tmp_path):
     script = Path(sys.executable).with_name("stepdpo")
     if not script.exists():

@@ -19,7 +19,7 @@ from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
-GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl", REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
+GSM8K = [REPO / "data" / "gsm8k" / "test.jsonl"]  # bundled: 1,319 real problems
 KEY = "sk-test-7f3a9c2e5b1d-THIS-IS-THE-SECRET-KEY"
 ANTHROPIC_KEY = "sk-ant-test-0a1b2c3d-ANTHROPIC-SECRET"
 # --timeout is one deadline per request: generous, so a busy 2-core box does not time out healthy ones.
@@ -46,7 +46,7 @@ def env(fake, tmp_path, monkeypatch):
 def responses(tmp_path: Path, n: int, name: str = "responses.parquet") -> tuple[Path, list[dict]]:
     rows = gsm8k_rows(GSM8K, n)
     if len(rows) < n:
-        pytest.skip("not enough GSM8K rows (../shared/data/gsm8k missing)")
+        raise AssertionError(f"the bundled GSM8K test set has fewer than {n} rows")
     return write_responses(rows, tmp_path / name), rows
 
 

@@ -28,7 +28,7 @@ from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
-GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl", REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
+GSM8K = [REPO / "data" / "gsm8k" / "test.jsonl"]  # bundled: 1,319 real problems
 
 
 @pytest.fixture

@@ -47,6 +47,9 @@ def build_tokenizer(
     from transformers import PreTrainedTokenizerFast
 
     if vocab_text is None:
+        if not DEFAULT_TEXT.is_file():  # an installed wheel: the sample ships inside `stepdpo`
+            raise ValueError(f"no default tokenizer text at {DEFAULT_TEXT} (not a checkout): pass vocab_text, "
+                             "e.g. stepdpo.bundled.bundled_file('gsm8k/test_sample.jsonl')")
         texts: Iterable[str] = list(_sample_lines(DEFAULT_TEXT))
     elif isinstance(vocab_text, (str, Path)) and Path(vocab_text).is_file():
         texts = list(_sample_lines(Path(vocab_text)))

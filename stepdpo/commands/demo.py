@@ -22,13 +22,17 @@ import shutil
 from pathlib import Path
 
 from schemas.errors import UserError
+from stepdpo.bundled import bundled_file
 
-BUNDLED = Path(__file__).resolve().parents[2] / "data" / "gsm8k" / "test_sample.jsonl"
+#: The bundled sample (data/gsm8k/ in a checkout, stepdpo/_data/gsm8k/ in a wheel).
+SAMPLE = "gsm8k/test_sample.jsonl"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="where every file goes (default: %(default)s)")
-    parser.add_argument("--data", default=str(BUNDLED), help="GSM8K-format jsonl to start from (default: the bundled sample)")
+    parser.add_argument("--data", default=None, metavar="JSONL",
+                        help="GSM8K-format jsonl to start from (default: the bundled sample of 200 GSM8K test "
+                             "problems)")
     parser.add_argument("--limit", type=int, default=120, help="problems to use (default: %(default)s)")
     parser.add_argument("--judge", default="gsm8k-calc", help="judge for `stepdpo label` (default: %(default)s, free and offline)")
     parser.add_argument(
@@ -76,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     pairs = work / "pairs"
     out = work / "model-out"
     wanted = STAGES[: STAGES.index(args.until) + 1]
+    data = args.data or str(bundled_file(SAMPLE))
     files = [("responses", responses)]
 
-    _stage("ingest", ["ingest", "gsm8k", args.data, "-o", str(responses), "--limit", str(args.limit)])
+    _stage("ingest", ["ingest", "gsm8k", data, "-o", str(responses), "--limit", str(args.limit)])
     if "perturb" in wanted:
         _stage("perturb", ["perturb", str(responses), "-o", str(perturbed), "--seed", "0"])
         files.append(("perturbed responses", perturbed))
@@ -116,7 +121,7 @@ def _train(args: argparse.Namespace, work: Path, pairs: Path, out: Path) -> str:
 
         model = str(work / "tiny-model")
         print(f"\n== tiny model\nbuilding a 2-layer model and an offline tokenizer in {model}", flush=True)
-        build_tiny_model(model)
+        build_tiny_model(model, vocab_text=bundled_file(SAMPLE))
     _stage(
         "train",
         [
