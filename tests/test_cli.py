@@ -42,9 +42,10 @@ print(json.dumps({{"rc": rc, "out": buf.getvalue(), "elapsed": elapsed, "heavy":
     assert result["rc"] == 0
     assert result["heavy"] == []
     # Import + help inside the interpreter: no pyarrow either (schemas loads lazily), so this
-    # takes a few tens of ms; the bound is generous for a busy 2-core CI box.
-    assert result["elapsed"] < 0.25, result["elapsed"]
-    assert wall < 5.0
+    # takes a few tens of ms on an idle box. The bound is the promise (under a second),
+    # loose enough for a loaded 2-core box; the real guard is the heavy-module list above.
+    assert result["elapsed"] < 1.0, result["elapsed"]
+    assert wall < 10.0
     out = result["out"]
     assert out.startswith("usage: stepdpo")
     for name, (_, summary) in COMMANDS.items():
