@@ -33,7 +33,7 @@ from schemas.folders import require_complete
 from schemas.tables import PAIRS, parquet_files, validate
 
 # Columns the trainer keeps from a pairs row (besides the formatted prompt/chosen/rejected).
-STEP_COLUMNS = (
+KEPT_PAIR_COLUMNS = (
     "prefix_steps",
     "chosen_steps",
     "rejected_steps",
@@ -216,7 +216,7 @@ def to_example(row: Mapping[str, Any], sep: str) -> dict[str, Any]:
     reference log-probs. The bare problem (``question``) and ``prefix_steps`` are kept for
     `alignment.chat_prompt`.
     """
-    out = {key: row.get(key) for key in STEP_COLUMNS}
+    out = {key: row.get(key) for key in KEPT_PAIR_COLUMNS}
     chosen, rejected = list(row["chosen_steps"]), list(row["rejected_steps"])
     n = shared_leading_steps(chosen, rejected)
     prefix = list(row.get("prefix_steps") or []) + chosen[:n]
@@ -263,5 +263,5 @@ def load_pairs(
         # epoch end (an Arrow thread-shutdown workaround); the shard order is shuffled anyway.
         ds = (ds.shuffle(seed=shuffle_seed, buffer_size=buffer_size, max_buffer_input_shards=1) if streaming
               else ds.shuffle(seed=shuffle_seed))
-    drop = [c for c in (ds.column_names or []) if c not in STEP_COLUMNS]
+    drop = [c for c in (ds.column_names or []) if c not in KEPT_PAIR_COLUMNS]
     return ds.map(to_example, fn_kwargs={"sep": sep}, remove_columns=drop)

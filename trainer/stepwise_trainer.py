@@ -43,7 +43,8 @@ from trainer.trl_compat import DataCollatorForPreference, use_adapter
 
 logger = logging.get_logger(__name__)
 
-STEP_COLUMNS = [
+# Columns the trainer adds to TRL's signature columns, so the dataset keeps them for the collator.
+SIGNATURE_STEP_COLUMNS = [
     "chosen_step_ids",
     "rejected_step_ids",
     "chosen_steps",
@@ -303,7 +304,7 @@ class StepwiseDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        for col in STEP_COLUMNS:
+        for col in SIGNATURE_STEP_COLUMNS:
             if col not in self._signature_columns:
                 self._signature_columns.append(col)
 
