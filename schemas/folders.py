@@ -168,3 +168,39 @@ def staged_folder(dest: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# Files that mark a folder as some command's result: writing another result into it would mix
+# the two (readers glob ``*.parquet``; a model folder would be overwritten).
+RESULT_MARKERS = {
+    "run.json": "a label or generate run",
+    "pairs.json": "a pairs folder",
+    "precompute.json": "a precomputed pairs folder",
+    "summary.json": "an eval result",
+    "reward_model.json": "a reward model",
+    "stepwise_config.json": "a stepwise-DPO model",
+    "config.json": "a model",
+}
+
+
+def refuse_other_result(path: str | os.PathLike, flag: str, own: Sequence[str] = ()) -> None:
+    """Refuse an output folder that is a file or holds another command's result.
+
+    ``own`` names the files the caller itself writes there (its manifest, its Parquet files):
+    those mark the caller's own earlier result, which it may resume or replace. Anything else in
+    :data:`RESULT_MARKERS`, or a ``*.parquet`` file not in ``own``, is a one-line error before
+    any work, so a result is never written into a run, a pairs folder or a model.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a folder; give a folder name")
+    if not path.is_dir():
+        return
+    for name, what in RESULT_MARKERS.items():
+        if name not in own and (path / name).is_file():
+            raise UserError(f"{flag} {path}: holds {what} ({name}); writing here would mix two results: "
+                            "choose another folder")
+    shards = [n for n in shard_names(path) if n not in own]
+    if shards:
+        raise UserError(f"{flag} {path}: holds Parquet files of another result ({shards[0]}"
+                        f"{', …' if len(shards) > 1 else ''}); choose another folder")

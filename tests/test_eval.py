@@ -137,6 +137,44 @@ def test_eval_bad_input_is_one_line_and_samples_nothing(server, problems, tmp_pa
     assert server.requests == 0
 
 
+
+def test_eval_refuses_an_output_folder_holding_another_result_and_leaves_it_whole(server, problems, tmp_path,
+                                                                                 capsys):
+    """-o onto a label run, a generate folder or a pairs folder would drop problems.parquet among
+    its shards, and every reader of that folder would then fail; --limit 0 is not 'no limit'."""
+    from schemas.tables import RESPONSES, from_rows, read_table, write_table
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"response_id": "r0", "problem_id": "p0", "source": "s", "prompt": "q", "steps": ["a"],
+             "final_answer": "1", "gold_answer": "1", "reference_scores": None, "meta": "{}"}]
+    write_table(from_rows(rows, RESPONSES), run / "part-00000.parquet", RESPONSES)
+    (run / "run.json").write_text("{}")
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "pairs.json").write_text("{}")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for folder, what in ((run, "a label or generate run"), (pairs, "a pairs folder"), (model, "a model")):
+        before = sorted(p.name for p in folder.iterdir())
+        assert run_eval(server, problems, folder) == 2
+        err = capsys.readouterr().err
+        assert what in err and err.count("\n") == 1, err
+        assert sorted(p.name for p in folder.iterdir()) == before
+    (run / "run.json").unlink()
+    assert run_eval(server, problems, run) == 2  # shards alone mark it too
+    assert "part-00000.parquet" in capsys.readouterr().err
+    assert read_table(run, RESPONSES).num_rows == 1
+    assert run_eval(server, problems, tmp_path / "e", "--limit", "0") == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
+    assert main(["eval", "--pairs", str(pairs), "--model", "m", "-o", str(run)]) == 2
+    assert "another result" in capsys.readouterr().err
+    assert server.requests == 0
+    # its own earlier result is resumed, not refused
+    assert run_eval(server, problems, tmp_path / "e") == 0
+    assert run_eval(server, problems, tmp_path / "e") == 0
+
 # -- implicit rewards on pairs ---------------------------------------------------------------------
 
 def _logp(model, tokenizer, prompt: str, completion: str) -> float:

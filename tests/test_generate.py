@@ -165,7 +165,10 @@ def test_bad_input_and_refusals_are_one_line_errors(server, problems, tmp_path, 
     assert gen(server, problems, tmp_path / "o5", "--no-cache") == 0
     n = server.requests
     assert gen(server, problems, tmp_path / "o5", "--no-cache", "--temperature", "0.2") == 2
-    assert "write to a new -o folder" in capsys.readouterr().err and server.requests == n
+    err = capsys.readouterr().err
+    assert "write to a new -o folder" in err and server.requests == n
+    # ... naming what differs (both sides used to read "policy with template step-dpo")
+    assert "temperature 0.8," in err and "temperature 0.2," in err, err
     # --continue-from an outcome-only run is refused with the reason.
     run = tmp_path / "am"
     assert main(["label", str(tmp_path / "o5"), "--judge", "answer-match", "-o", str(run), "--progress", "none",

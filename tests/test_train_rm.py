@@ -219,3 +219,33 @@ def test_stream_is_shuffled_per_epoch_and_loses_nothing(tmp_path, backbone, task
     second = [tuple(e["input_ids"]) for e in shuffled]
     assert sorted(first) == sorted(second) == sorted(ordered) and len(ordered) > 300
     assert first == again and first != ordered and second != first
+
+
+def test_output_dir_holding_another_result_or_the_base_model_is_refused_before_loading(tmp_path, backbone,
+                                                                                      task, capsys):
+    """--output_dir onto a label run would drop a model among its shards; onto the base model it
+    would replace the model being trained from; onto a file it was a traceback. Each is one line,
+    before any model loads, and leaves the folder as it was."""
+    from stepdpo.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (tmp_path / "file.txt").write_text("x")
+    base_files = sorted(p.name for p in backbone.iterdir())
+    cases = [(run, "holds a label or generate run"), (tmp_path / "file.txt", "exists and is not a folder"),
+             (backbone, "is the base model's folder")]
+    for out, message in cases:
+        argv = ["train-rm", str(task), "--model_name_or_path", str(backbone), "--output_dir", str(out),
+                "--max_steps", "2"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+    assert sorted(p.name for p in backbone.iterdir()) == base_files
+    for extra, message in ((["--learning_rate", "-1"], "--learning_rate must be >= 0"),
+                           (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at")):
+        argv = ["train-rm", str(task), "--model_name_or_path", str(backbone), "--output_dir",
+                str(tmp_path / "o"), "--max_steps", "2", *extra]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err

@@ -133,6 +133,8 @@ def _check(cfg: EvalConfig) -> None:
         raise UserError("--max-new-tokens must be at least 1")
     if cfg.resamples < 100:
         raise UserError("--resamples must be at least 100")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError("--limit must be at least 1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,12 +149,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.generator:
         raise UserError("--generator is required (e.g. hf:work/model), or --pairs PAIRS --model MODEL")
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
+    _check_output(out)
     baseline = _read_eval(Path(cfg.baseline)) if cfg.baseline else None  # refuse a bad one before sampling
     problems_path = args.problems or str(bundled_gsm8k_test())
     _sample(args, cfg, problems_path, out / "samples")
     return _grade(args, cfg, problems_path, out, baseline)
+
+
+# What eval writes into OUT (its samples go into OUT/samples): a folder holding anything else
+# that marks a result (a run, pairs, a model, other Parquet files) is refused.
+EVAL_FILES = ("summary.json", "problems.parquet", "pairs_summary.json")
+
+
+def _check_output(out: Path) -> None:
+    from schemas.folders import refuse_other_result
+
+    refuse_other_result(out, "-o", own=EVAL_FILES)
 
 
 def _sample(args: argparse.Namespace, cfg: EvalConfig, problems: str, samples: Path) -> None:
@@ -297,6 +309,7 @@ def _run_pairs(args: argparse.Namespace, pcfg: PairsEvalConfig) -> int:
     from trainer.implicit_rewards import PairSettings, greedy_outputs, score_pairs
     from trainer.precompute import load_reference
 
+    _check_output(Path(args.output))
     rows = read_table(pcfg.pairs, PAIRS).to_pylist()[: pcfg.pairs_limit]
     if not rows:
         raise UserError(f"{pcfg.pairs}: no pairs")

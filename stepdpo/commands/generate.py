@@ -234,7 +234,11 @@ def run(args: argparse.Namespace) -> int:
                                              max_wait=cfg.max_backoff),
                            shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval)
     cache = GenerationCache(cfg.cache_dir) if cfg.cache else None
-    info = {"identity": identity, "described": f"{generator.name} with template {template.name}",
+    # Names every part of the identity, so a refused folder's message shows what differs.
+    what = (f"{generator.name} with template {template.name}, temperature {sampling.temperature}, top-p "
+            f"{sampling.top_p}, max {sampling.max_new_tokens} new tokens, seed {sampling.seed}, split {cfg.split}"
+            + (f", continuing below {cfg.threshold}" if cfg.continue_from else ""))
+    info = {"identity": identity, "described": what,
             "generator": generator.name, "generator_fingerprint": generator.fingerprint(),
             "generator_parts": generator.fingerprint_parts(), "template": template.as_dict(),
             "sampling": sampling.as_dict(), "n": cfg.n, "input": args.input, "continue_from": cfg.continue_from,

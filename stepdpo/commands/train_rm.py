@@ -72,6 +72,11 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
             raise UserError(f"--{need} is required")
     if not cfg.max_steps or cfg.max_steps <= 0:
         raise UserError("--max_steps is required: the labels are streamed and have no length")
+    if cfg.learning_rate < 0:
+        raise UserError(f"--learning_rate must be >= 0, got {cfg.learning_rate}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     return cfg, model_args
 
 
@@ -122,6 +127,18 @@ def evaluate(model: Any, tokenizer: Any, source: Any, cfg: Any) -> dict[str, Any
     return out
 
 
+def _check_output(out: Path, base: str) -> None:
+    """Refuse, before loading anything, an --output_dir that is a file, holds another command's
+    result (a run, pairs, a DPO model), or is the base model's own folder (saving would replace
+    the model being trained from). A reward model folder written before is replaced."""
+    from schemas.folders import refuse_other_result
+
+    if Path(base).is_dir() and out.is_dir() and out.resolve() == Path(base).resolve():
+        raise UserError(f"--output_dir {out}: is the base model's folder (--model_name_or_path); saving there "
+                        "would replace it: choose another folder")
+    refuse_other_result(out, "--output_dir", own=(MANIFEST, "config.json"))
+
+
 def run(args: argparse.Namespace) -> int:
     from schemas.atomic import atomic_write_json
     from trainer.reward_model import label_source, train_reward_model
@@ -129,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     source = label_source(args.inputs)
     cfg, model_args = build_configs(args)
     out = Path(cfg.output_dir)
+    _check_output(out, model_args.model_name_or_path)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until it is rewritten
     load_kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
