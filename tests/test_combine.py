@@ -153,3 +153,39 @@ def test_escalate_sends_exactly_the_disputed_responses(runs, tmp_path, monkeypat
         assert fake.total_requests == 0
         again = {r["problem_id"]: r["scores"] for r in read_table(out, STEP_SCORES).to_pylist()}
         assert again == {k: v["scores"] for k, v in rows.items()}
+
+
+def test_overwrite_replaces_only_a_combined_run_and_whole(runs, tmp_path, capsys, monkeypatch):
+    """--overwrite used to rmtree whatever OUT was (a paid judge run, a generate folder, pairs) and
+    then write shards one by one: a crash in between lost the old run and left a partial one."""
+    judge_run = make_run(tmp_path / "paid", "judge-paid", A)
+    (judge_run / "run.json").write_text(json.dumps({"judge": "openai:gpt-4o", "schema": "stepdpo.run/1"}))
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "pairs.json").write_text("{}")
+    for out, message in ((judge_run, "holds a run of judge openai:gpt-4o, not a combined run"),
+                         (pairs, "holds a pairs folder")):
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["combine", *map(str, runs), "-o", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert sorted(p.name for p in out.iterdir()) == before
+    assert main(["combine", str(runs[0]), str(runs[0]), "-o", str(tmp_path / "x")]) == 2
+    assert "is given twice" in capsys.readouterr().err
+    # a combined run is replaced whole: a failure while writing the new one keeps the old one
+    out = tmp_path / "both"
+    assert main(["combine", *map(str, runs), "-o", str(out), "--how", "mean"]) == 0
+    old = read_table(out, STEP_SCORES).to_pylist()
+    old_manifest = (out / "run.json").read_text()
+
+    def crash(self, *a, **k):
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(RunDir, "record_run", crash)
+    with pytest.raises(RuntimeError):
+        main(["combine", *map(str, runs), "-o", str(out), "--how", "min", "--overwrite"])
+    monkeypatch.undo()
+    assert read_table(out, STEP_SCORES).to_pylist() == old and (out / "run.json").read_text() == old_manifest
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".both")]
+    assert main(["combine", *map(str, runs), "-o", str(out), "--how", "min", "--overwrite"]) == 0
+    assert {r["judge"] for r in read_table(out, STEP_SCORES).to_pylist()} == {"combine:min"}

@@ -21,11 +21,12 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
-import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import UserError
+from schemas.folders import staged_folder
 from stepdpo.options import add_dataclass_arguments, dataclass_from_args
 
 
@@ -92,6 +93,22 @@ def _escalate(args: argparse.Namespace, rows: list[dict], out: Path) -> tuple[di
         "requests": engine.stats.requests if rows else 0, "totals": manifest.get("totals")}
 
 
+def _check_output(run_dir: Any, overwrite: bool) -> None:
+    """An existing OUT is replaced only with --overwrite, and only when it is a combined run:
+    a judge's run or a generate folder there holds paid work that --overwrite must not delete."""
+    from schemas.folders import refuse_other_result, shard_names
+
+    own = ("run.json", *(shard_names(run_dir.path) if run_dir.path.is_dir() else ()))
+    refuse_other_result(run_dir.path, "-o", own=own)  # pairs, a model, an eval result…
+    manifest = run_dir.read_manifest() if run_dir.manifest_path.is_file() else None
+    if manifest is not None and manifest.get("command") != "combine":
+        what = f"judge {manifest['judge']}" if manifest.get("judge") else manifest.get("schema", "another command")
+        raise UserError(f"-o {run_dir.path} holds a run of {what}, not a combined run; --overwrite replaces only "
+                        "a combine output: choose another folder")
+    if (run_dir.parts() or manifest is not None) and not overwrite:
+        raise UserError(f"-o {run_dir.path} already holds a run; pass --overwrite to replace it")
+
+
 def run(args: argparse.Namespace) -> int:
     from labeler.combine import (
         CombineOptions,
@@ -112,10 +129,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if any(Path(p).resolve() == out.resolve() for p in args.inputs):
         raise UserError(f"-o {out} is one of the inputs; write the combined run to a new folder")
-    run_dir = RunDir(out)
-    if run_dir.parts() or run_dir.manifest_path.exists():
-        if not args.overwrite:
-            raise UserError(f"-o {out} already holds a run; pass --overwrite to replace it")
+    seen: dict[Path, str] = {}
+    for p in args.inputs:
+        if Path(p).resolve() in seen:
+            raise UserError(f"{p} is given twice (as {seen[Path(p).resolve()]}); each input is one judge's run")
+        seen[Path(p).resolve()] = p
+    _check_output(RunDir(out), args.overwrite)
     inputs = [read_input(p) for p in args.inputs]
     combined = combine(inputs, opts)
     escalation = None
@@ -125,12 +144,6 @@ def run(args: argparse.Namespace) -> int:
     fp = fingerprint(inputs, opts, escalation["judge_fingerprint"] if escalation else None)
     esc_cost = (escalation["totals"] or {}).get("cost_usd", 0.0) if escalation else 0.0
     summary = finish(combined, fp, inputs, esc_cost)
-    if args.overwrite and out.is_dir():
-        shutil.rmtree(out)
-    for start in range(0, len(combined.rows), 1000):
-        run_dir.write_shard(combined.rows[start: start + 1000])
-    if not combined.rows:
-        out.mkdir(parents=True, exist_ok=True)
     header = {
         "command": "combine", "judge": f"combine:{opts.how}", "judge_fingerprint": fp,
         "how": opts.how, "threshold": opts.threshold, "weights": opts.weights,
@@ -138,8 +151,13 @@ def run(args: argparse.Namespace) -> int:
                     "ok_rows": len(i.rows)} for i in inputs],
         "escalation": escalation, "combine": summary,
     }
-    run_dir.record_run(header, {"started_at": started_at, "state": "finished",
-                                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    # Written aside and swapped in whole: a kill leaves the old folder (or none), never a part.
+    with staged_folder(out) as staging:
+        run_dir = RunDir(staging)
+        for start in range(0, len(combined.rows), 1000):
+            run_dir.write_shard(combined.rows[start: start + 1000])
+        run_dir.record_run(header, {"started_at": started_at, "state": "finished",
+                                    "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     c = summary
     cost = ("unknown (a judge had no price)" if c["spent_usd"] is None
             else f"${c['spent_usd']:.4f} spent, ${c['cost_per_accepted_label']:.6f} per accepted label"
