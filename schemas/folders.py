@@ -204,3 +204,14 @@ def refuse_other_result(path: str | os.PathLike, flag: str, own: Sequence[str] =
     if shards:
         raise UserError(f"{flag} {path}: holds Parquet files of another result ({shards[0]}"
                         f"{', …' if len(shards) > 1 else ''}); choose another folder")
+
+
+def refuse_model_output(out: str | os.PathLike, base: str, own: Sequence[str]) -> None:
+    """:func:`refuse_other_result` for a command that saves a model (``own``: its manifest and
+    ``config.json``), plus the base model's own folder: saving there would replace the model
+    being trained from."""
+    out = Path(out)
+    if Path(base).is_dir() and out.is_dir() and out.resolve() == Path(base).resolve():
+        raise UserError(f"--output_dir {out}: is the base model's folder (--model_name_or_path); saving there "
+                        "would replace it: choose another folder")
+    refuse_other_result(out, "--output_dir", own=own)

@@ -96,3 +96,23 @@ def test_sft_bad_input_is_one_line(tmp_path, capsys):
     assert "no solution to train on (1 wrong, 1 without a gold answer)" in capsys.readouterr().err
     assert main(["sft", "--model_name_or_path", "m", "--output_dir", str(tmp_path / "o")]) == 2
     assert "--responses is required" in capsys.readouterr().err
+
+
+def test_sft_refuses_an_output_dir_holding_another_result_or_the_base_model(tmp_path, capsys):
+    """--output_dir onto a label run dropped a model among its shards, and onto the base model
+    replaced the model being trained from; both one line now, before any model loads."""
+    responses = tmp_path / "r.parquet"
+    write_table(from_rows(_rows(), RESPONSES), responses, RESPONSES)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    for out, message in ((run, "holds a label or generate run"), (base, "is the base model's folder")):
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["sft", "--responses", str(responses), "--model_name_or_path", str(base), "--output_dir",
+                     str(out), "--max_steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert sorted(p.name for p in out.iterdir()) == before

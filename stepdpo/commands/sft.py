@@ -87,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--learning_rate must be positive and --per_device_train_batch_size at least 1")
     if script.max_rows is not None and script.max_rows < 1:
         raise UserError("--max_rows must be at least 1")
+    from schemas.folders import refuse_model_output
+
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out}: exists and is not a folder")
+    refuse_model_output(out, model_args.model_name_or_path, own=("sft_config.json", "config.json"))
     from schemas.tables import RESPONSES, read_table
 
     rows = read_table(script.responses, RESPONSES).to_pylist()

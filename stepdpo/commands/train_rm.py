@@ -127,26 +127,15 @@ def evaluate(model: Any, tokenizer: Any, source: Any, cfg: Any) -> dict[str, Any
     return out
 
 
-def _check_output(out: Path, base: str) -> None:
-    """Refuse, before loading anything, an --output_dir that is a file, holds another command's
-    result (a run, pairs, a DPO model), or is the base model's own folder (saving would replace
-    the model being trained from). A reward model folder written before is replaced."""
-    from schemas.folders import refuse_other_result
-
-    if Path(base).is_dir() and out.is_dir() and out.resolve() == Path(base).resolve():
-        raise UserError(f"--output_dir {out}: is the base model's folder (--model_name_or_path); saving there "
-                        "would replace it: choose another folder")
-    refuse_other_result(out, "--output_dir", own=(MANIFEST, "config.json"))
-
-
 def run(args: argparse.Namespace) -> int:
     from schemas.atomic import atomic_write_json
+    from schemas.folders import refuse_model_output
     from trainer.reward_model import label_source, train_reward_model
 
     source = label_source(args.inputs)
     cfg, model_args = build_configs(args)
     out = Path(cfg.output_dir)
-    _check_output(out, model_args.model_name_or_path)
+    refuse_model_output(out, model_args.model_name_or_path, own=(MANIFEST, "config.json"))
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until it is rewritten
     load_kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
