@@ -211,7 +211,7 @@ def refuse_model_output(out: str | os.PathLike, base: str, own: Sequence[str]) -
     ``config.json``), plus the base model's own folder: saving there would replace the model
     being trained from."""
     out = Path(out)
-    if Path(base).is_dir() and out.is_dir() and out.resolve() == Path(base).resolve():
+    if base and Path(base).is_dir() and out.is_dir() and out.resolve() == Path(base).resolve():
         raise UserError(f"--output_dir {out}: is the base model's folder (--model_name_or_path); saving there "
                         "would replace it: choose another folder")
     refuse_other_result(out, "--output_dir", own=own)

@@ -474,6 +474,16 @@ def test_output_dir_file_and_missing_local_model_are_named(setup, tmp_path, caps
     assert f"--model_name_or_path {missing}: no such model folder" in err and "Repo id" not in err
     assert main(["train", "--pairs", str(pairs), "--output_dir", str(tmp_path / "o")]) == 2
     assert "--model_name_or_path (or --model) is required" in capsys.readouterr().err
+    # into a label run (a model among its shards) or over the base model: refused, nothing touched
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    base_files = sorted(p.name for p in model.iterdir())
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(run)]) == 2
+    assert "--output_dir" in (err := capsys.readouterr().err) and "holds a label or generate run" in err
+    assert main(["train", "--pairs", str(pairs), "--model", str(model), "--output_dir", str(model)]) == 2
+    assert "is the base model's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"] and sorted(p.name for p in model.iterdir()) == base_files
 
 
 def test_hub_token_never_lands_in_training_args_bin(setup, tmp_path, monkeypatch):

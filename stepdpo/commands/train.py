@@ -91,6 +91,10 @@ def _check_flags(config, model_args, explicit: set[str]) -> None:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: is a file, not a folder")
+    from schemas.folders import refuse_model_output
+
+    # not into a run, pairs or another model, nor over the base model; its own folder resumes
+    refuse_model_output(out, model_args.model_name_or_path or "", own=("stepwise_config.json", "config.json"))
     if "max_steps" in explicit and config.max_steps <= 0:
         raise UserError(f"--max_steps must be at least 1, got {config.max_steps} (leave it out to train "
                         "--num_train_epochs epochs of the pairs)")
