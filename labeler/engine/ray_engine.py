@@ -31,6 +31,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,6 +214,37 @@ def connect(options: RayOptions) -> Any:
     return ray
 
 
+def pool_answers(options: RayOptions, blocks: list[Any], worker: type, ctor_args: tuple[Any, ...], key: str,
+                 counts: dict[str, int], should_stop: Any = lambda: False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Run ``blocks`` (one Ray task each) through an actor pool of ``worker`` (built with
+    ``ctor_args`` + the run's counter name) and yield ``(key, answer)`` per row once per key, as
+    batches arrive; a retried batch's second copy is dropped. Stops early when ``should_stop()``
+    after a batch. On exit, ``counts`` holds the actor starts and the batches that ran twice.
+
+    Both Ray engines (judging, generation) go through here, so the pool, the counter and the
+    exactly-once rule are one piece of code."""
+    ray = connect(options)
+    name = f"stepdpo-starts-{uuid.uuid4().hex[:12]}"
+    counter = ray.remote(Counter).options(name=name, num_cpus=0).remote()
+    seen: set[str] = set()
+    try:
+        ds = ray.data.from_arrow(blocks).map_batches(
+            worker, batch_size=max(b.num_rows for b in blocks), batch_format="numpy",
+            fn_constructor_args=(*ctor_args, name), compute=ray.data.ActorPoolStrategy(size=options.num_workers),
+            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            counts["tasks"] = counts.get("tasks", 0) + 1
+            for k, answer in zip(batch[key], batch["answer"], strict=True):
+                if str(k) not in seen:
+                    seen.add(str(k))
+                    yield str(k), json.loads(str(answer))
+            if should_stop():
+                break
+        counts.update(ray.get(counter.value.remote()))
+    finally:
+        ray.kill(counter)
+
+
 def remote_call(fn: Any, options: RayOptions, *args: Any) -> Any:
     """Run ``fn(*args)`` once on a worker with a worker's resources (to learn what the workers
     will hold, without loading a model on the driver); a UserError there is one here."""
@@ -259,7 +291,6 @@ class RayEngine(Engine):
     def _score_on_ray(self, todo: list[dict[str, Any]]) -> None:
         import pyarrow as pa
 
-        ray = connect(self.options)
         opts = self.options
         # Length-sorted, one block per task: each actor scores rows of similar length together.
         order = sorted(range(len(todo)), key=lambda i: len(todo[i]["prompt"]) + sum(map(len, todo[i]["steps"])))
@@ -269,32 +300,17 @@ class RayEngine(Engine):
             blocks.append(pa.table({"response_id": [r["response_id"] for r in chunk],
                                     "prompt": [r["prompt"] for r in chunk],
                                     "steps": [list(r["steps"]) for r in chunk]}))
-        name = f"stepdpo-starts-{uuid.uuid4().hex[:12]}"
-        counter = ray.remote(Counter).options(name=name, num_cpus=0).remote()
         by_id = {r["response_id"]: r for r in todo}
-        try:
-            ds = ray.data.from_arrow(blocks).map_batches(
-                JudgeWorker, batch_size=opts.ray_batch_size, batch_format="numpy",
-                fn_constructor_args=(self.spec, self.judge_config, name),
-                compute=ray.data.ActorPoolStrategy(size=opts.num_workers),
-                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                self.stats.requests += 1  # one Ray task's block of rows
-                for rid, answer in zip(batch["response_id"], batch["answer"], strict=True):
-                    row = by_id.pop(str(rid), None)
-                    if row is None:  # a retried batch's second copy: already written once
-                        continue
-                    got = json.loads(str(answer))
-                    self.record(row, Item.from_row(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
-                if self.stop.stopping:  # a signal or a fatal error: keep what arrived, wait for nothing more
-                    break
-            counts = ray.get(counter.value.remote())
-        finally:
-            ray.kill(counter)
+        counts: dict[str, int] = {}
+        for rid, got in pool_answers(opts, blocks, JudgeWorker, (self.spec, self.judge_config), "response_id",
+                                     counts, lambda: self.stop.stopping):
+            row = by_id.pop(rid)
+            self.record(row, Item.from_row(row), _verdict_from_json(got["verdict"]), latency=got["latency"])
+        self.stats.requests += counts.get("tasks", 0)  # one Ray task per block of rows
         # Starts beyond the pool's own were restarts of killed workers; their batches ran again.
-        self.worker_starts = counts["starts"]
-        self.worker_restarts = max(0, counts["starts"] - opts.num_workers)
-        self.stats.retries += max(self.worker_restarts, counts["retried_batches"])
+        self.worker_starts = counts.get("starts", 0)
+        self.worker_restarts = max(0, self.worker_starts - opts.num_workers)
+        self.stats.retries += max(self.worker_restarts, counts.get("retried_batches", 0))
         if self.stop.stopping:  # rows not answered stay unwritten: the rerun labels them
             return
         for row in by_id.values():  # never expected; a row Ray lost is an error row, retried next run

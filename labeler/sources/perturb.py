@@ -7,18 +7,8 @@ factor of ten). The note's expression is left alone, so the step is a genuine ar
 the free `gsm8k-calc` judge flags exactly that step, and `stepdpo pairs --strategy first-error`
 gets a correct solution and a wrong one that share every step before it, with no API key.
 
-With `--propagate` (the default) later steps carry the wrong number forward like a student
-would: every later occurrence of the old value is replaced, later notes are recomputed from
-their (now different) inputs, and so the final answer becomes wrong while every later step is
-internally consistent. `--no-propagate` leaves the rest of the solution untouched.
-
-Variants get new response_ids (hash of problem + steps), keep the problem id and gold answer,
-record in `meta.perturbation` which step and note changed and how, and carry first-error
-reference labels (1 before the corrupted step, 0 on it, null after). Seeded: the same input,
-seed and options give the same output on any machine, in any row order.
-
-example:
-  stepdpo perturb work/responses.parquet -o work/perturbed.parquet --variants 2 --seed 0
+The rules (propagation, ids, labels, seeding) are what `stepdpo perturb --help` documents
+(stepdpo/commands/perturb.py); this module is the library the command calls.
 """
 
 from __future__ import annotations

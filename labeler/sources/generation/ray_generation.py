@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import uuid
 from typing import Any
 
 from labeler.engine.ray_engine import (
-    Counter,
     RayOptions,
-    connect,
+    pool_answers,
     remote_call,
     report_batch,
     report_start,
@@ -111,36 +109,21 @@ class RayGenerationEngine(GenerationEngine):
     def _draw_on_ray(self, todo: list[Task]) -> None:
         import pyarrow as pa
 
-        ray = connect(self.ray_options)
-        opts = self.ray_options
         size = max(1, self.generator.batch_size)
         blocks = [pa.table({"generation_id": [t.generation_id for t in chunk],
                             "request": [json.dumps(dataclasses.asdict(t.request)) for t in chunk]})
                   for chunk in (todo[i:i + size] for i in range(0, len(todo), size))]
-        name = f"stepdpo-starts-{uuid.uuid4().hex[:12]}"
-        counter = ray.remote(Counter).options(name=name, num_cpus=0).remote()
         by_id = {t.generation_id: t for t in todo}
-        try:
-            ds = ray.data.from_arrow(blocks).map_batches(
-                GeneratorWorker, batch_size=size, batch_format="numpy",
-                fn_constructor_args=(self.spec, self.generator_options, self.sampling.as_dict(), name),
-                compute=ray.data.ActorPoolStrategy(size=opts.num_workers),
-                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                self.stats.requests += 1
-                for gid, answer in zip(batch["generation_id"], batch["answer"], strict=True):
-                    task = by_id.pop(str(gid), None)
-                    if task is None:  # a retried batch's second copy
-                        continue
-                    got = json.loads(str(answer))
-                    if "error" in got:
-                        self.record_failure([task], f"worker: {got['error']}")
-                    else:
-                        self.record(task, Generation.from_json(got["ok"]))
-            counts = ray.get(counter.value.remote())
-        finally:
-            ray.kill(counter)
-        self.worker_starts = counts["starts"]
-        self.stats.retries += counts["retried_batches"]
+        counts: dict[str, int] = {}
+        ctor = (self.spec, self.generator_options, self.sampling.as_dict())
+        for gid, got in pool_answers(self.ray_options, blocks, GeneratorWorker, ctor, "generation_id", counts):
+            task = by_id.pop(gid)
+            if "error" in got:
+                self.record_failure([task], f"worker: {got['error']}")
+            else:
+                self.record(task, Generation.from_json(got["ok"]))
+        self.stats.requests += counts.get("tasks", 0)
+        self.worker_starts = counts.get("starts", 0)
+        self.stats.retries += counts.get("retried_batches", 0)
         if by_id:
             self.record_failure(list(by_id.values()), "the Ray job returned no answer")
