@@ -182,6 +182,7 @@ class Engine:
         self._started_at = ""
         self.budget: Budget | None = None
         self.shards_written: list[str] = []
+        judge.use_concurrency(config.concurrency)
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

@@ -15,8 +15,6 @@ and temperature is left at the API's own (it refuses any other with thinking). W
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -112,31 +110,13 @@ class AnthropicJudge(HttpJudge):
         answer = call.get("input")
         return self.read_answer(item, answer, json.dumps(answer, ensure_ascii=False), tokens, headers)
 
-    def _make_client(self) -> Any:
+    path = "/v1/messages"
+
+    def _make_client(self, http_client: Any) -> Any:
         import anthropic
 
-        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url,
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url, http_client=http_client,
                                         max_retries=0, timeout=self.config.timeout)
-
-    def _sdk_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Body fields the SDK has no keyword for (e.g. ``temperature`` in anthropic 2.x) travel in
-        ``extra_body``, so the wire body equals :meth:`request_body` exactly."""
-        known = _create_params()
-        kwargs = {k: v for k, v in body.items() if k in known}
-        extra = {k: v for k, v in body.items() if k not in known}
-        if extra:
-            kwargs["extra_body"] = extra
-        return kwargs
-
-    async def _send(self, client: Any, body: dict[str, Any]) -> Any:
-        return await client.messages.with_raw_response.create(**self._sdk_kwargs(body))
-
-
-@functools.lru_cache(maxsize=1)
-def _create_params() -> frozenset[str]:
-    import anthropic
-
-    return frozenset(inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters)
 
 
 def make_anthropic(model: str, config: JudgeConfig) -> AnthropicJudge:

@@ -117,6 +117,10 @@ class Judge(abc.ABC):
         """The engine's judge cache, for judges that cache parts of an answer themselves (the
         samples of ``--samples N``); most judges ignore it."""
 
+    def use_concurrency(self, requests: int) -> None:  # noqa: B027 - optional hook
+        """How many batches the engine keeps in flight at once (``--concurrency``), before the
+        first :meth:`judge` call; API judges size their connection pools to it."""
+
     def estimate_tokens(self, item: Item) -> tuple[int, int]:
         """Rough (input, output) tokens of judging ``item``, for ``--dry-run`` and the limiter."""
         text = item.prompt + "".join(item.steps)

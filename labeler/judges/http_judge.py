@@ -33,6 +33,7 @@ from typing import Any
 
 from labeler.engine.retry import parse_retry_after
 from labeler.judges.base import FatalError, Item, Judge, JudgeError, RetryableError, Verdict
+from labeler.judges.clients import ClientPool
 from labeler.judges.config import JudgeConfig
 from labeler.judges.processbench import check_index, extract_boxed, scores_from_index, to_index
 from labeler.judges.prompting import (
@@ -99,7 +100,8 @@ def cut_off_error(limit: int) -> str:
 
 class HttpJudge(Judge):
     """An API judge: ``request_body``/``parse_body`` are its whole wire format (the batch mode
-    sends and reads exactly these), ``_send`` the one SDK call of the online path."""
+    sends and reads exactly these), ``_send`` the one SDK call of the online path (``request_bytes``
+    POSTed to ``path``)."""
 
     batch_size = 1
     #: The SDK's module name; its exception classes drive :meth:`_classify`.
@@ -114,7 +116,8 @@ class HttpJudge(Judge):
         self.config = config
         self._api_key = api_key
         self._base_url = base_url
-        self._client: Any = None
+        self._clients: ClientPool | None = None
+        self._in_flight: int | None = None
         self._sample_cache: Any = None
         try:  # imported now, not at the first request: a missing SDK is a clear error up front
             importlib.import_module(self.sdk)
@@ -179,6 +182,11 @@ class HttpJudge(Judge):
         """The judge cache, for the answers of single samples under ``--samples N``."""
         self._sample_cache = cache
 
+    def use_concurrency(self, requests: int) -> None:
+        """The engine keeps ``requests`` items in flight: the connection pools are sized to them
+        (× ``--samples``, which are asked at once) instead of the SDK's 1,000-connection default."""
+        self._in_flight = max(1, requests) * self.config.samples
+
     def estimate_tokens(self, item: Item) -> tuple[int, int]:
         r = self.render(item)
         n = len(item.steps)
@@ -220,13 +228,26 @@ class HttpJudge(Judge):
     def parse_body(self, item: Item, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Verdict:
         """The verdict in a response body; raises RetryableError on a malformed answer."""
 
-    @abc.abstractmethod
-    def _make_client(self) -> Any:
-        """The SDK's async client, with ``max_retries=0`` (the engine retries, once, visibly)."""
+    def request_bytes(self, item: Item, sample: int | None = None) -> bytes:
+        """:meth:`request_body` as the bytes sent: compact UTF-8 JSON, like the SDKs' own encoder."""
+        return json.dumps(self.request_body(item, sample), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
 
     @abc.abstractmethod
-    async def _send(self, client: Any, body: dict[str, Any]) -> Any:
-        """Send ``body``; return the SDK's raw response (``with_raw_response``)."""
+    def _make_client(self, http_client: Any) -> Any:
+        """The SDK's async client on ``http_client`` (None: the SDK's default), with
+        ``max_retries=0`` (the engine retries, once, visibly)."""
+
+    #: The endpoint :meth:`request_body` is POSTed to, relative to the client's base URL.
+    path: str
+
+    async def _send(self, client: Any, data: bytes) -> Any:
+        """POST the wire-ready ``data`` through the SDK client; return the whole HTTP response.
+
+        The SDK's ``post`` keeps everything the SDK is for (key, base URL, headers, its error
+        classes for 4xx/5xx, timeouts, connection errors) and skips its typed-parameter
+        transform, which walked every nested dict of the body on each request."""
+        return await client.post(self.path, content=data, cast_to=self._pool().httpx.Response)
 
     def _classify(self, exc: Exception) -> Exception:
         sdk = importlib.import_module(self.sdk)
@@ -269,13 +290,18 @@ class HttpJudge(Judge):
         """One request and its whole body, under ONE deadline of ``--timeout`` seconds: the SDK's
         own timeout is per read, so a server dripping a byte a second would keep it alive for
         minutes."""
+        data = self.request_bytes(item, sample)
         async with asyncio.timeout(self.config.timeout):
-            raw = await self._send(self._client, self.request_body(item, sample))
+            raw = await self._pool().send(lambda client: self._send(client, data))
             return await body_text(raw), lower_headers(raw.headers)
 
+    def _pool(self) -> ClientPool:
+        if self._clients is None:
+            self._clients = ClientPool(importlib.import_module(self.sdk), self._make_client, self._in_flight,
+                                       self.config.timeout)
+        return self._clients
+
     async def judge(self, items: list[Item]) -> list[Verdict]:
-        if self._client is None:  # created inside the running event loop
-            self._client = self._make_client()
         out = []
         for item in items:
             if self.config.samples > 1:
@@ -342,6 +368,5 @@ class HttpJudge(Judge):
         return voted
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        if self._clients is not None:
+            await self._clients.aclose()

@@ -15,7 +15,8 @@ httpx2 transport of openai ≥ 3), so tests exercise the exact code paths a paid
   ``drip_s``), ``close`` (headers and half the body, then the connection is dropped), ``null``
   and ``list`` (a 200 whose JSON body is ``null`` / ``[]``). ``rules`` pin a fault to every
   request whose text contains a marker, so a test knows which rows are hit.
-* Counts requests per route and records request bodies and headers.
+* Counts requests per route and records request bodies and headers, the most requests it
+  answered at once (``max_in_flight``) and the client ports it saw (``peers``: one a connection).
 
 Routes live in :attr:`FakeLLMServer.routes` (``(method, path) -> handler``) so batch endpoints can
 be added next to these. Run ``python -m tests.fakes.llm_server --latency 0.1`` to serve from a
@@ -141,6 +142,9 @@ class FakeLLMServer:
         self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body"}
         self.record = True  # keep request bodies (benchmarks turn it off)
         self.seen_prefixes: set[str] = set()
+        self.in_flight = 0  # requests being answered now, and the most at once
+        self.max_in_flight = 0
+        self.peers: set[int] = set()  # client ports seen: one per TCP connection
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): FakeLLMServer.chat_completions,
             ("POST", "/v1/messages"): FakeLLMServer.messages,
@@ -546,7 +550,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if handler is None:
             self.send_json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, {})
             return
-        handler(self.fake, self, body)
+        with self.fake.lock:
+            self.fake.in_flight += 1
+            self.fake.max_in_flight = max(self.fake.max_in_flight, self.fake.in_flight)
+            self.fake.peers.add(self.client_address[1])
+        try:
+            handler(self.fake, self, body)
+        finally:
+            with self.fake.lock:
+                self.fake.in_flight -= 1
 
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch("POST")
