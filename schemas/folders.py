@@ -11,17 +11,24 @@ or on new shards mixed with an older run's, gets silently wrong numbers. Two rul
   files present. An older folder (a manifest without ``complete``) is accepted when its shard
   list matches.
 
-Standard library only, as everything in ``schemas``.
+Run folders (``label``, ``generate``, ``combine``) are written in place, shard by shard, so
+they can resume; their ``run.json`` says whether the last run finished, and readers call
+:func:`require_finished_run` (one rule for every command that reads one).
+
+Standard library (and pyarrow, for a row count), as everything in ``schemas``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +61,24 @@ def read_manifest(folder: str | os.PathLike, name: str) -> dict[str, Any] | None
 
 
 def require_complete(
-    path: str | os.PathLike, names: str | Sequence[str], fix: str = "rerun the command that wrote it"
+    path: str | os.PathLike, names: str | Sequence[str], fix: str = "rerun the command that wrote it",
+    required: bool = True,
 ) -> dict[str, Any] | None:
     """Refuse a folder whose manifest is missing, marked incomplete, or lists other shards.
 
     ``names`` are the manifest file names that may vouch for the folder (e.g. ``"pairs.json"``,
     or ``("pairs.json", "precompute.json")``): at least one must be present, and every present
     one must be complete. Returns the first present manifest. ``path`` naming a single file
-    returns None: a file is written whole (temp + rename) on its own.
+    returns None: a file is written whole (temp + rename) on its own. ``required=False``
+    accepts a folder with none of them (a model folder that another tool saved), returning None.
     """
     path = Path(path)
     if not path.is_dir():
         return None
     names = [names] if isinstance(names, str) else list(names)
     found = [(n, m) for n in names if (m := read_manifest(path, n)) is not None]
+    if not found and not required:
+        return None
     if not found:
         raise UserError(f"{path}: no {' or '.join(names)} manifest, so the folder is not known to be "
                         f"complete (a killed or unfinished run?); {fix}")
@@ -215,3 +226,133 @@ def refuse_model_output(out: str | os.PathLike, base: str, own: Sequence[str]) -
         raise UserError(f"--output_dir {out}: is the base model's folder (--model_name_or_path); saving there "
                         "would replace it: choose another folder")
     refuse_other_result(out, "--output_dir", own=own)
+
+
+# -- run folders (label, generate, combine): finished or not ---------------------------------------
+# A run folder is written in place, shard by shard (resumable), so it cannot be swapped in whole;
+# its manifest says instead whether the last run into it finished. Readers refuse one that did
+# not, unless the user asks for the rows it has (ALLOW_INCOMPLETE).
+
+ALLOW_INCOMPLETE = "--allow-incomplete"
+FINISHED = "finished"  # the one state in which a run folder holds everything its command asked for
+_RUN_MANIFEST = re.compile(r"^run(?:-k(\d+)-of-(\d+))?\.json$")
+_RUN_SHARD = re.compile(r"^part-(?:k\d+-of-\d+-)?\d{5,}\.parquet$")
+# run.json ``schema`` -> the command that writes such a folder (the one that finishes it)
+_WRITERS = {"stepdpo.generate": "stepdpo generate", "stepdpo.run": "stepdpo label"}
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """Why a run folder is not whole: its folder, the state its manifest gives (``no run.json``,
+    ``running``, ``interrupted``, …), the command that finishes it, and the rows on disk."""
+
+    folder: Path
+    state: str
+    command: str
+    rows: int
+
+    def message(self) -> str:
+        state = self.state if self.state != "running" else "running: killed, or still being written"
+        return (f"{self.folder}: its last run did not finish (state: {state}); rerun `{self.command} ... -o "
+                f"{self.folder}` to finish it, or pass {ALLOW_INCOMPLETE} to use the {self.rows} row(s) it has")
+
+
+def _writer_live(folder: Path, manifest_name: str) -> bool:
+    """True while a writer holds the folder's lock (``labeler.engine.rundir.RunDir.locked``)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    lock = folder / f".{Path(manifest_name).stem}.lock"
+    if not lock.is_file():
+        return False
+    with open(lock) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def unfinished_run(path: str | os.PathLike) -> Unfinished | None:
+    """None when ``path`` is a file, not a run folder, or a run folder whose every job's last run
+    finished; otherwise what is wrong with it.
+
+    A run folder holds ``run.json`` (or ``run-kK-of-N.json``, one per ``--num-shards`` job) and
+    ``part-*.parquet`` shards. Unfinished: a manifest whose ``state`` is not ``finished``
+    (``running`` after a kill -9, ``interrupted``, ``aborted``, ``budget``, ``pending`` batches), a
+    job of an ``N``-job split with no manifest, or run shards with no manifest at all (a label run
+    killed before its first manifest). A manifest with no ``state`` (older, or written by hand)
+    and a folder of other Parquet files (a dataset saved by another tool) give no such evidence.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    manifests = {p.name: p for p in folder.iterdir() if _RUN_MANIFEST.match(p.name) and p.is_file()}
+    shards = [p for p in folder.iterdir() if _RUN_SHARD.match(p.name)]
+    if not manifests and not shards:
+        return None
+    if not manifests and any((folder / name).is_file() for name in RESULT_MARKERS if name != "run.json"):
+        return None  # another command's result: its reader's own checks speak
+    rows = sum(_num_rows(p) for p in shards)
+    if not manifests:
+        command = _SHARD_WRITERS.get(_shard_kind(sorted(shards)[0]) or "")
+        return None if command is None else Unfinished(folder, "shards but no run.json", command, rows)
+    jobs = {m.group(2) for n in manifests if (m := _RUN_MANIFEST.match(n)) and m.group(2)}
+    command = "stepdpo label"
+    for name in sorted(manifests):
+        manifest = read_manifest(folder, name) or {}
+        command = _WRITERS.get(str(manifest.get("schema", "")).partition("/")[0], command)
+        if manifest.get("state") is None:
+            continue  # an older or hand-written manifest: no word of an unfinished run
+        state = str(manifest["state"])
+        if state == "running" and _writer_live(folder, name):
+            state = f"running now: wait for the `{command}` writing it"
+        if state != FINISHED:
+            return Unfinished(folder, state if name == "run.json" else f"{state} in {name}", command, rows)
+    for n in jobs:  # a split job: every machine's manifest must be there
+        missing = [k for k in range(int(n)) if f"run-k{k}-of-{n}.json" not in manifests]
+        if missing:
+            return Unfinished(folder, f"job k{missing[0]} of {n} has no run-k{missing[0]}-of-{n}.json", command, rows)
+    return None
+
+
+_SHARD_WRITERS = {"responses": "stepdpo generate", "step_scores": "stepdpo label"}
+
+
+def _shard_kind(part: Path) -> str | None:
+    """The kind stamped in a shard (``responses``, ``step_scores``…), None when unreadable or
+    unstamped."""
+    try:
+        import pyarrow.parquet as pq
+
+        from schemas.tables import kind_of_schema
+
+        tag = kind_of_schema(pq.read_schema(part))
+    except (OSError, ValueError):
+        return None
+    return tag.partition("/")[0] if tag else None
+
+
+def _num_rows(part: Path) -> int:
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(part).metadata.num_rows
+    except (OSError, ValueError):
+        return 0
+
+
+def require_finished_run(path: str | os.PathLike, allow_incomplete: bool = False) -> Unfinished | None:
+    """Refuse (UserError) a run folder whose last run did not finish, naming the fix; with
+    ``allow_incomplete`` print a one-line warning with its row count instead and go on.
+    Returns what was wrong (None: a finished run, a file, or not a run folder)."""
+    found = unfinished_run(path)
+    if found is None:
+        return None
+    if not allow_incomplete:
+        raise UserError(found.message())
+    print(f"stepdpo: warning: {found.folder}: its last run did not finish "
+          f"(state: {found.state}); using the {found.rows} row(s) it has ({ALLOW_INCOMPLETE})", file=sys.stderr)
+    return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, TypeVar
@@ -96,3 +97,22 @@ def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
                 action.option_strings.append(other)
                 parser._option_string_actions[other] = action
                 taken.add(other)
+
+
+def add_allow_incomplete(parser: argparse.ArgumentParser) -> None:
+    """The one flag with which a reader accepts a run folder whose last run did not finish."""
+    from schemas.folders import ALLOW_INCOMPLETE
+
+    parser.add_argument(ALLOW_INCOMPLETE, action="store_true", dest="allow_incomplete",
+                        help="read a `generate`/`label` run folder whose last run did not finish (killed, "
+                        "interrupted, stopped by a budget): use the rows it has, with a warning. Without it "
+                        "such a folder is refused, naming the command that finishes it")
+
+
+def require_finished_inputs(paths: Any, args: argparse.Namespace) -> None:
+    """:func:`schemas.folders.require_finished_run` on every input path (``None`` skipped)."""
+    from schemas.folders import require_finished_run
+
+    for path in [paths] if isinstance(paths, str | os.PathLike) else paths:
+        if path is not None:
+            require_finished_run(path, getattr(args, "allow_incomplete", False))

@@ -40,6 +40,7 @@ def make_run(path, judge, scores, cost=0.001):
                      "input_tokens": 100, "output_tokens": 10, "cached_tokens": 0,
                      "cost_usd": cost, "latency_s": 0.1, "created_at": None})
     RunDir(path).write_shard(rows)
+    RunDir(path).record_run({"judge": judge, "judge_fingerprint": f"fp-{judge}"}, {"state": "finished"})
     return path
 
 

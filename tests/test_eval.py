@@ -15,26 +15,22 @@ import pytest
 from labeler.evaluation.metrics import majority, paired_bootstrap, pass_at_k
 from labeler.sources.generation.runner import request_seed, task_id
 from schemas.evaluation import EVAL_PROBLEMS
+from schemas.folders import write_manifest
 from schemas.tables import read_table
 from stepdpo.cli import main
-from tests.fakes.policy_server import FakePolicyServer, gold_of, kind_of, problem_text
+from tests.fakes.policy_server import (
+    gold_of,
+    kind_of,
+    problem_text,
+    write_problems,
+)
 
 PROBLEMS = [(3, 4), (10, 25), (7, 8), (100, 1), (2, 2), (5, 9)]
 
 
 @pytest.fixture()
-def server():
-    with FakePolicyServer() as srv:
-        yield srv
-
-
-@pytest.fixture()
 def problems(tmp_path) -> Path:
-    path = tmp_path / "problems.jsonl"
-    with open(path, "w") as fh:
-        for i, (a, b) in enumerate(PROBLEMS):
-            fh.write(json.dumps({"id": f"p{i}", "question": problem_text(a, b), "answer": gold_of(a, b)}) + "\n")
-    return path
+    return write_problems(tmp_path / "problems.jsonl", PROBLEMS)
 
 
 def kinds(n: int, seed: int = 0) -> list[list[str]]:
@@ -134,7 +130,18 @@ def test_eval_bad_input_is_one_line_and_samples_nothing(server, problems, tmp_pa
     assert "go with --pairs" in capsys.readouterr().err
     assert main(["eval", "--pairs", str(tmp_path), "-o", str(tmp_path / "x")]) == 2
     assert "--pairs needs --model" in capsys.readouterr().err
-    assert server.requests == 0
+    # the problems mode's options are refused with --pairs, not silently ignored
+    for extra, message in (
+        (["--generator", "hf:work/model"], f"--generator samples problems and does not go with --pairs, whose "
+                                           f"policy is --model (implicit rewards need its weights): use --pairs "
+                                           f"{tmp_path} --model work/model"),
+        ([str(problems)], "PROBLEMS"),
+        (["--baseline", str(tmp_path)], "--baseline compares two problem evaluations"),
+    ):
+        assert main(["eval", "--pairs", str(tmp_path), "--model", "m", "-o", str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert server.requests == 0 and not (tmp_path / "x").exists()
 
 
 
@@ -212,6 +219,7 @@ def test_eval_pairs_implicit_rewards_match_an_independent_computation(tmp_path, 
                      "chosen_response_id": f"c{i}", "rejected_response_id": f"r{i}", "problem_id": f"p{i}"})
     pairs = tmp_path / "pairs"
     write_table(from_rows(rows, PAIRS), pairs / "part-00000.parquet", PAIRS)
+    write_manifest(pairs, "pairs.json", {"schema": PAIRS.tag})  # as `stepdpo pairs` vouches for its folder
     out = tmp_path / "pe"
     assert main(["eval", "--pairs", str(pairs), "--model", str(policy), "--ref-model", str(ref), "--beta", "0.5",
                  "-o", str(out), "--output-tokens", "4"]) == 0

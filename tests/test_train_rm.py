@@ -15,6 +15,7 @@ pytest.importorskip("trl")
 from labeler.judges import create_judge  # noqa: E402
 from labeler.judges.base import Item  # noqa: E402
 from labeler.judges.config import JudgeConfig  # noqa: E402
+from schemas.errors import UserError  # noqa: E402
 from stepdpo.commands.train_rm import evaluate  # noqa: E402
 from tests.prm_models import CHATML  # noqa: E402
 from tests.rm_tasks import digit_task, write_responses  # noqa: E402
@@ -165,6 +166,35 @@ def test_cli_trains_with_lora_and_soft_labels_and_writes_the_manifest(tmp_path, 
         assert not [k for k in fh.keys() if "lora" in k]  # merged into the backbone
     judge = create_judge(f"prm:{out}", JudgeConfig(style="qwen", device="cpu", dtype="float32"))
     assert len(judge.score_items([Item("r", "Problem 1", ["use 1", "use 8"])])[0].scores) == 2
+
+    # Retrain into the same folder and kill -9 it: the old weights are still there, but they are
+    # not what the folder now claims to be, so prm:/orm: refuse to load it (one line each).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    again = ["train-rm", str(task), "--model_name_or_path", str(backbone), "--output_dir", str(out),
+             "--max_steps", "100000", "--per_device_train_batch_size", "4", "--disable_tqdm", "true"]
+    proc = subprocess.Popen([sys.executable, "-m", "stepdpo", *again], cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while json.loads((out / "reward_model.json").read_text()).get("complete") is not False:
+        assert proc.poll() is None and time.monotonic() < deadline, "train-rm never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "model.safetensors").is_file()  # the previous run's weights
+    for kind in ("prm", "orm"):
+        with pytest.raises(UserError) as err:
+            create_judge(f"{kind}:{out}", JudgeConfig(style="qwen", device="cpu", dtype="float32"))
+        assert str(err.value) == (f"{out / 'reward_model.json'}: the run that wrote this folder did not finish; "
+                                  f"rerun `stepdpo train-rm ... --output_dir {out}` to the end before judging "
+                                  f"with {kind}:{out}")
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -46,6 +46,9 @@ _JOB_TAG = re.compile(r"^k\d+-of-\d+-")
 
 
 class RunDir:
+    #: the command that writes (and resumes) such a folder, named in its messages
+    command = "stepdpo label"
+
     def __init__(self, path: str | os.PathLike, shard_index: int = 0, num_shards: int = 1) -> None:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
@@ -184,9 +187,10 @@ class RunDir:
     # -- one writer per job ---------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold this job's lock while labeling: a second ``stepdpo label`` of the same job (the
-        same command in another terminal) would pay for every row again and its shards would
-        overwrite the first one's. Jobs of other ``--shard-index`` values have their own lock."""
+        """Hold this job's lock while writing: a second ``stepdpo label`` (or ``generate``) of the
+        same job (the same command in another terminal) would pay for every row again and its
+        shards would overwrite the first one's. Jobs of other ``--shard-index`` values have their
+        own lock."""
         try:
             import fcntl
         except ImportError:  # no flock (Windows): unguarded, as before
@@ -197,7 +201,7 @@ class RunDir:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UserError(f"{self.path}: another `stepdpo label` is writing this run folder "
+                raise UserError(f"{self.path}: another `{self.command}` is writing this run folder "
                                 "(same job); wait for it or stop it, then rerun") from None
             yield
 

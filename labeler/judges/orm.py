@@ -17,7 +17,13 @@ import threading
 from typing import Any
 
 from labeler.judges.base import Item, Judge, Verdict
-from labeler.judges.prm_load import TOKENIZER_FILES, files_digest, local_identity, model_folder
+from labeler.judges.prm_load import (
+    TOKENIZER_FILES,
+    files_digest,
+    local_identity,
+    model_folder,
+    require_finished_reward_model,
+)
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
 from schemas.prm_layout import render
@@ -33,6 +39,7 @@ class ORMJudge(Judge):
     def __init__(self, model: str, config: Any) -> None:
         if not model:
             raise UserError("orm needs a model: --judge orm:PATH_OR_HUB_ID")
+        require_finished_reward_model(model, "orm")
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -37,6 +37,7 @@ from labeler.judges.prm_load import (
     files_digest,
     local_identity,
     model_folder,
+    require_finished_reward_model,
 )
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
@@ -87,6 +88,7 @@ class PRMJudge(Judge):
     def __init__(self, model: str, config: Any) -> None:
         if not model:
             raise UserError("prm needs a model: --judge prm:PATH_OR_HUB_ID")
+        require_finished_reward_model(model, "prm")
         style = config.style or "qwen"
         if style not in DEFAULTS:
             raise UserError(f"unknown prm style '{style}'; choose qwen, shepherd or yesno")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import UserError
+from schemas.folders import require_complete
 from schemas.ids import sha256_hex
 
 PRM_SUFFIX = "ForProcessRewardModel"
@@ -43,6 +44,22 @@ class LoadedHead:
     model: Any
     logits_at: Callable[[dict[str, Any], Any, Any], Any]
     model_class: str
+
+
+# What `stepdpo train-rm` writes into its --output_dir: ``complete: false`` from its start, the
+# finished record at its end. (labeler may not import stepdpo or trainer, so the name lives here.)
+REWARD_MODEL_MANIFEST = "reward_model.json"
+
+
+def require_finished_reward_model(name: str, judge: str) -> None:
+    """Refuse, before loading, a local folder that a killed (or still running) `stepdpo
+    train-rm` left: its weights may be half-trained or half-written. A folder without the
+    manifest (a hub model, one saved by another tool) is not ours to judge: accepted."""
+    path = Path(name)
+    if path.is_dir():
+        require_complete(path, REWARD_MODEL_MANIFEST, required=False,
+                         fix=f"rerun `stepdpo train-rm ... --output_dir {path}` to the end before judging with "
+                             f"{judge}:{name}")
 
 
 def model_folder(name: str) -> Path | None:

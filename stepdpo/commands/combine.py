@@ -27,7 +27,12 @@ from typing import Any
 
 from schemas.errors import UserError
 from schemas.folders import staged_folder
-from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import (
+    add_allow_incomplete,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    require_finished_inputs,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", default="auto", choices=["auto", "rich", "log", "none"],
                         help="progress display of the escalation run (default: auto)")
     add_dataclass_arguments(parser, JudgeConfig, "escalation judge (--escalate)")
+    add_allow_incomplete(parser)
 
 
 def _escalate(args: argparse.Namespace, rows: list[dict], out: Path) -> tuple[dict[str, dict], dict]:
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{p} is given twice (as {seen[Path(p).resolve()]}); each input is one judge's run")
         seen[Path(p).resolve()] = p
     _check_output(RunDir(out), args.overwrite)
+    require_finished_inputs(args.inputs, args)
     inputs = [read_input(p) for p in args.inputs]
     combined = combine(inputs, opts)
     escalation = None

@@ -38,7 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.errors import UserError
-from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import (
+    add_allow_incomplete,
+    add_dataclass_arguments,
+    dataclass_from_args,
+)
 
 # The flags handed through to `stepdpo generate` unchanged (its help documents them).
 PASSTHROUGH = ("template", "split", "prompt_field", "answer_field", "id_field", "concurrency", "rpm", "tpm",
@@ -113,6 +117,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="where an hf: model samples: local, or ray (one model per Ray worker; as "
                              "`generate --engine ray`)")
     add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
+    add_allow_incomplete(parser)
 
 
 def bundled_gsm8k_test() -> Path:
@@ -299,6 +304,17 @@ def _base_model(settings: dict) -> str | None:
 
 
 def _run_pairs(args: argparse.Namespace, pcfg: PairsEvalConfig) -> int:
+    # Implicit rewards are log-prob ratios of local weights: a sampling backend cannot give them,
+    # so the options of the problems mode are refused rather than silently ignored.
+    if args.generator:
+        model = args.generator[3:] if args.generator.startswith("hf:") else "PATH"
+        raise UserError(f"--generator samples problems and does not go with --pairs, whose policy is --model "
+                        f"(implicit rewards need its weights): use --pairs {pcfg.pairs} --model {model}")
+    if args.problems:
+        raise UserError(f"PROBLEMS ({args.problems}) and --pairs are two modes: evaluate problems with "
+                        "--generator, or score pairs with --pairs --model")
+    if dataclass_from_args(EvalConfig, args).baseline:
+        raise UserError("--baseline compares two problem evaluations; it does not go with --pairs")
     if not pcfg.model:
         raise UserError("--pairs needs --model (the trained policy)")
     if pcfg.pairs_limit is not None and pcfg.pairs_limit < 1:
@@ -306,10 +322,12 @@ def _run_pairs(args: argparse.Namespace, pcfg: PairsEvalConfig) -> int:
     if pcfg.output_tokens < 1:
         raise UserError("--output-tokens must be at least 1")
     from schemas.tables import PAIRS, read_table
+    from trainer.data import pair_files
     from trainer.implicit_rewards import PairSettings, greedy_outputs, score_pairs
     from trainer.precompute import load_reference
 
     _check_output(Path(args.output))
+    pair_files(pcfg.pairs)  # a pairs folder is read only when its manifest vouches for it, as by `train`
     rows = read_table(pcfg.pairs, PAIRS).to_pylist()[: pcfg.pairs_limit]
     if not rows:
         raise UserError(f"{pcfg.pairs}: no pairs")

@@ -48,7 +48,12 @@ import sys
 from dataclasses import dataclass, field
 
 from schemas.errors import UserError
-from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import (
+    add_allow_incomplete,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    require_finished_inputs,
+)
 
 
 @dataclass
@@ -125,6 +130,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "cluster, one model per worker; needs the `ray` extra). Output, cache and resume "
                              "are the same either way (default: local)")
     add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
+    add_allow_incomplete(parser)
 
 
 def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
@@ -183,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     separator = splitter.join(["a", "b"])[1:-1] or "\n"
     counts: Counter = Counter()
     # Inputs are read (and refused) before a model is loaded or a key is needed.
+    require_finished_inputs([args.input, cfg.continue_from], args)
     if cfg.flaw:
         tasks = flaw_tasks(args.input, cfg.n, sampling, cfg.flaw_step, counts, cfg.limit)
     elif cfg.continue_from:

@@ -133,8 +133,14 @@ def check_outputs(cfg: InspectConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from schemas.folders import unfinished_run
+
     cfg = dataclass_from_args(InspectConfig, args)
     check_outputs(cfg)
+    for p in args.paths:  # inspect is how one looks at what a killed run left: it says so, and reads on
+        if (found := unfinished_run(p)) is not None:
+            print(f"inspect: note: {found.folder}: its last run did not finish (state: {found.state}); "
+                  f"this report covers the {found.rows} row(s) written so far", file=sys.stderr)
     report, loaded = build_report(args.paths, cfg.threshold)
     shown = pick_examples(loaded, cfg.where, cfg.threshold, cfg.show)
     if cfg.json:

@@ -30,7 +30,12 @@ import sys
 from dataclasses import dataclass, field
 
 from schemas.errors import UserError
-from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import (
+    add_allow_incomplete,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    require_finished_inputs,
+)
 
 
 @dataclass
@@ -90,6 +95,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="responses Parquet file or folder (stepdpo ingest)")
     parser.add_argument("--judge", required=True, metavar="NAME", help=f"judge to score with; {judge_help()}")
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder for shards and run.json")
+    add_allow_incomplete(parser)
     add_dataclass_arguments(parser, LabelConfig, "labeling")
     add_dataclass_arguments(parser, JudgeConfig, "judge")
     from labeler.batch.collect import BatchOptions  # provider batch mode: labeler/batch/
@@ -206,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         judge = remote_judge(args.judge, judge_cfg, ray_options)  # the model loads on a worker, not here
     else:
         judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
+    require_finished_inputs(args.input, args)
     rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index)
     if cfg.dry_run:
         rows, skipped = _dry_run_todo(rows, judge, cfg, args.output)

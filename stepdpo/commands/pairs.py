@@ -38,7 +38,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import (
+    add_allow_incomplete,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    require_finished_inputs,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +58,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the pairs folder already at -o (it is swapped whole at the end)")
     add_dataclass_arguments(parser, PairsConfig, "pairs")
+    add_allow_incomplete(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from labeler.pairs.build import PairsConfig, make_pairs
 
     cfg = dataclass_from_args(PairsConfig, args)
+    require_finished_inputs(args.runs, args)
     if cfg.strategy != "first-error" and cfg.continuation != "step":
         print(f"pairs: --continuation {cfg.continuation} applies to --strategy first-error only; "
               f"{cfg.strategy} pairs hold whole solutions", file=sys.stderr)

@@ -29,13 +29,19 @@ from pathlib import Path
 from labeler.sources.perturb import PerturbConfig, perturb_rows
 from schemas.errors import UserError
 from schemas.tables import RESPONSES, from_rows, read_table, write_table
-from stepdpo.options import add_dataclass_arguments, dataclass_from_args
+from stepdpo.options import (
+    add_allow_incomplete,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    require_finished_inputs,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="a `responses` Parquet file or folder (from `stepdpo ingest`)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output `responses` Parquet file")
     add_dataclass_arguments(parser, PerturbConfig, "perturbation")
+    add_allow_incomplete(parser)
 
 
 def check_output(src: Path, out: Path) -> None:
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(PerturbConfig, args)
     out = Path(args.output)
     check_output(Path(args.input), out)
+    require_finished_inputs(args.input, args)
     table = read_table(args.input, RESPONSES)
     rows, stats = perturb_rows(table.to_pylist(), cfg)
     write_table(from_rows(rows, RESPONSES), out, RESPONSES)

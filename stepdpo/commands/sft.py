@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import UserError
+from stepdpo.options import add_allow_incomplete, require_finished_inputs
 from stepdpo.trl_args import add_trl_arguments, parse_trl_arguments
 
 
 def _types() -> tuple[type, ...]:
-    from trl import ModelConfig, SFTConfig
+    from trl import ModelConfig
 
-    from trainer.sft import SFTScriptArguments
+    from trainer.sft import SFTScriptArguments, StepwiseSFTConfig
 
-    return (SFTScriptArguments, SFTConfig, ModelConfig)
+    return (SFTScriptArguments, StepwiseSFTConfig, ModelConfig)
 
 
 TITLES = ("script options", "SFTConfig (TRL)", "ModelConfig (TRL: model loading and LoRA)")
@@ -45,6 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = ("stepdpo sft --responses FILE --model_name_or_path MODEL --output_dir DIR [--config FILE.yaml] "
                     "[--select correct|all] [--use_peft --lora_r R] [any option below]")
     add_trl_arguments(parser, _types(), TITLES)
+    add_allow_incomplete(parser)
 
 
 def _defaults() -> dict[str, Any]:
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_model_output(out, model_args.model_name_or_path, own=("sft_config.json", "config.json"))
     from schemas.tables import RESPONSES, read_table
 
+    require_finished_inputs(script.responses, args)
     rows = read_table(script.responses, RESPONSES).to_pylist()
     rows, counts = select_rows(rows, script.select)
     rows = rows[: script.max_rows] if script.max_rows else rows

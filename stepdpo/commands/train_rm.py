@@ -32,9 +32,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from labeler.judges.prm_load import REWARD_MODEL_MANIFEST
 from schemas.errors import UserError
+from stepdpo.options import add_allow_incomplete, require_finished_inputs
 
-MANIFEST = "reward_model.json"
+MANIFEST = REWARD_MODEL_MANIFEST  # the prm:/orm: judges read it
 
 
 def _types() -> tuple[type, type]:
@@ -54,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="step_scores run folders or responses files with reference_scores")
     add_trl_arguments(parser, _types(), TITLES)
+    add_allow_incomplete(parser)
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -132,11 +135,16 @@ def run(args: argparse.Namespace) -> int:
     from schemas.folders import refuse_model_output
     from trainer.reward_model import label_source, train_reward_model
 
+    require_finished_inputs(args.inputs, args)
     source = label_source(args.inputs)
     cfg, model_args = build_configs(args)
     out = Path(cfg.output_dir)
     refuse_model_output(out, model_args.model_name_or_path, own=(MANIFEST, "config.json"))
-    (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until it is rewritten
+    # Unfinished until the record is rewritten at the end: a killed run leaves a folder that the
+    # prm:/orm: judges refuse to load (its weights may be half-trained or half-written).
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MANIFEST, {"complete": False, "kind": cfg.kind,
+                                       "base_model": model_args.model_name_or_path})
     load_kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         load_kwargs["dtype"] = model_args.dtype
@@ -161,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         "step_separator": cfg.step_separator, "max_length": cfg.max_length,
         "lora": bool(model_args.use_peft), "max_steps": cfg.max_steps,
         "train_loss": logs[-1]["train_loss"] if logs else None, "heldout": metrics,
-        "judge": f"{'prm' if cfg.kind == 'process' else 'orm'}:{out}",
+        "judge": f"{'prm' if cfg.kind == 'process' else 'orm'}:{out}", "complete": True,
     }
     atomic_write_json(out / MANIFEST, manifest)
     print(f"{cfg.kind} reward model: {out} (judge {manifest['judge']}"

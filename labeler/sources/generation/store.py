@@ -40,6 +40,8 @@ GENERATE_SCHEMA = "stepdpo.generate/1"
 class GenerationDir(RunDir):
     """A run folder of ``responses`` shards."""
 
+    command = "stepdpo generate"
+
     def write_shard(self, rows: Sequence[dict[str, Any]]) -> Path | None:
         if not rows:
             return None
