@@ -43,3 +43,13 @@ def gsm8k_test_full() -> Path:
 def gsm8k_train_slice() -> Path:
     """403 rows of the GSM8K train set: the first 400 and the three with a negative answer."""
     return TRAIN_SLICE_GSM8K
+
+
+@pytest.fixture()
+def server():
+    """A loopback scripted policy (tests/fakes/policy_server.py): right, wrong and cut-off
+    solutions known per (problem, sample). Test modules with their own `server` override it."""
+    from tests.fakes.policy_server import FakePolicyServer
+
+    with FakePolicyServer() as srv:
+        yield srv

@@ -23,6 +23,7 @@ from tests.fakes.policy_server import (
     kind_of,
     problem_text,
     solution_steps,
+    write_problems,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,18 +31,8 @@ PROBLEMS = [(3, 4), (10, 25), (7, 8), (100, 1)]
 
 
 @pytest.fixture()
-def server():
-    with FakePolicyServer() as srv:
-        yield srv
-
-
-@pytest.fixture()
 def problems(tmp_path) -> Path:
-    path = tmp_path / "problems.jsonl"
-    with open(path, "w") as fh:
-        for i, (a, b) in enumerate(PROBLEMS):
-            fh.write(json.dumps({"id": f"p{i}", "question": problem_text(a, b), "answer": gold_of(a, b)}) + "\n")
-    return path
+    return write_problems(tmp_path / "problems.jsonl", PROBLEMS)
 
 
 def expected(n: int, seed: int = 0) -> dict[str, dict]:

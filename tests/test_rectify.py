@@ -10,17 +10,18 @@ import pytest
 
 from schemas.tables import PAIRS, RESPONSES, STEP_SCORES, read_table
 from stepdpo.cli import main
-from tests.fakes.policy_server import FakePolicyServer, gold_of, problem_text, solution_steps
+from tests.fakes.policy_server import (
+    FakePolicyServer,
+    solution_steps,
+    write_problems,
+)
 
 PROBLEMS = [(3, 4), (10, 25), (7, 8), (100, 1), (6, 6)]
 
 
 @pytest.fixture()
 def problems(tmp_path):
-    path = tmp_path / "problems.jsonl"
-    path.write_text("".join(json.dumps({"id": f"p{i}", "problem": problem_text(a, b), "answer": gold_of(a, b)}) + "\n"
-                            for i, (a, b) in enumerate(PROBLEMS)))
-    return path
+    return write_problems(tmp_path / "problems.jsonl", PROBLEMS, text_field="problem")
 
 
 def test_rectify_end_to_end(problems, tmp_path, capsys):

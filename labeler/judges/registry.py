@@ -6,10 +6,9 @@ needs none of them installed.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from schemas.errors import UserError
+from labeler.registry_util import describe, resolve
 
 if TYPE_CHECKING:
     from labeler.judges.base import Judge
@@ -37,19 +36,10 @@ JUDGES: dict[str, tuple[str, str, str | None]] = {
 
 
 def judge_help() -> str:
-    return "; ".join(f"{k}: {v[1]}" for k, v in JUDGES.items())
+    return describe(JUDGES)
 
 
 def create_judge(spec: str, config: JudgeConfig) -> Judge:
     """Build the judge named by ``spec`` (e.g. ``openai:gpt-4o-mini``)."""
-    prefix, _, model = spec.partition(":")
-    if prefix not in JUDGES:
-        raise UserError(f"unknown judge '{spec}'; known: {', '.join(JUDGES)}")
-    target, _, extra = JUDGES[prefix]
-    module_name, _, func = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = f" (pip install 'stepwise-dpo[{extra}]')" if extra else ""
-        raise UserError(f"judge '{prefix}' needs a package that is not installed: {exc.name}{hint}") from exc
-    return getattr(module, func)(model, config)
+    factory, model = resolve(JUDGES, spec, "judge")
+    return factory(model, config)

@@ -42,6 +42,15 @@ def gold_of(a: int, b: int) -> str:
     return str(2 * (a + b))
 
 
+def write_problems(path: Any, problems: list[tuple[int, int]], text_field: str = "question") -> Any:
+    """A problems JSONL for these ``(a, b)``: ids ``p0, p1, …``, the problem under ``text_field``,
+    the gold answer under ``answer``. Returns ``path``."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, (a, b) in enumerate(problems):
+            fh.write(json.dumps({"id": f"p{i}", text_field: problem_text(a, b), "answer": gold_of(a, b)}) + "\n")
+    return path
+
+
 def kind_of(seed: int, continuation: bool = False) -> str:
     """The scripted outcome of a request with ``seed``: continuations are right or wrong, fresh
     samples right, wrong or cut off."""

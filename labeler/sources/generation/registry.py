@@ -6,11 +6,10 @@ Adding a backend: one module with a ``make_*(model, options)`` factory, plus one
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from schemas.errors import UserError
+from labeler.registry_util import describe, resolve
 
 if TYPE_CHECKING:
     from labeler.sources.generation.base import Generator
@@ -42,22 +41,11 @@ class GeneratorOptions:
 
 
 def generator_help() -> str:
-    return "; ".join(f"{k}: {v[1]}" for k, v in GENERATORS.items())
+    return describe(GENERATORS)
 
 
 def create_generator(spec: str, options: GeneratorOptions | None = None) -> Generator:
     """Build the backend named by ``spec`` (e.g. ``hf:Qwen/Qwen2.5-0.5B-Instruct``)."""
     options = options or GeneratorOptions()
-    prefix, _, model = spec.partition(":")
-    if prefix not in GENERATORS:
-        raise UserError(f"unknown generator '{spec}'; known: {', '.join(GENERATORS)}")
-    target, _, extra = GENERATORS[prefix]
-    module_name, _, func = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = f" (pip install 'stepwise-dpo[{extra}]')" if extra else ""
-        raise UserError(f"generator '{prefix}' needs a package that is not installed: {exc.name}{hint}") from exc
-    if prefix == "hf":
-        return getattr(module, func)(model, options)
-    return getattr(module, func)(model, options.timeout)
+    factory, model = resolve(GENERATORS, spec, "generator")
+    return factory(model, options) if spec.partition(":")[0] == "hf" else factory(model, options.timeout)
