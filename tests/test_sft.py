@@ -4,6 +4,7 @@ real gradient steps that raise the training solutions' log-probability."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -76,15 +77,30 @@ def test_sft_trains_on_the_correct_solutions(tmp_path, capsys):
     responses = tmp_path / "responses.parquet"
     write_table(from_rows(rows, RESPONSES), responses, RESPONSES)
     out = tmp_path / "sft"
-    assert main(["sft", "--responses", str(responses), "--model_name_or_path", str(base), "--output_dir", str(out),
-                 "--max_steps", "12", "--learning_rate", "0.01", "--per_device_train_batch_size", "4",
-                 "--logging_steps", "4"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["sft", "--responses", str(responses), "--model_name_or_path", str(base), "--output_dir",
+                     str(out), "--max_steps", "12", "--learning_rate", "0.01", "--per_device_train_batch_size",
+                     "4", "--logging_steps", "4"]) == 0
+    assert not [w for w in caught if "checkpointing" in str(w.message)]  # TRL's default warned on every run
     record = json.loads((out / "sft_config.json").read_text())
     assert record["counts"] == {"rows": 9, "used": 7, "wrong": 1, "no_gold": 1}
     assert record["base_model"] == str(base) and record["global_step"] == 12
     kept, _ = select_rows(rows, "correct")
     assert _logp(out, kept) > _logp(base, kept) + 1.0  # the solutions it trained on became likelier
     assert "7 solution(s) of 9" in capsys.readouterr().out
+
+
+def test_checkpointing_keeps_trls_default_without_the_deprecation_warning(tmp_path):
+    from trainer.sft import StepwiseSFTConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers' FutureWarning would raise here
+        on = StepwiseSFTConfig(output_dir=str(tmp_path), use_cpu=True)
+        off = StepwiseSFTConfig(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=False)
+        new = StepwiseSFTConfig(output_dir=str(tmp_path), use_cpu=True, activation_checkpointing=False)
+    assert on.activation_checkpointing is True  # TRL's default: on
+    assert off.activation_checkpointing is False and new.activation_checkpointing is False
 
 
 def test_sft_bad_input_is_one_line(tmp_path, capsys):

@@ -14,6 +14,25 @@ from trainer.packing import PACKING_MODES
 EOS_MODES = ("auto", "always", "never")
 
 
+def resolve_checkpointing(args: object) -> None:
+    """Move TRL's checkpointing default onto transformers' new name, before
+    ``TrainingArguments.__post_init__`` runs.
+
+    TRL's configs (`DPOConfig`, `SFTConfig`) default the deprecated ``gradient_checkpointing``
+    to True, so transformers 5 printed a FutureWarning on every `train` and `sft` run. A config
+    that declares ``gradient_checkpointing`` with default None calls this first: an explicit
+    old-name value (``--gradient_checkpointing false``) still counts, else TRL's default (on)
+    goes to ``activation_checkpointing``, and the old names are cleared, so nothing warns.
+    """
+    if getattr(args, "activation_checkpointing", None) is None:
+        old = getattr(args, "gradient_checkpointing", None)
+        args.activation_checkpointing = True if old is None else old  # type: ignore[attr-defined]
+    if getattr(args, "gradient_checkpointing_kwargs", None) is not None and \
+            getattr(args, "activation_checkpointing_kwargs", None) is None:
+        args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs  # type: ignore[attr-defined]
+    args.gradient_checkpointing = args.gradient_checkpointing_kwargs = None  # type: ignore[attr-defined]
+
+
 @dataclass
 class StepwiseDPOConfig(DPOConfig):
     """Everything `DPOConfig` has (``beta``, ``max_length``, ``truncation_mode``…) plus the step
@@ -133,13 +152,7 @@ class StepwiseDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        # TRL turns checkpointing on through the deprecated name, so transformers warns on every run:
-        # resolve it onto the new name first (an explicit old-name value still counts).
-        if self.activation_checkpointing is None:
-            self.activation_checkpointing = True if self.gradient_checkpointing is None else self.gradient_checkpointing
-        if self.gradient_checkpointing_kwargs is not None and self.activation_checkpointing_kwargs is None:
-            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
-        self.gradient_checkpointing = self.gradient_checkpointing_kwargs = None
+        resolve_checkpointing(self)  # TRL's default on the deprecated name warned on every run
         self._resolve_loss_type()
         if self.max_length is not None and self.max_length == 0:
             self.max_length = None  # 0 = no limit, as `stepdpo precompute-ref --max-length 0`

@@ -18,7 +18,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl import SFTConfig
+
 from schemas.convert import DEFAULT_SEPARATOR, format_completion, format_prompt
+from trainer.config import resolve_checkpointing
+
+
+@dataclass
+class StepwiseSFTConfig(SFTConfig):
+    """TRL's `SFTConfig`, its checkpointing default (on) moved to transformers' current name:
+    TRL sets the deprecated ``gradient_checkpointing``, which printed a FutureWarning on every
+    `stepdpo sft` (as `StepwiseDPOConfig` does for `train`)."""
+
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Old name of --activation_checkpointing (transformers 5): recompute activations in the "
+                  "backward pass to save memory. On unless set false (TRL's default)."},
+    )
+
+    def __post_init__(self) -> None:
+        resolve_checkpointing(self)
+        super().__post_init__()
 
 
 @dataclass
