@@ -206,6 +206,22 @@ class JudgeCache:
                                      "go to the run folder, but a run into another folder would pay for them again")
             return False
 
+    def put_many(self, answers: Sequence[tuple[str, Verdict]]) -> int:
+        """Store ``answers`` in one transaction: one SQLite commit per shard of the cache, not
+        one per answer. Returns how many were stored. If the transaction fails (a disk filling
+        up), each answer is tried alone, so as many as fit are kept, with :meth:`put`'s one
+        warning; the answers still reach the shards either way."""
+        good = [(key, verdict_to_json(v)) for key, v in answers if v.error is None and v.scores]
+        if not good:
+            return 0
+        try:
+            with self._cache.transact(retry=True):
+                for key, text in good:
+                    self._cache.set(key, text, retry=True)
+            return len(good)
+        except (sqlite3.Error, OSError):
+            return sum(self.put(key, v) for key, v in answers)
+
     def __len__(self) -> int:
         return len(self._cache)
 

@@ -3,10 +3,13 @@
 One asyncio loop runs ``concurrency`` workers. Each takes the next batch of responses
 (``judge.batch_size`` of them; 1 for API judges, where all steps of a response go in ONE
 request), waits for the rate limiter, calls the judge, retries what is retryable
-(:mod:`labeler.engine.retry`), and turns each answer into a ``step_scores`` row. Answers are cached
-(:mod:`labeler.engine.cache`) the moment they arrive; rows are written in shards of ``shard_size``
-(:mod:`labeler.engine.rundir`). A run killed at any point loses at most the rows of its unwritten
-shard, and those come back from the cache for free on the rerun.
+(:mod:`labeler.engine.retry`), and turns each answer into a ``step_scores`` row. Answers are stored
+in the judge cache (:mod:`labeler.engine.cache`) in one transaction per ``cache_batch`` answers, at
+most ``cache_flush_s`` after they arrive and always before the shard holding their rows; rows are
+written in shards of ``shard_size`` (:mod:`labeler.engine.rundir`). A run killed at any point
+loses at most the rows of its unwritten shard: those whose answers were stored come back from
+the cache for free on the rerun, the last few (under one batch) are asked again. No row is ever
+written twice or lost.
 
 Reusing the pieces (the provider-batch mode does):
 
@@ -68,6 +71,10 @@ class EngineConfig:
     #: Seconds between run.json checkpoints of this run's requests and spend.
     checkpoint_s: float = 5.0
     max_cost: float | None = None  # USD cap on the run folder's spend (labeler.engine.budget)
+    #: Answers stored in the judge cache per transaction; they are also stored before every
+    #: shard and once ``cache_flush_s`` old, so a kill -9 re-asks at most these few.
+    cache_batch: int = 64
+    cache_flush_s: float = 1.0
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -110,14 +117,15 @@ def verdict_cost(verdict: Verdict, price: Price | None) -> float | None:
 
 def build_row(row: dict[str, Any], judge: Judge, *, verdict: Verdict | None = None,
               error: str | None = None, attempts: int = 1, cost: float | None = None,
-              latency: float | None = None) -> dict[str, Any]:
-    """A ``step_scores`` row: the response's columns plus the judge's answer or the error."""
+              latency: float | None = None, fingerprint: str | None = None) -> dict[str, Any]:
+    """A ``step_scores`` row: the response's columns plus the judge's answer or the error
+    (``fingerprint``: the judge's, when the caller has it at hand; else computed)."""
     out = {name: row.get(name) for name in RESPONSES.schema.names}
     ok = verdict is not None and error is None and verdict.error is None
     v = verdict or Verdict(scores=[])
     out.update(
         judge=judge.name,
-        judge_fingerprint=judge.fingerprint(),
+        judge_fingerprint=fingerprint or judge.fingerprint(),
         scores=[None if s is None else float(s) for s in v.scores] if ok else None,
         raw=v.raw or None,
         status="ok" if ok else "error",
@@ -174,6 +182,8 @@ class Engine:
         self.stop = Stop()
         self.probe = DownProbe(config.stop_after_failures)
         self._buffer: list[dict[str, Any]] = []
+        self._unstored: list[tuple[str, Verdict]] = []  # answers not yet in the judge cache
+        self._unstored_since = 0.0
         self._write_error: str | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._run_task: asyncio.Task[Any] | None = None
@@ -207,6 +217,7 @@ class Engine:
 
         A failed write (disk full) keeps them buffered and stops the run: their answers are in
         the cache, so a rerun gets them for free."""
+        self.store_answers()  # cached first: a kill before the shard lands costs nothing on the rerun
         if not self._buffer or self._write_error is not None:
             return
         try:
@@ -219,6 +230,13 @@ class Engine:
         if path is not None:
             self.shards_written.append(path.name)
             self._checkpoint()
+
+    def store_answers(self) -> None:
+        """Store the answers received since the last store in the judge cache, in one
+        transaction (:meth:`JudgeCache.put_many`)."""
+        if self._unstored and self.cache is not None:
+            answers, self._unstored = self._unstored, []
+            self.cache.put_many(answers)
 
     # one batch ----------------------------------------------------------------------------
     def _observe(self, exc: RetryableError | None, started: float) -> None:
@@ -320,14 +338,21 @@ class Engine:
         stats.cost_usd += cost or 0.0
         v.checked(item)
         if v.error is None and self.cache is not None:
-            self.cache.put(cache_key(self.fingerprint, item.prompt, item.steps,
-                                     self.judge.cache_inputs(item)), v)
-        self._emit(build_row(row, self.judge, verdict=v, attempts=attempts, cost=cost, latency=latency))
+            now = time.monotonic()
+            if not self._unstored:
+                self._unstored_since = now
+            self._unstored.append((cache_key(self.fingerprint, item.prompt, item.steps,
+                                             self.judge.cache_inputs(item)), v))
+            if len(self._unstored) >= self.config.cache_batch or now - self._unstored_since >= self.config.cache_flush_s:
+                self.store_answers()
+        self._emit(build_row(row, self.judge, verdict=v, attempts=attempts, cost=cost, latency=latency,
+                             fingerprint=self.fingerprint))
 
     def record_error(self, row: dict[str, Any], error: str, *, attempts: int = 1,
                      latency: float | None = None) -> None:
         """Queue a row that failed: it is written with status=error and retried by a rerun."""
-        self._emit(build_row(row, self.judge, error=error, attempts=attempts, latency=latency))
+        self._emit(build_row(row, self.judge, error=error, attempts=attempts, latency=latency,
+                             fingerprint=self.fingerprint))
 
     def _within_budget(self, attempt: Callable[[], Awaitable[list[Verdict]]],
                        items: list[Item]) -> Callable[[], Awaitable[list[Verdict]]]:
@@ -391,7 +416,7 @@ class Engine:
             if hit is not None and hit.mismatch(item) is None:
                 self.stats.cache_hits += 1
                 self._emit(build_row(row, self.judge, verdict=hit, attempts=0,
-                                     cost=verdict_cost(hit, self.price), latency=0.0))
+                                     cost=verdict_cost(hit, self.price), latency=0.0, fingerprint=self.fingerprint))
             else:
                 misses.append(row)
         return misses

@@ -20,6 +20,7 @@ contains ``{gold_answer}`` is shown as written, never substituted.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -154,18 +155,27 @@ class Template:
 
     def render(self, prompt: str, steps: list[str], gold_answer: str | None = None,
                reference_solution: str | None = None) -> Rendered:
-        values = {"problem": escape_tags(prompt), "gold_answer": escape_tags(gold_answer or ""),
-                  "num_steps": str(len(steps)), "reference_solution": escape_tags(reference_solution or "")}
+        system, head, tail = _fill(self, prompt, gold_answer, reference_solution, len(steps))
+        return Rendered(system, head, tag_steps(steps, self.answer), tail)
 
-        def fill(part: str) -> str:
-            # Optional blocks first ({#reference_solution}…{/reference_solution}: kept only when
-            # the row has one), then every placeholder in one pass: substituted user text is
-            # never scanned again.
-            part = _BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) else "", part)
-            return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), part)
 
-        head, _, tail = self.user.partition("{steps}")
-        return Rendered(fill(self.system), fill(head), tag_steps(steps, self.answer), fill(tail))
+@functools.lru_cache(maxsize=512)
+def _fill(template: Template, prompt: str, gold_answer: str | None, reference_solution: str | None,
+          num_steps: int) -> tuple[str, str, str]:
+    """The rubric and problem text around the steps: rendered once per template and problem
+    (the solutions of a problem, the engine's token estimate and the request share it)."""
+    values = {"problem": escape_tags(prompt), "gold_answer": escape_tags(gold_answer or ""),
+              "num_steps": str(num_steps), "reference_solution": escape_tags(reference_solution or "")}
+
+    def fill(part: str) -> str:
+        # Optional blocks first ({#reference_solution}…{/reference_solution}: kept only when
+        # the row has one), then every placeholder in one pass: substituted user text is
+        # never scanned again.
+        part = _BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) else "", part)
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), part)
+
+    head, _, tail = template.user.partition("{steps}")
+    return fill(template.system), fill(head), fill(tail)
 
 
 def parse_template(text: str, name: str) -> Template:
