@@ -63,6 +63,41 @@ def test_headers_tighten_limits_and_pause():
     assert limiter.paused_until - time.monotonic() > 4.9
 
 
+
+def test_send_learns_from_answers_and_errors():
+    """The one request path of both engines: headers tighten, tokens are corrected to what was
+    used, a retry-after pauses everyone (capped), and errors pass through unchanged."""
+    class Answer:
+        def __init__(self, headers, used):
+            self.headers, self.input_tokens, self.output_tokens = headers, used, 0
+
+    async def go():
+        limiter = RateLimiter(tpm=60_000, burst_s=1.0)  # a bucket of 1000 tokens
+        sent = []
+
+        async def ok():
+            return [Answer({"x-ratelimit-limit-requests": "600"}, 100)]
+
+        await limiter.send(400, ok, max_pause=1.0, before=lambda: sent.append(1))
+        level = limiter.tokens.level
+        assert (limiter.rpm, sent) == (600, [1]) and 890 < level <= 900  # 400 held, then 100 really used
+
+        async def refused():
+            raise RetryableError("HTTP 429", retry_after=30.0, headers={"x-ratelimit-limit-tokens": "30000"})
+
+        with pytest.raises(RetryableError, match="429"):
+            await limiter.send(10, refused, max_pause=0.5)
+        assert limiter.tpm == 30000 and 0.4 < limiter.paused_until - time.monotonic() <= 0.5
+
+        async def fatal():
+            raise FatalError("HTTP 401", headers={"x-ratelimit-limit-requests": "60"}, abort=True)
+
+        with pytest.raises(FatalError):
+            await limiter.send(10, fatal, max_pause=0.5)
+        assert limiter.rpm == 60
+
+    asyncio.run(go())
+
 def test_retry_after_parsing():
     assert parse_retry_after({"Retry-After": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from labeler.engine.retry import parse_duration
+from labeler.errors import JudgeError, RetryableError
+
+R = TypeVar("R")
 
 
 class _Bucket:
@@ -76,6 +80,31 @@ class RateLimiter:
                     self.waited_s += time.monotonic() - start
                     return
                 await asyncio.sleep(wait)
+
+    async def send(self, tokens: int, call: Callable[[], Awaitable[Sequence[R]]], *, max_pause: float,
+                   before: Callable[[], Any] | None = None) -> Sequence[R]:
+        """One request under the limits, for every engine (judging and generation): wait for room
+        for it and its estimated ``tokens``, run ``before`` (the caller's last check and count),
+        ``call`` it, then learn from what came back: the rate-limit headers of each answer or of
+        the error, a ``retry-after`` (pausing everyone, at most ``max_pause`` seconds), and the
+        tokens really used in place of the estimate. Answers carry ``headers``,
+        ``input_tokens`` and ``output_tokens`` (verdicts, generations)."""
+        await self.acquire(tokens)
+        if before is not None:
+            before()
+        try:
+            answers = await call()
+        except JudgeError as exc:  # RetryableError and FatalError both carry the response's headers
+            self.update(exc.headers)
+            if isinstance(exc, RetryableError) and exc.retry_after:
+                self.pause(min(exc.retry_after, max_pause))
+            raise
+        used = 0
+        for a in answers:
+            self.update(a.headers)  # type: ignore[attr-defined]
+            used += a.input_tokens + a.output_tokens  # type: ignore[attr-defined]
+        self.correct_tokens(used - tokens)
+        return answers
 
     def correct_tokens(self, delta: int) -> None:
         """Charge the difference between a request's real and estimated tokens."""

@@ -254,19 +254,16 @@ class Engine:
         stats, limiter, stop = self.stats, self.limiter, self.stop
         start = time.monotonic()
 
-        async def attempt() -> list[Verdict]:
-            stop.check()  # no request, and no retry, once the run is stopping
-            await limiter.acquire(estimate)
-            stop.check()
+        def before() -> None:
+            stop.check()  # no request once the run is stopping, even after waiting for the limiter
             stats.requests += 1
+
+        async def call() -> list[Verdict]:
             sent = time.monotonic()
             try:
                 verdicts = await self.judge.judge(items)
             except RetryableError as exc:
                 self._observe(exc, sent)
-                limiter.update(exc.headers)
-                if exc.retry_after:  # held to --max-backoff, like the retry's own wait
-                    limiter.pause(min(exc.retry_after, self.config.retry.max_wait))
                 usage = exc.usage
                 if usage:  # a malformed answer still cost its tokens: count them as spent
                     stats.input_tokens += usage["input_tokens"]
@@ -276,17 +273,16 @@ class Engine:
                 raise
             except FatalError as exc:
                 self._observe(None, sent)
-                limiter.update(exc.headers)
                 if exc.abort:  # every later request would fail the same way
                     stop.stop(_error_text(exc))
                 raise
             self._observe(None, sent)
-            used = 0
-            for v in verdicts:
-                limiter.update(v.headers)
-                used += v.input_tokens + v.output_tokens
-            limiter.correct_tokens(used - estimate)
             return verdicts
+
+        async def attempt() -> list[Verdict]:
+            stop.check()  # no request, and no retry, once the run is stopping
+            # A retry-after pause is held to --max-backoff, like the retry's own wait.
+            return list(await limiter.send(estimate, call, max_pause=self.config.retry.max_wait, before=before))
 
         def on_retry(exc: BaseException, sleep: float) -> None:
             stats.retries += 1

@@ -198,22 +198,12 @@ class GenerationEngine:
         estimate = sum(sum(self.generator.estimate_tokens(r, self.sampling)) for r in requests)
         stats, limiter = self.stats, self.limiter
 
-        async def attempt() -> list[Generation]:
-            await limiter.acquire(estimate)
+        def count() -> None:
             stats.requests += 1
-            try:
-                gens = await self.generator.generate(requests, self.sampling)
-            except (RetryableError, FatalError) as exc:
-                limiter.update(exc.headers)
-                if isinstance(exc, RetryableError) and exc.retry_after:
-                    limiter.pause(min(exc.retry_after, self.config.retry.max_wait))
-                raise
-            used = 0
-            for g in gens:
-                limiter.update(g.headers)
-                used += g.input_tokens + g.output_tokens
-            limiter.correct_tokens(used - estimate)
-            return gens
+
+        async def attempt() -> list[Generation]:
+            return list(await limiter.send(estimate, lambda: self.generator.generate(requests, self.sampling),
+                                           max_pause=self.config.retry.max_wait, before=count))
 
         def on_retry(exc: BaseException, sleep: float) -> None:
             stats.retries += 1
