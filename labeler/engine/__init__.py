@@ -15,12 +15,12 @@ _EXPORTS = {
     # runner: the engine and the pieces batch mode reuses
     "Engine": "labeler.engine.runner",
     "EngineConfig": "labeler.engine.runner",
-    "load_rows": "labeler.engine.runner",
-    "build_row": "labeler.engine.runner",
-    "estimate": "labeler.engine.runner",
-    "run_header": "labeler.engine.runner",
-    "price_of": "labeler.engine.runner",
-    "verdict_cost": "labeler.engine.runner",
+    "load_rows": "labeler.engine.rows",
+    "build_row": "labeler.engine.rows",
+    "estimate": "labeler.engine.rows",
+    "run_header": "labeler.engine.rows",
+    "price_of": "labeler.engine.rows",
+    "verdict_cost": "labeler.engine.rows",
     # the run folder: shards, resume rule, the one writer of run.json
     "RunDir": "labeler.engine.rundir",
     "RUN_SCHEMA": "labeler.engine.rundir",
