@@ -98,6 +98,7 @@ def test_send_learns_from_answers_and_errors():
 
     asyncio.run(go())
 
+
 def test_retry_after_parsing():
     assert parse_retry_after({"Retry-After": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
@@ -149,6 +150,35 @@ def test_call_with_retries_counts_attempts():
         asyncio.run(call_with_retries(fatal, RetryPolicy(4, 0.001, 0.01)))
     assert info.value.attempts == 1 and len(calls) == 1
 
+
+
+def test_retry_waits_grow_from_the_first_attempt_and_a_stopping_sleep_keeps_the_count():
+    """The first attempt runs outside the retry loop: the waits after attempts 1, 2, 3 are still
+    the 1st, 2nd and 3rd backoff, and an exception from ``sleep`` (the run stopping) carries the
+    attempts made so far."""
+    async def always():
+        raise RetryableError("500")
+
+    waits: list[float] = []
+    with pytest.raises(RetryableError) as info:
+        asyncio.run(call_with_retries(always, RetryPolicy(4, 0.01, 1.0), lambda e, s: waits.append(s)))
+    assert info.value.attempts == 4 and len(waits) == 3
+    for n, w in enumerate(waits, start=1):
+        assert 0.01 * 2 ** (n - 1) <= w <= 0.01 * 2 ** n
+
+    class Stop(Exception):
+        pass
+
+    async def stopping(seconds: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop) as stopped:
+        asyncio.run(call_with_retries(always, RetryPolicy(4, 0.01, 1.0), sleep=stopping))
+    assert stopped.value.attempts == 1
+
+    with pytest.raises(RetryableError) as once:
+        asyncio.run(call_with_retries(always, RetryPolicy(1, 0.01, 1.0)))
+    assert once.value.attempts == 1
 
 def test_prices(tmp_path):
     p = price_for("gpt-4o-mini-2024-07-18", PRICES)
