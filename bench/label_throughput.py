@@ -1,6 +1,12 @@
-"""Labeler throughput against the loopback fake LLM server (100 ms per request).
+"""Labeler throughput against the loopback fake LLM server (100 ms per request, and zero).
 
 Measures, in one run:
+0. issue 18's figures, each `stepdpo label` a separate process as a user runs it: start-up to
+   first request (process start -> first request arriving at the fake, median of a few runs);
+   zero-latency responses/s of one process on all 1,319 GSM8K rows with the fake sharing the
+   cores; 5,000 rows at 100 ms with 64 in flight (bound 640/s), wall time including CLI
+   start-up; and the fake ALONE driven by a raw-socket client with the labeler's own request
+   bodies (bench/fake_load.py), i.e. what the fake can answer on this machine at all;
 1. responses/s of `stepdpo label` (all steps of a response in ONE request, concurrent) vs the
    seeds' naive loop (one sequential request per step, each carrying the prefix up to that step);
 2. judge prompt tokens per labeled step, all-steps-in-one vs one-request-per-prefix (token
@@ -13,6 +19,7 @@ The fake runs in its own process so its threads don't share our GIL.
 Writes bench/results/label_throughput.json.
 
     .venv/bin/python bench/label_throughput.py [--rows 500] [--naive-rows 20] [--concurrency 64]
+    .venv/bin/python bench/label_throughput.py --only startup,zero,load   # just part 0
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import asyncio
 import json
 import os
 import platform
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,13 +41,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.fake_load import hammer, process_cpu_s  # noqa: E402
 from labeler.judges.base import Item  # noqa: E402
 from labeler.judges.config import JudgeConfig  # noqa: E402
 from schemas.tables import STEP_SCORES, read_table  # noqa: E402
 from stepdpo.cli import main as stepdpo  # noqa: E402
+from tests.fakes.llm_server import FakeLLMServer  # noqa: E402
 from tests.fakes.responses import gsm8k_rows, write_responses  # noqa: E402
 
-GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl", REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
+GSM8K = [REPO / "data" / "gsm8k" / "test.jsonl"]  # bundled: all 1,319 GSM8K test problems
 KEY = "sk-bench-not-a-real-key"
 
 
@@ -47,7 +58,8 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.llm_server", "--latency", str(latency)],
                                      cwd=REPO, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def call(self, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
@@ -59,9 +71,115 @@ class Server:
     def requests(self) -> int:
         return self.call("/_stats")["total"]
 
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+
+
+def many_rows(rows: list[dict], n: int) -> list[dict]:
+    """`n` rows cycling through `rows`, each with its own response_id (so each is one request)."""
+    out = (rows * (n // len(rows) + 1))[:n]
+    return [dict(r, response_id=f"{r['response_id']}-{i}") for i, r in enumerate(out)]
+
+
+# `python -m stepdpo` plus an audit hook that notes the process's CPU seconds at its first socket
+# connect (the first request): a start-up figure that a busy shared box does not inflate.
+PROBE = """import os, runpy, sys, time
+def hook(event, args, done=[]):
+    if event == "socket.connect" and not done:
+        done.append(1)
+        with open(os.environ["STEPDPO_BENCH_PROBE"], "w") as f:
+            f.write(repr(time.process_time()))
+sys.addaudithook(hook)
+sys.argv = ["stepdpo", *sys.argv[1:]]
+runpy.run_module("stepdpo", run_name="__main__", alter_sys=True)
+"""
+
+
+def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int) -> dict:
+    """`stepdpo label` as a user runs it: a new process. Wall time from just before the process
+    starts, the delay to the first request arriving at the fake, the CPU seconds the process spent
+    before it, and both sides' CPU seconds per response."""
+    server.call("/_reset", {})
+    probe = out.parent / f".{out.name}.probe"
+    fake_cpu0, child0 = server.cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0_epoch, t0 = time.time(), time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", PROBE, "label", str(inp), "--judge", "openai:gpt-4o-mini",
+                        "-o", str(out), "--progress", "none", "--concurrency", str(concurrency)],
+                       env=dict(env, OPENAI_BASE_URL=server.url + "/v1", STEPDPO_BENCH_PROBE=str(probe)),
+                       cwd=out.parent, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stats = server.call("/_stats")
+    manifest = json.loads((out / "run.json").read_text())
+    n, elapsed = manifest["totals"]["ok"], manifest["runs"][-1]["elapsed_s"]
+    label_cpu = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
+    return {"rows_ok": n, "requests": stats["total"], "concurrency": concurrency, "elapsed_s": elapsed,
+            "responses_per_s": round(n / elapsed, 1), "wall_s_with_cli_startup": round(wall, 3),
+            "responses_per_s_with_cli_startup": round(n / wall, 1),
+            "startup_to_first_request_s": round(stats["first_request_at"] - t0_epoch, 3),
+            "startup_cpu_s_to_first_request": round(float(probe.read_text()), 3),
+            "label_cpu_ms_per_response": round(label_cpu / n * 1000, 3),
+            "fake_cpu_ms_per_request": round((server.cpu_s() - fake_cpu0) / stats["total"] * 1000, 3),
+            "load_average": os.getloadavg()}
+
+
+def request_bodies(rows: list[dict], tmp: Path) -> list[dict]:
+    """The labeler's own request bodies, recorded by an in-process fake (for the fake-alone run)."""
+    old = os.environ["OPENAI_BASE_URL"]
+    with FakeLLMServer() as fake:
+        os.environ["OPENAI_BASE_URL"] = fake.url + "/v1"
+        try:
+            label(write_responses(rows, tmp / "bodies.parquet"), tmp / "run-bodies", "--no-cache")
+        finally:
+            os.environ["OPENAI_BASE_URL"] = old
+        return [r["body"] for r in fake.requests if r["path"] == "/v1/chat/completions"]
+
+
+def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[str]) -> dict:
+    """Part 0 of the docstring: start-up, zero latency, 5,000 rows at 100 ms, the fake alone."""
+    env = dict(os.environ, PYTHONPATH=str(args.tree), HF_HUB_OFFLINE="1")
+    out: dict = {}
+    zero = Server(0.0)
+    try:
+        if "startup" in parts:  # a small job: the first request is what is timed
+            inp = write_responses(rows[:50], tmp / "startup.parquet")
+            runs = [cli_label(inp, tmp / f"run-startup-{k}", zero, dict(env, STEPDPO_CACHE_DIR=str(tmp / f"c-s{k}")),
+                              args.concurrency) for k in range(args.startup_runs)]
+            firsts = [r["startup_to_first_request_s"] for r in runs]
+            cpus = [r["startup_cpu_s_to_first_request"] for r in runs]
+            out["startup"] = {"runs": args.startup_runs, "rows": 50,
+                              "startup_to_first_request_s_median": statistics.median(firsts),
+                              "startup_to_first_request_s_min": min(firsts),
+                              "startup_to_first_request_s_all": firsts,
+                              "cpu_s_to_first_request_median": statistics.median(cpus),
+                              "cpu_s_to_first_request_all": cpus, "target_s": 1.0,
+                              "load_average": os.getloadavg()}
+        if "zero" in parts:
+            inp = write_responses(rows[:1319], tmp / "zero.parquet")
+            out["zero_latency"] = cli_label(inp, tmp / "run-zero", zero,
+                                            dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-zero")), args.concurrency)
+        if "load" in parts:
+            bodies = request_bodies(rows[:200], tmp)
+            out["fake_alone"] = hammer(zero.port, bodies, args.load_seconds, args.concurrency, zero.proc.pid)
+            out["fake_alone"]["load_average"] = os.getloadavg()
+    finally:
+        zero.stop()
+    if "5000" in parts:
+        slow = Server(args.latency)
+        try:
+            inp = write_responses(many_rows(rows, args.big_rows), tmp / "big.parquet")
+            out["latency_5000"] = dict(cli_label(inp, tmp / "run-big", slow,
+                                                 dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-big")), args.concurrency),
+                                       latency_s=args.latency,
+                                       upper_bound_responses_per_s=round(args.concurrency / args.latency, 1))
+        finally:
+            slow.stop()
+    return out
 
 
 def label(inp: Path, out: Path, *extra: str) -> dict:
@@ -105,10 +223,26 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--rpm-limit", type=float, default=3000)
     ap.add_argument("--rpm-rows", type=int, default=600)
+    ap.add_argument("--big-rows", type=int, default=5000, help="rows of the 100 ms wall-time run (default 5000)")
+    ap.add_argument("--startup-runs", type=int, default=5)
+    ap.add_argument("--load-seconds", type=float, default=5.0, help="how long the fake-alone run lasts")
+    ap.add_argument("--only", default=None, help="comma-separated parts of part 0 to run alone "
+                    "(startup, zero, load, 5000): skips the rest and writes only them")
+    ap.add_argument("--tree", default=str(REPO), help="checkout whose `stepdpo label` part 0 runs (e.g. main's, "
+                    "for a before/after in one sitting; default: this one)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "label_throughput.json"))
     args = ap.parse_args()
 
-    rows = gsm8k_rows(GSM8K, max(args.rows, args.rpm_rows))
+    rows = gsm8k_rows(GSM8K, 1319)
+    if len(rows) < 1319:
+        raise SystemExit(f"expected the 1,319 bundled GSM8K test rows in {GSM8K[0]}, found {len(rows)}")
+    if args.only:
+        tmp = Path(tempfile.mkdtemp(prefix="stepdpo-bench-"))
+        os.environ.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+        result = {"bench": "label_throughput (part 0 only)", "issue18": issue18(rows, tmp, args,
+                                                                                set(args.only.split(",")))}
+        print(json.dumps(result, indent=2))
+        return
     server = Server(args.latency)
     tmp = Path(tempfile.mkdtemp(prefix="stepdpo-bench-"))
     os.environ.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=server.url + "/v1",
@@ -167,6 +301,7 @@ def main() -> None:
                    "allowed_requests_incl_burst": round(allowed, 1),
                    "fraction_of_allowed_incl_burst": round((stats["total"] - stats["faults"].get("429", 0))
                                                            / allowed, 4)}
+        issue = issue18(rows, tmp, args, {"startup", "zero", "load", "5000"})
     finally:
         server.stop()
 
@@ -181,6 +316,7 @@ def main() -> None:
             naive["prompt_tokens_per_step"] / engine["prompt_tokens_per_step"], 2),
         "rerun_requests": rerun_requests,
         "rate_limited": limited,
+        "issue18": issue,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -43,8 +43,7 @@ from labeler.judges.config import JudgeConfig  # noqa: E402
 from labeler.judges.prm import PRMJudge  # noqa: E402
 from tests.prm_models import build_prm, gsm8k_sample  # noqa: E402
 
-SHARED_TEST = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-SAMPLE = REPO / "data" / "gsm8k" / "test_sample.jsonl"
+GSM8K_TEST = REPO / "data" / "gsm8k" / "test.jsonl"  # bundled: all 1,319 GSM8K test problems
 
 
 def per_prefix_scores(judge: PRMJudge, item: Item, work: dict[str, int]) -> list[float]:
@@ -137,7 +136,7 @@ def ray_vs_local(args: argparse.Namespace, workers: int = 2) -> dict:
 
     from stepdpo.cli import main as stepdpo
 
-    data = SHARED_TEST if SHARED_TEST.exists() else SAMPLE
+    data = GSM8K_TEST
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = Path(args.model) if args.model else build_prm(root / "prm", "qwen")
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     default_threads = torch.get_num_threads()
-    data = SHARED_TEST if SHARED_TEST.exists() else SAMPLE
+    data = GSM8K_TEST
     rows = gsm8k_sample(args.n, data)
     items = [Item(f"gsm8k-{i}", q, steps) for i, (q, steps) in enumerate(rows)]
     n_steps = sum(len(it.steps) for it in items)

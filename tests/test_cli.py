@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -146,3 +147,42 @@ print(json.dumps({{"codes": codes, "heavy": heavy}}))
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["heavy"] == []
     assert result["codes"] == {n: [0, True] for n in present}
+
+
+@pytest.mark.parametrize("judge", ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
+def test_label_with_an_api_judge_stays_light(judge, tmp_path, gsm8k_sample):
+    """`stepdpo label` with an API judge, a real run over HTTP to the loopback fake: never torch,
+    transformers or Ray (only local-model judges need them), and before its first request neither
+    pandas nor pyarrow.dataset (pq.read_table's route, ~0.2 s of start-up: issue 18's < 1 s)."""
+    from tests.fakes.llm_server import FakeLLMServer
+    from tests.fakes.responses import gsm8k_rows, write_responses
+
+    inp = write_responses(gsm8k_rows([gsm8k_sample], 6), tmp_path / "r.parquet")
+    out = tmp_path / "run"
+    code = f"""
+import json, sys
+first = []
+def hook(event, args):
+    if event == "socket.connect" and not first:
+        first.append(sorted(sys.modules))
+sys.addaudithook(hook)
+from stepdpo.cli import main
+rc = main(["label", {str(inp)!r}, "--judge", {judge!r}, "-o", {str(out)!r}, "--progress", "none"])
+print(json.dumps({{"rc": rc, "at_first_request": first[0] if first else None, "at_end": sorted(sys.modules)}}))
+"""
+    env_var = "OPENAI" if judge.startswith("openai") else "ANTHROPIC"
+    with FakeLLMServer() as server:
+        env = dict(os.environ, PYTHONPATH=str(REPO), STEPDPO_CACHE_DIR=str(tmp_path / "cache"),
+                   **{f"{env_var}_API_KEY": "sk-test", f"{env_var}_BASE_URL":
+                      server.url + ("/v1" if env_var == "OPENAI" else "")})
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=120, check=False)
+        requests = server.total_requests
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rc"] == 0 and requests == 6  # it really labeled, over HTTP
+    assert json.loads((out / "run.json").read_text())["totals"]["ok"] == 6
+    first, end = result["at_first_request"], result["at_end"]
+    assert first is not None
+    assert [m for m in end if m.split(".")[0] in ("torch", "transformers", "ray", "trl", "datasets")] == []
+    assert [m for m in first if m == "pandas" or m.startswith("pyarrow.dataset")] == []

@@ -35,7 +35,14 @@ import pyarrow.parquet as pq
 
 from schemas.atomic import atomic_write_json
 from schemas.errors import UserError
-from schemas.tables import STEP_SCORES, from_rows, kind_of_schema, validate, write_table
+from schemas.tables import (
+    STEP_SCORES,
+    from_rows,
+    kind_of_schema,
+    read_parquet,
+    validate,
+    write_table,
+)
 
 #: ``schema`` of run.json; a new field is fine, a changed meaning needs a new version.
 RUN_SCHEMA = "stepdpo.run/1"
@@ -117,7 +124,7 @@ class RunDir:
 
     def _read_columns(self, part: Path, columns: list[str]) -> pa.Table:
         try:
-            return pq.read_table(part, columns=columns)
+            return read_parquet(part, columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
             try:
                 tag = kind_of_schema(pq.read_schema(part)) or "not a stepdpo file"
@@ -170,7 +177,7 @@ class RunDir:
             if not any(keep):
                 part.unlink()
                 continue
-            full = validate(pq.read_table(part), STEP_SCORES, part)
+            full = validate(read_parquet(part), STEP_SCORES, part)
             write_table(full.filter(pa.array(keep)), part, STEP_SCORES)
         return dropped
 
@@ -179,7 +186,7 @@ class RunDir:
         parts = self.parts()
         if not parts:
             return None
-        table = pa.concat_tables([validate(pq.read_table(p), STEP_SCORES, p) for p in parts])
+        table = pa.concat_tables([validate(read_parquet(p), STEP_SCORES, p) for p in parts])
         if status is not None:
             table = table.filter(pc.equal(table.column("status"), status))
         return table

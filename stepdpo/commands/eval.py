@@ -111,7 +111,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, EvalConfig, "evaluation")
     add_dataclass_arguments(parser, PairsEvalConfig, "implicit rewards on pairs (--pairs)")
     add_dataclass_arguments(parser, GeneratorOptions, "backend")
-    from labeler.engine.ray_engine import RayOptions
+    from labeler.engine.ray_options import RayOptions
 
     parser.add_argument("--engine", default="local", choices=["local", "ray"],
                         help="where an hf: model samples: local, or ray (one model per Ray worker; as "

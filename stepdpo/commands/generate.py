@@ -123,7 +123,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder for responses shards and run.json")
     add_dataclass_arguments(parser, GenerateConfig, "generation")
     add_dataclass_arguments(parser, GeneratorOptions, "backend")
-    from labeler.engine.ray_engine import RayOptions  # imports no Ray until --engine ray runs
+    from labeler.engine.ray_options import RayOptions  # no Ray, no engine: --help stays light
 
     parser.add_argument("--engine", default="local", choices=["local", "ray"],
                         help="where an hf: model runs: local (this process) or ray (an actor pool on a Ray "

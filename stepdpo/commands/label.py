@@ -105,7 +105,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "half price, results within 24h; batch ids are kept in RUN_DIR/batches/ and a "
                              "rerun attaches to them (`stepdpo batches RUN_DIR` shows them)")
     add_dataclass_arguments(parser, BatchOptions, "provider batch mode (--batch)")
-    from labeler.engine.ray_engine import RayOptions  # imports no Ray until --engine ray runs
+    from labeler.engine.ray_options import RayOptions  # no Ray, no engine: --help stays light
 
     parser.add_argument("--engine", default="local", choices=["local", "ray"],
                         help="where the judge runs: local (this process) or ray (an actor pool on a Ray "

@@ -145,6 +145,7 @@ class FakeLLMServer:
         self.in_flight = 0  # requests being answered now, and the most at once
         self.max_in_flight = 0
         self.peers: set[int] = set()  # client ports seen: one per TCP connection
+        self.first_request_at: float | None = None  # time.time() of the first API request (start-up bench)
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): FakeLLMServer.chat_completions,
             ("POST", "/v1/messages"): FakeLLMServer.messages,
@@ -194,6 +195,7 @@ class FakeLLMServer:
             self.counts.clear()
             self.fault_counts.clear()
             self.requests.clear()
+            self.first_request_at = None
 
     @property
     def total_requests(self) -> int:
@@ -203,7 +205,8 @@ class FakeLLMServer:
         with self.lock:
             counts = {k: v for k, v in self.counts.items() if not k.startswith("/_")}
             faults = dict(self.fault_counts)
-        h.send_json(200, {"counts": counts, "total": sum(counts.values()), "faults": faults}, {})
+        h.send_json(200, {"counts": counts, "total": sum(counts.values()), "faults": faults,
+                          "first_request_at": self.first_request_at}, {})
 
     def config_route(self, h: _RequestHandler, body: dict) -> None:
         with self.lock:
@@ -543,6 +546,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         with self.fake.lock:
             self.fake.counts[path] += 1
+            if self.fake.first_request_at is None and not path.startswith("/_"):
+                self.fake.first_request_at = time.time()
             body = json.loads(raw) if raw else {}
             if self.fake.record:
                 self.fake.requests.append({"path": path, "body": body,
