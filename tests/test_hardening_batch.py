@@ -143,7 +143,7 @@ def test_batch_against_a_server_without_batch_endpoints_is_one_line(tmp_path, ca
         lines = log.strip().splitlines()
         assert rc == 2 and "Traceback" not in log, log
         assert lines[-1].startswith(f"stepdpo label: error: {provider} batch API at {server.url}")
-        assert "refused: HTTP 404" in lines[-1] and "this server has no provider batch API: label without --batch" \
+        assert "refused: HTTP 404" in lines[-1] and "this server has no provider batch API: run without --batch" \
             in lines[-1]
         assert KEY not in log
         assert state.load_all(run) == []  # nothing recorded that was never created

@@ -233,7 +233,7 @@ def _submit_failed(run_dir: str, rec: BatchRecord, exc: SubmitError, summary: Ba
     provider may have created the batch anyway (the next run then finds it or resubmits)."""
     if not exc.maybe_created:
         state.forget(run_dir, rec)
-    hint = ("this server has no provider batch API: label without --batch" if exc.no_batch_api
+    hint = ("this server has no provider batch API: run without --batch" if exc.no_batch_api
             else "the next run looks for it and attaches or resubmits; rerun the same command"
             if exc.maybe_created else "nothing was submitted; fix the cause and rerun the same command")
     done = f" ({len(summary.submitted)} earlier batch(es) of this run were submitted and are kept)" \

@@ -1,18 +1,20 @@
-"""Show (or cancel) the provider batches of a labeling run made with `stepdpo label --batch`.
+"""Show (or cancel) the provider batches of a run made with `stepdpo label --batch` or
+`stepdpo generate --batch`.
 
 For each batch recorded in RUN_DIR/batches/: its provider id, where it stands (our phase and
 the provider's status), request counts, rows written, and cost so far at batch price (the
 estimate, pro rata, while it runs). Statuses are refreshed from the provider unless --offline.
 --cancel asks the provider to cancel every batch still running, one by one: a batch that
 already ended is reported (the provider refuses to cancel it) and the others are still
-cancelled; the command exits 1 if one could not be cancelled. Rerun `stepdpo label` on the same
-folder afterwards to write their rows (canceled requests become error rows, retried by the run
-after that). Only batches the provider created are listed.
+cancelled; the command exits 1 if one could not be cancelled. Rerun the command that made the
+folder (`stepdpo label` / `stepdpo generate`) afterwards to write their rows (canceled requests
+are retried by the run after that). Only batches the provider created are listed.
 
 examples:
   stepdpo batches work/run
   stepdpo batches work/run --cancel
   stepdpo batches work/run --offline --json
+  stepdpo batches work/gen        # a `stepdpo generate --batch` folder
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from schemas.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the -o folder of a `stepdpo label --batch` run")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="the -o folder of a `stepdpo label --batch` or `stepdpo generate --batch` run")
     parser.add_argument("--cancel", action="store_true", help="cancel every batch of the run that is still running")
     parser.add_argument("--offline", action="store_true",
                         help="show what the run folder recorded; do not ask the provider (no key needed)")
@@ -57,16 +60,26 @@ def cost_so_far(rec: BatchRecord) -> tuple[float | None, bool]:
     return rec.estimated_cost_usd * answered / total, True
 
 
+def made_by(run_dir: Path) -> str:
+    """The command whose rerun collects the folder's batches (from its run.json)."""
+    try:
+        schema = json.loads((run_dir / "run.json").read_text("utf-8")).get("schema", "")
+    except (OSError, ValueError, AttributeError):
+        schema = ""
+    return "generate" if str(schema).startswith("stepdpo.generate/") else "label"
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
+    cmd = made_by(run_dir)
     everything = state.load_all(run_dir)
     # A record without a provider id is a submission that never got one: not a batch to show.
     records = [r for r in everything if r.batch_id is not None]
     unsure = [r for r in everything if r.batch_id is None and not r.done]
     if not records:
-        raise UserError(f"{run_dir}: no provider batches recorded (was it labeled with --batch?)")
+        raise UserError(f"{run_dir}: no provider batches recorded (was it made with --batch?)")
     transports: dict[tuple[str, str | None], Any] = {}
     cancelled: list[str] = []
     refused: list[str] = []  # ended before we asked: nothing to cancel
@@ -111,22 +124,22 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     print(render(records))
     if unsure:
-        print(f"{len(unsure)} submission(s) stopped before the provider gave an id; the next `stepdpo label "
+        print(f"{len(unsure)} submission(s) stopped before the provider gave an id; the next `stepdpo {cmd} "
               "--batch` run finds the batch if it was created, or submits its rows anew")
     running = [r for r in records if not r.done]
     if args.cancel:
         if cancelled:
-            print(f"cancel requested for {len(cancelled)} batch(es); rerun `stepdpo label` on {run_dir} to collect "
+            print(f"cancel requested for {len(cancelled)} batch(es); rerun `stepdpo {cmd}` on {run_dir} to collect "
                   "what they finished")
         for line in refused:
-            print(f"not cancelled: {line}; rerun `stepdpo label` on {run_dir} to collect it")
+            print(f"not cancelled: {line}; rerun `stepdpo {cmd}` on {run_dir} to collect it")
         for line in failed:
             print(f"could not cancel {line}")
         if not (cancelled or refused or failed):
             print("nothing to cancel: every batch was already collected")
         return 1 if failed else 0
     if running:
-        print(f"{len(running)} batch(es) not collected yet; rerun `stepdpo label ... --batch` on {run_dir} to collect")
+        print(f"{len(running)} batch(es) not collected yet; rerun `stepdpo {cmd} ... --batch` on {run_dir} to collect")
     return 0
 
 

@@ -28,6 +28,14 @@ pairs each wrong step with a correct continuation's step (Step-DPO's rectify pai
 rewritten by the model with one plausible mistake at step k (--flaw-step, or drawn per solution)
 carried to the end; steps before k are kept verbatim and reference_scores are known.
 
+--batch (openai: and anthropic:): the same requests through the provider's batch API at half
+price (results within 24h): one batch line per (problem, sample) with the online body and seed,
+so batch and online rows of a task are interchangeable (same cache key; meta adds batch_id).
+Batch ids are written to RUN_DIR/batches/ before and at submit: a killed run's rerun attaches
+to its batches instead of paying twice, a finished job's rerun submits nothing, and a sample
+that failed inside a batch is drawn again by the next run (--batch-retry batch|online).
+`stepdpo batches RUN_DIR` shows or cancels them; --dry-run shows online vs batch price.
+
 examples:
   stepdpo generate data/gsm8k/test_sample.jsonl --generator hf:work/tiny-model -o work/gen -n 4 --max-new-tokens 64
   stepdpo generate problems.jsonl --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/gen -n 8 --temperature 0.8 --top-p 0.95
@@ -37,6 +45,8 @@ examples:
   stepdpo label work/cont --judge answer-match -o work/cont-checked
   stepdpo pairs work/located work/cont-checked --strategy first-error -o work/pairs
   stepdpo generate work/responses.parquet --flaw --generator openai:gpt-4o-mini -o work/flawed -n 2
+  stepdpo generate problems.jsonl --generator openai:gpt-4o-mini --template chat -o work/gen-4o -n 8 --batch
+  stepdpo batches work/gen-4o
 """
 
 from __future__ import annotations
@@ -131,6 +141,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "are the same either way (default: local)")
     add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
     add_allow_incomplete(parser)
+    from labeler.batch.collect import BatchOptions  # provider batch mode: labeler/batch/generate.py
+
+    parser.add_argument("--batch", action="store_true",
+                        help="openai: and anthropic: generators: send the samples through the provider's batch "
+                             "API (half price, results within 24h); one request per (problem, sample), the same "
+                             "bodies, seeds and rows as online; batch ids are kept in RUN_DIR/batches/ and a rerun "
+                             "attaches to them (`stepdpo batches RUN_DIR` shows them)")
+    add_dataclass_arguments(parser, BatchOptions, "provider batch mode (--batch)")
 
 
 def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
@@ -200,6 +218,13 @@ def run(args: argparse.Namespace) -> int:
         tasks = sample_tasks(problems, template, cfg.n, sampling, separator)
     options = dataclass_from_args(GeneratorOptions, args)
     engine_kind = getattr(args, "engine", "local")
+    batch = getattr(args, "batch", False)
+    if batch:  # refused before a model loads or a key is needed
+        from labeler.batch.collect import BatchOptions
+        from labeler.batch.generate import check_batch_options, refuse_spec
+
+        refuse_spec(args.generator, engine_kind)
+        check_batch_options(dataclass_from_args(BatchOptions, args))
     if engine_kind == "ray":
         from labeler.engine.ray_engine import RayOptions, check_options
         from labeler.sources.generation.ray_generation import remote_generator
@@ -225,12 +250,22 @@ def run(args: argparse.Namespace) -> int:
         todo = [t for t in tasks if t.generation_id not in done]
         est = estimate(todo, generator, sampling, price_for(generator.price_model, prices))
         est["already_done"] = len(tasks) - len(todo)
+        if generator.batch_provider is not None:  # online vs --batch price
+            from labeler.batch.registry import transport_class
+
+            discount = transport_class(generator.batch_provider).discount
+            est.update(online_cost_usd_max=est["cost_usd_max"], batch_discount=discount,
+                       batch_cost_usd_max=None if est["cost_usd_max"] is None
+                       else round(est["cost_usd_max"] * discount, 4))
         print(json.dumps(est, indent=2))
         bound = "unknown (no price for this model; --prices FILE)" if est["cost_usd_max"] is None \
             else f"${est['cost_usd_max']:.4f}"
         print(f"dry run: {est['samples']} samples to draw ({est['already_done']} already done), "
               f"~{est['input_tokens']} input tokens, ≤ {est['output_tokens_max']} output tokens, cost ≤ {bound}",
               file=sys.stderr)
+        if est.get("batch_cost_usd_max") is not None:
+            print(f"dry run: online ≤ ${est['online_cost_usd_max']:.4f}, with --batch ≤ "
+                  f"${est['batch_cost_usd_max']:.4f} ({est['batch_discount']:g} of the online price)", file=sys.stderr)
         return 0
     if not tasks:
         print("generate: nothing to sample (no wrong solution in the run)" if cfg.continue_from
@@ -261,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
                                              ray_options=ray_options)
             else:
                 engine = GenerationEngine(generator, out, engine_cfg, sampling, splitter, cache, prices, described)
+            if batch:
+                return _generate_batch(args, engine, tasks, info)
             manifest = run_engine(engine, tasks, info)
     finally:
         if cache is not None:
@@ -275,3 +312,33 @@ def run(args: argparse.Namespace) -> int:
               "command to retry the failed ones" + (f" (first reason: {next(iter(this['failures']))})"
                                                      if this["failures"] else ""), file=sys.stderr)
     return 0 if totals["samples"] else 1
+
+
+def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -> int:
+    """``stepdpo generate ... --batch`` once the folder is locked and the engine built."""
+    from labeler.batch.collect import BatchOptions
+    from labeler.batch.generate import run_batch_generate
+
+    options = dataclass_from_args(BatchOptions, args)
+    manifest = run_batch_generate(engine, tasks, info, options)
+    totals, this = manifest["totals"], manifest["runs"][-1]
+    cost = "cost unknown (no price for this model: --prices FILE)" if this["cost_usd"] is None \
+        else f"${this['cost_usd']:.4f} at batch price"
+    print(f"generate --batch: {this['tasks'] - this['missing']} of {this['tasks']} samples in {args.output} "
+          f"({totals['samples']} in the folder); this run: {len(this['batches_submitted'])} batch(es) submitted, "
+          f"{len(this['batches_attached'])} attached, {this['ok']} drawn in batches, {this['skipped']} already "
+          f"done, {this['cache_hits']} from cache, {cost}", file=sys.stderr)
+    if this["retried_online"]:
+        o = this["online_retry"]
+        spent = "cost unknown" if o["cost_usd"] is None else f"${o['cost_usd']:.4f} at online price"
+        print(f"generate --batch: drew {o['samples']} sample(s) that failed in a batch online first: "
+              f"{o['requests']} request(s), {spent}", file=sys.stderr)
+    if this["batches_pending"]:
+        print(f"generate --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
+              f"to collect them (`stepdpo batches {args.output}` shows them)", file=sys.stderr)
+    elif this["failed"] or this["empty"]:
+        how = "online" if options.batch_retry == "online" else "in a new batch"
+        print(f"generate --batch: {this['failed']} sample(s) failed inside a batch, {this['empty']} came back empty; "
+              f"rerun the same command to retry the failed ones ({how})"
+              + (f" (first reason: {next(iter(this['failures']))})" if this["failures"] else ""), file=sys.stderr)
+    return 0 if totals["samples"] or this["batches_pending"] else 1

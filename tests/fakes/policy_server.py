@@ -14,6 +14,9 @@ solution from that step on.
 
 Real HTTP on 127.0.0.1 (the real SDKs talk to it); optional latency per request, a scripted
 list of faults (``429`` with retry-after, ``500``), and a count of requests per route.
+:meth:`FakePolicyServer.attach_batches` adds the provider batch endpoints
+(tests/fakes/batch_api.py) on the same port, answering each request inside a batch with the same
+scripted answer as online (without counting it as an online request).
 Run ``python -m tests.fakes.policy_server --latency 0.1`` to serve from another process
 (benchmarks); it prints ``PORT <n>``.
 """
@@ -110,6 +113,7 @@ class FakePolicyServer:
         self.faults: list[str | None] = []
         self.counts: Counter[str] = Counter()
         self.bodies: list[dict[str, Any]] = []
+        self.batch_api: Any = None  # tests/fakes/batch_api.BatchAPI, see attach_batches
         self._lock = threading.Lock()
         server = self
 
@@ -121,8 +125,14 @@ class FakePolicyServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
                 path = self.path.split("?")[0]
+                if server.batch_api is not None and server.batch_api.handle_http(self, "POST", path, raw):
+                    return
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:  # e.g. a batch file upload to a server without batch endpoints
+                    body = {}
                 status, payload, headers = server.handle(path, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -130,6 +140,17 @@ class FakePolicyServer:
                 self.send_header("content-length", str(len(data)))
                 for k, v in headers.items():
                     self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - only the batch endpoints are read with GET
+                path = self.path.split("?")[0]
+                if server.batch_api is not None and server.batch_api.handle_http(self, "GET", path, b""):
+                    return
+                data = json.dumps({"error": {"message": f"no route GET {path}"}}).encode()
+                self.send_response(404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -158,6 +179,10 @@ class FakePolicyServer:
             return 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}}, {"retry-after": "0.05"}
         if fault == "500":
             return 500, {"error": {"message": "boom", "type": "server_error"}}, {}
+        return self.answer(path, body)
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The scripted answer to ``body`` at ``path`` (no latency, no fault, not counted)."""
         seed = int(body.get("seed") or 0)
         if path.endswith("/completions") and "prompt" in body:
             text, reason = answer_for(body["prompt"], seed)
@@ -184,6 +209,22 @@ class FakePolicyServer:
                          "usage": {"input_tokens": usage["prompt_tokens"],
                                    "output_tokens": usage["completion_tokens"]}}, {}
         return 404, {"error": {"message": f"no route {path}"}}, {}
+
+    def attach_batches(self, **kwargs: Any) -> Any:
+        """Serve the OpenAI and Anthropic batch endpoints here too (``kwargs``: BatchAPI's
+        ``polls_to_finish``, ``fault``...); each request in a batch gets the online answer."""
+        from tests.fakes.batch_api import BatchAPI
+
+        def via(path: str) -> Any:
+            def answer(body: dict[str, Any]) -> dict[str, Any]:
+                status, payload, _ = self.answer(path, body)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {payload}")
+                return payload
+            return answer
+
+        self.batch_api = BatchAPI(via("/v1/chat/completions"), via("/v1/messages"), **kwargs)
+        return self.batch_api
 
     @staticmethod
     def _usage(prompt: str, text: str) -> dict[str, int]:

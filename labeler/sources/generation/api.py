@@ -64,6 +64,11 @@ class ApiGenerator(Generator):
         self._base_url = base_url
         self._client: Any = None
 
+    def batch_connection(self) -> dict[str, Any]:
+        """Key and base URL for the batch transport: batch and online requests go to the same
+        place as the same account (as :meth:`labeler.judges.base.Judge.batch_connection`)."""
+        return {"api_key": self._api_key, "base_url": self._base_url}
+
     def classify(self, exc: Exception) -> Exception:
         """The judges' error policy, for this SDK's exception family."""
         sdk = importlib.import_module(self.sdk)
@@ -142,6 +147,7 @@ class OpenAIGenerator(ApiGenerator):
         self.compatible = compatible
         #: OpenAI's own API serves chat models only: raw-text templates are refused up front.
         self.chat_only = not compatible
+        self.batch_provider = None if compatible else "openai"
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return {"model": self.model, "protocol": "openai-compatible" if self.compatible else "openai"}
@@ -204,6 +210,7 @@ class AnthropicGenerator(ApiGenerator):
     """Messages API; the answer start goes in as an assistant prefill (Anthropic continues it)."""
 
     sdk = "anthropic"
+    batch_provider = "anthropic"
 
     def fingerprint_parts(self) -> dict[str, Any]:
         # Newer Claude models refuse temperature and top_p together: only temperature is sent.

@@ -95,6 +95,9 @@ class Generator(abc.ABC):
     batch_size: int = 1
     #: The model whose price applies (None for local models: free).
     price_model: str | None = None
+    #: The provider batch API (a name in :mod:`labeler.batch.registry`) that can send this
+    #: backend's request bodies unchanged (``generate --batch``); None where there is none.
+    batch_provider: str | None = None
 
     @abc.abstractmethod
     def fingerprint_parts(self) -> dict[str, Any]:

@@ -124,8 +124,9 @@ class GenerationEngine:
         self.shards_written: list[str] = []
 
     # rows ------------------------------------------------------------------------------------
-    def row_of(self, task: Task, gen: Generation) -> dict[str, Any] | None:
-        """The ``responses`` row of one sample (None for an empty answer)."""
+    def row_of(self, task: Task, gen: Generation, extra_meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The ``responses`` row of one sample (None for an empty answer); ``extra_meta`` adds
+        to its meta (batch mode records the provider batch id there)."""
         # The step marker the answer starts with ("Step 1: ", or "Step k: " after a prefix): part of
         # the answer when it was prefilled, and added when a chat model was only shown it and did
         # not repeat it.
@@ -151,6 +152,7 @@ class GenerationEngine:
         }
         if task.continues is not None:
             meta.update(continues=task.continues, prefix_len=len(task.prefix_steps))
+        meta.update(extra_meta or {})
         return {
             "response_id": response_id(task.prompt, steps),
             "problem_id": task.problem_id,
@@ -174,9 +176,10 @@ class GenerationEngine:
         self.stats.ok += 1
         self._buffer.append(row)
         if len(self._buffer) >= self.config.shard_size:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the queued rows as one shard (atomically)."""
         if self._buffer:
             rows, self._buffer = self._buffer, []
             path = self.out.write_shard(rows)
@@ -295,7 +298,7 @@ class GenerationEngine:
                 await self.draw_tasks(todo)
             state = "aborted" if self._abort is not None else "finished"
         finally:
-            self._flush()
+            self.flush()
             done = self.out.done_ids()
             missing = sum(1 for t in tasks if t.generation_id not in done)
             this_run = {"started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
