@@ -9,11 +9,19 @@ visibly), one total deadline per request, and the same error classes: 408/409/42
 retryable (with ``retry-after``), 401/403/404 stop the run, other 4xx fail the sample; keys are
 scrubbed from every message. Prices come from the judges' price table (``openai:`` and
 ``anthropic:`` models; a server's own model has no known price).
+
+The hot path: a request body is built once as plain JSON (:meth:`ApiGenerator.body`, also what a
+provider batch line carries) and POSTed through the SDK client's own ``post`` with the raw HTTP
+response as the result (``cast_to`` the HTTP library's ``Response``): the SDK still adds keys,
+base URL, headers and its error classes (non-2xx raises ``APIStatusError`` as before), but skips
+the per-request typed transform of ``create``'s keyword arguments and the response wrapper; the
+connection pool is sized to the engine's concurrency instead of the SDK's 1,000 slots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import os
@@ -63,6 +71,20 @@ class ApiGenerator(Generator):
         self._api_key = api_key
         self._base_url = base_url
         self._client: Any = None
+        self._pool: int | None = None
+
+    def plan_concurrency(self, in_flight: int) -> None:
+        self._pool = max(1, in_flight)
+
+    def http_client(self) -> Any:
+        """The SDK's default async HTTP client with its pool sized to the engine's concurrency
+        (None: the SDK's own default, when the engine did not say)."""
+        if self._pool is None:
+            return None
+        sdk = importlib.import_module(self.sdk)
+        http = _http_module()
+        return sdk.DefaultAsyncHttpxClient(limits=http.Limits(max_connections=self._pool,
+                                                              max_keepalive_connections=self._pool))
 
     def batch_connection(self) -> dict[str, Any]:
         """Key and base URL for the batch transport: batch and online requests go to the same
@@ -126,6 +148,18 @@ class ApiGenerator(Generator):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+@functools.cache
+def _http_module() -> Any:
+    """The HTTP library the installed SDKs are built on (``httpx2`` in the SDK versions we pin,
+    ``httpx`` before them)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise UserError("the openai/anthropic SDK's HTTP library (httpx2 or httpx) is not installed")
 
 
 def _usage_openai(body: dict[str, Any]) -> dict[str, int]:
@@ -195,15 +229,11 @@ class OpenAIGenerator(ApiGenerator):
         import openai
 
         return openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url, max_retries=0,
-                                  timeout=self.timeout)
+                                  timeout=self.timeout, http_client=self.http_client())
 
     async def send(self, client: Any, body: dict[str, Any]) -> Any:
-        rest = {k: v for k, v in body.items() if k not in ("model", "messages", "prompt")}
-        if "prompt" in body:
-            return await client.completions.with_raw_response.create(
-                model=body["model"], prompt=body["prompt"], extra_body=rest)
-        return await client.chat.completions.with_raw_response.create(
-            model=body["model"], messages=body["messages"], extra_body=rest)
+        path = "/completions" if "prompt" in body else "/chat/completions"
+        return await client.post(path, cast_to=_http_module().Response, body=body)
 
 
 class AnthropicGenerator(ApiGenerator):
@@ -246,12 +276,10 @@ class AnthropicGenerator(ApiGenerator):
         import anthropic
 
         return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url, max_retries=0,
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, http_client=self.http_client())
 
     async def send(self, client: Any, body: dict[str, Any]) -> Any:
-        rest = {k: v for k, v in body.items() if k not in ("model", "messages", "max_tokens")}
-        return await client.messages.with_raw_response.create(
-            model=body["model"], messages=body["messages"], max_tokens=body["max_tokens"], extra_body=rest)
+        return await client.post("/v1/messages", cast_to=_http_module().Response, body=body)
 
 
 def _key(env: str, who: str, required: bool) -> str | None:

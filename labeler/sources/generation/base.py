@@ -111,6 +111,10 @@ class Generator(abc.ABC):
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
         """One Generation per request, same order (at most :attr:`batch_size` requests)."""
 
+    def plan_concurrency(self, in_flight: int) -> None:  # noqa: B027 - optional hook
+        """Told before drawing how many calls the engine keeps in flight at most (API backends
+        size their connection pool to it)."""
+
     def estimate_tokens(self, request: GenRequest, sampling: Sampling) -> tuple[int, int]:
         """Rough (input, output) tokens, for ``--dry-run`` and the limiter: output is the cap."""
         text = (request.system or "") + request.prompt + request.prefill
