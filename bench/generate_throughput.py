@@ -10,17 +10,21 @@
    process so its threads don't share our GIL. Both sides are measured after a warm-up.
 3. The engine alone, with an in-process backend that only sleeps 100 ms: its own overhead,
    without the SDK, HTTP and the fake's CPU (on a 2-core box those dominate part 2).
+4. CPU per request (``time.process_time`` of this process per sample, best of 3 runs of
+   ``--cpu-samples``): the engine drawing from the fake at zero latency, in-process. Unlike the
+   ratios it is barely moved by other processes' load, so it compares code versions on a busy box.
 
 Writes bench/results/generate_throughput.json.
 
     .venv/bin/python bench/generate_throughput.py [--prompts 64] [--batch-size 16] [--max-new-tokens 32]
-        [--samples 400] [--naive-samples 20] [--concurrency 64] [--model PATH_OR_ID]
+        [--samples 400] [--naive-samples 20] [--concurrency 64] [--cpu-samples 1000] [--model PATH_OR_ID]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -75,26 +80,40 @@ def bench_hf(model: str | None, prompts: int, batch_size: int, max_new_tokens: i
             "output_tokens": sum(g.output_tokens for g in out_b)}
 
 
-def bench_api(samples: int, naive_samples: int, concurrency: int, latency: float) -> dict:
+@contextlib.contextmanager
+def fake_policy(latency: float) -> Iterator[str]:
+    """The loopback fake policy in its own process (its threads don't share our GIL); yields its
+    OpenAI base URL."""
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.policy_server", "--latency", str(latency)],
                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         port = int((proc.stdout.readline() if proc.stdout else "PORT 0").split()[1])
-        url = f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def write_problems(path: Path, n_problems: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"p{i}", "problem": problem_text(i, i + 1),
+                                        "answer": gold_of(i, i + 1)}) + "\n" for i in range(n_problems)))
+    return path
+
+
+def bench_api(samples: int, naive_samples: int, concurrency: int, latency: float) -> dict:
+    with fake_policy(latency) as url:
         work = Path(tempfile.mkdtemp(prefix="gen-bench-api-"))
-        problems = work / "problems.jsonl"
         n_problems = max(1, samples // 4)
-        problems.write_text("".join(json.dumps({"id": f"p{i}", "problem": problem_text(i, i + 1),
-                                                "answer": gold_of(i, i + 1)}) + "\n" for i in range(n_problems)))
+        problems = write_problems(work / "problems.jsonl", n_problems)
         # Warm-up (imports of the SDK's lazily loaded types), so both sides are measured warm.
         (work / "one.jsonl").write_text(problems.read_text().splitlines()[0] + "\n")
         stepdpo(["generate", str(work / "one.jsonl"), "--generator", f"openai-compatible:policy@{url}", "-o",
                  str(work / "warm"), "--no-cache", "--progress", "none"])
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         rc = stepdpo(["generate", str(problems), "--generator", f"openai-compatible:policy@{url}", "-o",
                       str(work / "gen"), "-n", "4", "--concurrency", str(concurrency), "--no-cache",
                       "--progress", "none"])
-        t_wall = time.perf_counter() - start
+        t_wall, t_cpu = time.perf_counter() - start, time.process_time() - cpu0
         run = json.loads((work / "gen" / "run.json").read_text())["runs"][-1]
         t_engine = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
         written = read_table(work / "gen", RESPONSES).num_rows
@@ -116,11 +135,40 @@ def bench_api(samples: int, naive_samples: int, concurrency: int, latency: float
         return {"latency_s": latency, "samples": written, "concurrency": concurrency,
                 "requests": run["requests"], "retries": run["retries"],
                 "engine_samples_per_s": round(engine_rate, 1),
-                "engine_samples_per_s_with_cli": round(written / t_wall, 1), "naive_samples": naive_samples,
+                "engine_samples_per_s_with_cli": round(written / t_wall, 1),
+                "cli_cpu_ms_per_sample": round(t_cpu / written * 1e3, 3), "naive_samples": naive_samples,
                 "naive_samples_per_s": round(naive_rate, 2), "ratio": round(engine_rate / naive_rate, 1)}
-    finally:
-        proc.terminate()
-        proc.wait()
+
+
+def bench_cpu_per_request(samples: int, concurrency: int, repeats: int = 3) -> dict:
+    """CPU time of this process per sample (``time.process_time``: what the load of other
+    processes does not inflate), the engine drawing from the fake at zero latency, in-process
+    (no CLI start-up): the SDK request, HTTP, rows, shards. The best of ``repeats`` runs."""
+    from labeler.sources.generation.problems import Problem
+    from labeler.sources.generation.prompts import TEMPLATES
+    from labeler.sources.generation.runner import GenConfig, GenerationEngine, run_engine
+    from labeler.sources.generation.store import GenerationDir
+    from labeler.sources.generation.tasks import sample_tasks
+    from labeler.sources.splitters import get_splitter
+
+    with fake_policy(0.0) as url:
+        def once(n: int) -> tuple[float, float]:
+            generator = create_generator(f"openai-compatible:policy@{url}")
+            problems = [Problem(f"p{i}", problem_text(i, i + 1), gold_of(i, i + 1), "bench") for i in range(n // 4)]
+            sampling = Sampling()
+            tasks = sample_tasks(problems, TEMPLATES["step-dpo"], 4, sampling)
+            engine = GenerationEngine(generator, GenerationDir(tempfile.mkdtemp(prefix="gen-bench-cpu-")),
+                                      GenConfig(concurrency=concurrency, progress="none"), sampling,
+                                      get_splitter("step-markers"))
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            run_engine(engine, tasks, {})
+            return (time.process_time() - cpu0) / len(tasks) * 1e3, len(tasks) / (time.perf_counter() - t0)
+
+        once(64)  # warm-up
+        runs = [once(samples) for _ in range(repeats)]
+    return {"samples": samples, "concurrency": concurrency, "latency_s": 0.0,
+            "cpu_ms_per_request": [round(c, 3) for c, _ in runs], "best_cpu_ms_per_request": round(min(c for c, _ in runs), 3),
+            "samples_per_s": [round(r, 1) for _, r in runs]}
 
 
 def bench_engine_only(samples: int, concurrency: int, latency: float) -> dict:
@@ -168,6 +216,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=400)
     ap.add_argument("--naive-samples", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--cpu-samples", type=int, default=1000, help="samples per run of the CPU-per-request measure")
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--only", choices=["hf", "api"], default=None, help="run one of the two benchmarks")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "generate_throughput.json"))
@@ -184,6 +233,8 @@ def main() -> None:
         result["openai_compatible_vs_sequential"] = bench_api(args.samples, args.naive_samples, args.concurrency,
                                                               args.latency)
         result["engine_only_100ms_backend"] = bench_engine_only(args.samples, args.concurrency, args.latency)
+        result["cpu_per_request_zero_latency"] = bench_cpu_per_request(args.cpu_samples, args.concurrency)
+    result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
