@@ -17,7 +17,7 @@
 Writes bench/results/generate_throughput.json.
 
     .venv/bin/python bench/generate_throughput.py [--prompts 64] [--batch-size 16] [--max-new-tokens 32]
-        [--samples 400] [--naive-samples 20] [--concurrency 64] [--cpu-samples 1000] [--model PATH_OR_ID]
+        [--samples 1024] [--naive-samples 20] [--concurrency 64] [--cpu-samples 1000] [--model PATH_OR_ID]
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--samples", type=int, default=400)
+    ap.add_argument("--samples", type=int, default=1024, help="samples of the 100 ms run (a multiple of --concurrency: no half-empty last wave)")
     ap.add_argument("--naive-samples", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cpu-samples", type=int, default=1000, help="samples per run of the CPU-per-request measure")

@@ -119,6 +119,7 @@ class FakePolicyServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # TCP_NODELAY, as real servers set: no 40 ms delayed-ACK stall per answer
 
             def log_message(self, *args: Any) -> None:
                 pass
