@@ -242,3 +242,18 @@ def test_batch_refusals_and_dry_run_prices(server, problems, tmp_path, capsys):
     assert est["samples"] == 12 and est["batch_discount"] == 0.5
     assert est["batch_cost_usd_max"] == pytest.approx(est["online_cost_usd_max"] / 2, abs=1e-4)
     assert "with --batch ≤" in captured.err and not dry.exists()
+
+
+def test_no_batch_wait_submits_and_exits_then_a_rerun_collects(server, problems, tmp_path, capsys):
+    api = server.attach_batches(polls_to_finish=3)
+    out = tmp_path / "gen"
+    assert gen("anthropic", problems, out, "--batch", "--no-batch-wait", "--no-cache") == 0
+    err = capsys.readouterr().err
+    assert "1 batch(es) still running" in err and f"stepdpo batches {out}" in err
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["state"] == "pending" and manifest["totals"]["samples"] == 0
+    assert [b["phase"] for b in manifest["batches"]] == ["submitted"]
+    assert gen("anthropic", problems, out, "--batch", "--no-cache") == 0
+    assert api.submissions["anthropic"] == 1 and server.requests == 0 and set(rows_by_gid(out)) == all_gids(1)
+    assert json.loads((out / "run.json").read_text())["state"] == "finished"
+    capsys.readouterr()
