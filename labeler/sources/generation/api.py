@@ -10,24 +10,24 @@ retryable (with ``retry-after``), 401/403/404 stop the run, other 4xx fail the s
 scrubbed from every message. Prices come from the judges' price table (``openai:`` and
 ``anthropic:`` models; a server's own model has no known price).
 
-The hot path: a request body is built once as plain JSON (:meth:`ApiGenerator.body`, also what a
-provider batch line carries) and POSTed through the SDK client's own ``post`` with the raw HTTP
-response as the result (``cast_to`` the HTTP library's ``Response``): the SDK still adds keys,
-base URL, headers and its error classes (non-2xx raises ``APIStatusError`` as before), but skips
-the per-request typed transform of ``create``'s keyword arguments and the response wrapper; the
-connection pool is sized to the engine's concurrency instead of the SDK's 1,000 slots.
+The hot path is the judges' (:mod:`labeler.judges.clients`): a request body is built once as
+plain JSON (:meth:`ApiGenerator.body`, also what a provider batch line carries), encoded once and
+POSTed through the SDK client's own ``post`` with the whole HTTP response as the result: the SDK
+still adds key, base URL and headers and raises its error classes, but skips the per-request
+typed transform of ``create``'s arguments and the response wrapper; the connection pools are
+sized to the engine's concurrency (:class:`labeler.judges.clients.ClientPool`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib
 import json
 import os
 from typing import Any
 
 from labeler.engine.retry import parse_retry_after
+from labeler.judges.clients import ClientPool
 from labeler.judges.http_judge import (
     ABORT_STATUS,
     RETRYABLE_STATUS,
@@ -70,21 +70,11 @@ class ApiGenerator(Generator):
         self.timeout = timeout
         self._api_key = api_key
         self._base_url = base_url
-        self._client: Any = None
-        self._pool: int | None = None
+        self._clients: ClientPool | None = None
+        self._in_flight: int | None = None
 
-    def plan_concurrency(self, in_flight: int) -> None:
-        self._pool = max(1, in_flight)
-
-    def http_client(self) -> Any:
-        """The SDK's default async HTTP client with its pool sized to the engine's concurrency
-        (None: the SDK's own default, when the engine did not say)."""
-        if self._pool is None:
-            return None
-        sdk = importlib.import_module(self.sdk)
-        http = _http_module()
-        return sdk.DefaultAsyncHttpxClient(limits=http.Limits(max_connections=self._pool,
-                                                              max_keepalive_connections=self._pool))
+    def use_concurrency(self, requests: int) -> None:
+        self._in_flight = max(1, requests)
 
     def batch_connection(self) -> dict[str, Any]:
         """Key and base URL for the batch transport: batch and online requests go to the same
@@ -117,20 +107,34 @@ class ApiGenerator(Generator):
     def parse(self, request: GenRequest, body: Any, headers: dict[str, str]) -> Generation:
         raise NotImplementedError
 
-    def make_client(self) -> Any:
+    def make_client(self, http_client: Any) -> Any:
+        """The SDK's async client on ``http_client`` (None: the SDK's default pool), with
+        ``max_retries=0`` (the engine retries, once, visibly)."""
         raise NotImplementedError
 
-    async def send(self, client: Any, body: dict[str, Any]) -> Any:
+    def path(self, body: dict[str, Any]) -> str:
+        """The endpoint ``body`` is POSTed to, relative to the client's base URL."""
         raise NotImplementedError
+
+    def _pool(self) -> ClientPool:
+        if self._clients is None:  # the clients are built on the first send, inside the event loop
+            self._clients = ClientPool(importlib.import_module(self.sdk), self.make_client, self._in_flight,
+                                       self.timeout)
+        return self._clients
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        """POST ``body`` (compact UTF-8 JSON, as the SDKs encode it) through the least busy SDK
+        client; the whole HTTP response."""
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        pool, path = self._pool(), self.path(body)
+        return await pool.send(lambda client: client.post(path, content=data, cast_to=pool.httpx.Response))
 
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
-        if self._client is None:  # created inside the running event loop
-            self._client = self.make_client()
         out = []
         for request in requests:
             try:
                 async with asyncio.timeout(self.timeout):  # total, not per read
-                    raw = await self.send(self._client, self.body(request, sampling))
+                    raw = await self.send(self.body(request, sampling))
                     text, headers = await body_text(raw), lower_headers(raw.headers)
             except Exception as exc:
                 classified = self.classify(exc)
@@ -145,21 +149,9 @@ class ApiGenerator(Generator):
         return out
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-
-@functools.cache
-def _http_module() -> Any:
-    """The HTTP library the installed SDKs are built on (``httpx2`` in the SDK versions we pin,
-    ``httpx`` before them)."""
-    for name in ("httpx2", "httpx"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise UserError("the openai/anthropic SDK's HTTP library (httpx2 or httpx) is not installed")
+        if self._clients is not None:
+            clients, self._clients = self._clients, None
+            await clients.aclose()
 
 
 def _usage_openai(body: dict[str, Any]) -> dict[str, int]:
@@ -225,15 +217,14 @@ class OpenAIGenerator(ApiGenerator):
         return Generation(text=text, finish_reason=str(choice.get("finish_reason") or "stop"),
                           headers=headers, prefilled=prefilled or not request.prefill, **_usage_openai(body))
 
-    def make_client(self) -> Any:
+    def make_client(self, http_client: Any) -> Any:
         import openai
 
         return openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url, max_retries=0,
-                                  timeout=self.timeout, http_client=self.http_client())
+                                  timeout=self.timeout, http_client=http_client)
 
-    async def send(self, client: Any, body: dict[str, Any]) -> Any:
-        path = "/completions" if "prompt" in body else "/chat/completions"
-        return await client.post(path, cast_to=_http_module().Response, body=body)
+    def path(self, body: dict[str, Any]) -> str:
+        return "/completions" if "prompt" in body else "/chat/completions"
 
 
 class AnthropicGenerator(ApiGenerator):
@@ -272,14 +263,14 @@ class AnthropicGenerator(ApiGenerator):
                           input_tokens=int(usage.get("input_tokens") or 0) + read + written,
                           output_tokens=int(usage.get("output_tokens") or 0), cached_tokens=read)
 
-    def make_client(self) -> Any:
+    def make_client(self, http_client: Any) -> Any:
         import anthropic
 
         return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url, max_retries=0,
-                                        timeout=self.timeout, http_client=self.http_client())
+                                        timeout=self.timeout, http_client=http_client)
 
-    async def send(self, client: Any, body: dict[str, Any]) -> Any:
-        return await client.post("/v1/messages", cast_to=_http_module().Response, body=body)
+    def path(self, body: dict[str, Any]) -> str:
+        return "/v1/messages"
 
 
 def _key(env: str, who: str, required: bool) -> str | None:

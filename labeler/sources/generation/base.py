@@ -111,9 +111,9 @@ class Generator(abc.ABC):
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
         """One Generation per request, same order (at most :attr:`batch_size` requests)."""
 
-    def plan_concurrency(self, in_flight: int) -> None:  # noqa: B027 - optional hook
-        """Told before drawing how many calls the engine keeps in flight at most (API backends
-        size their connection pool to it)."""
+    def use_concurrency(self, requests: int) -> None:  # noqa: B027 - optional hook
+        """How many calls the engine keeps in flight at most, before the first :meth:`generate`
+        (API backends size their connection pools to it, as API judges do)."""
 
     def estimate_tokens(self, request: GenRequest, sampling: Sampling) -> tuple[int, int]:
         """Rough (input, output) tokens, for ``--dry-run`` and the limiter: output is the cap."""

@@ -257,7 +257,7 @@ class GenerationEngine:
         size = max(1, self.generator.batch_size)
         batches = iter([todo[i:i + size] for i in range(0, len(todo), size)])
         n_workers = max(1, min(self.config.concurrency, -(-len(todo) // size)))
-        self.generator.plan_concurrency(n_workers)
+        self.generator.use_concurrency(n_workers)
         workers = [asyncio.create_task(self._worker(batches)) for _ in range(n_workers)]
         try:
             await asyncio.gather(*workers)
