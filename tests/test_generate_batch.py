@@ -257,3 +257,43 @@ def test_no_batch_wait_submits_and_exits_then_a_rerun_collects(server, problems,
     assert api.submissions["anthropic"] == 1 and server.requests == 0 and set(rows_by_gid(out)) == all_gids(1)
     assert json.loads((out / "run.json").read_text())["state"] == "finished"
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_online_pool_holds_the_engines_concurrency_and_posts_the_batch_body(provider, monkeypatch, tmp_path):
+    """The online path's transport (HOTPATH's ClientPool): 20 declared in flight, 30 asked at once:
+    the fake sees 20 at a time over 20 connections; the bytes POSTed are body() exactly (what a
+    batch line carries), with the SDK's own headers and key."""
+    import asyncio
+
+    from labeler.sources.generation.base import Sampling
+    from labeler.sources.generation.problems import Problem
+    from labeler.sources.generation.prompts import TEMPLATES
+    from labeler.sources.generation.registry import create_generator
+    from labeler.sources.generation.tasks import sample_tasks
+
+    with FakePolicyServer(latency=0.2) as srv:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.url)
+        generator = create_generator(MODELS[provider])
+        sampling = Sampling()
+        problems = [Problem(f"p{i}", problem_text(*ab), gold_of(*ab), "t") for i, ab in enumerate(PROBLEMS)]
+        tasks = sample_tasks(problems, TEMPLATES["chat"], 8, sampling)[:30]
+        generator.use_concurrency(20)
+
+        async def go():
+            try:
+                return await asyncio.gather(*(generator.generate([t.request], sampling) for t in tasks))
+            finally:
+                await generator.aclose()
+
+        answers = asyncio.run(go())
+        assert len(answers) == 30 and srv.requests == 30
+        assert srv.max_in_flight == 20 and len(srv.peers) == 20
+        assert sorted(map(json.dumps, srv.bodies)) == sorted(json.dumps(generator.body(t.request, sampling))
+                                                            for t in tasks)
+        for headers in srv.headers:
+            assert headers["content-type"] == "application/json" and "x-stainless-lang" in headers
+            assert KEY in headers.get("authorization", "") + headers.get("x-api-key", "")

@@ -114,6 +114,9 @@ class FakePolicyServer:
         self.counts: Counter[str] = Counter()
         self.bodies: list[dict[str, Any]] = []
         self.batch_api: Any = None  # tests/fakes/batch_api.BatchAPI, see attach_batches
+        self.headers: list[dict[str, str]] = []  # of each online request (lower-cased keys)
+        self.peers: set[tuple[str, int]] = set()  # client connections seen
+        self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -134,7 +137,16 @@ class FakePolicyServer:
                     body = json.loads(raw or b"{}")
                 except ValueError:  # e.g. a batch file upload to a server without batch endpoints
                     body = {}
-                status, payload, headers = server.handle(path, body)
+                with server._lock:
+                    server.peers.add(self.client_address)
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    status, payload, headers = server.handle(path, body)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
