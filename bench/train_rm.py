@@ -37,12 +37,11 @@ def run_bench(workdir: Path, steps: int, batch: int, hidden: int, layers: int, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from trainer.reward_data import RewardCollator, make_example
     from trainer.reward_model import (
-        RewardCollator,
         RewardModelConfig,
         RewardModelTrainer,
         build_model,
-        make_example,
         prepare_tokenizer,
     )
     from trainer.tiny_model import build_tiny_model

@@ -19,16 +19,18 @@ from schemas.errors import UserError  # noqa: E402
 from stepdpo.commands.train_rm import evaluate  # noqa: E402
 from tests.prm_models import CHATML  # noqa: E402
 from tests.rm_tasks import digit_task, write_responses  # noqa: E402
-from trainer.reward_model import (  # noqa: E402
+from trainer.reward_data import (  # noqa: E402
     RewardCollator,
-    RewardModelConfig,
     encode_process,
     heldout_rows,
     label_source,
     outcome_target,
+    step_targets,
+)
+from trainer.reward_model import (  # noqa: E402
+    RewardModelConfig,
     predict,
     soft_cross_entropy,
-    step_targets,
     train_reward_model,
 )
 from trainer.tiny_model import build_tiny_model  # noqa: E402
@@ -235,7 +237,8 @@ def test_wrong_inputs_are_refused(tmp_path, backbone, capsys):
 def test_stream_is_shuffled_per_epoch_and_loses_nothing(tmp_path, backbone, task):
     from transformers import AutoTokenizer
 
-    from trainer.reward_model import RowStream, prepare_tokenizer
+    from trainer.reward_data import RowStream
+    from trainer.reward_model import prepare_tokenizer
 
     tok = AutoTokenizer.from_pretrained(backbone)
     seq = RewardModelConfig(output_dir="x", train_sampling_strategy="sequential", eval_fraction=0.2)

@@ -102,7 +102,8 @@ def evaluate(model: Any, tokenizer: Any, source: Any, cfg: Any) -> dict[str, Any
     import pyarrow as pa
 
     from labeler.inspection.agreement import versus_reference
-    from trainer.reward_model import heldout_rows, outcome_target, predict, step_targets
+    from trainer.reward_data import heldout_rows, outcome_target, step_targets
+    from trainer.reward_model import predict
 
     rows = heldout_rows(source, cfg.eval_fraction)
     if not rows:
@@ -133,7 +134,8 @@ def evaluate(model: Any, tokenizer: Any, source: Any, cfg: Any) -> dict[str, Any
 def run(args: argparse.Namespace) -> int:
     from schemas.atomic import atomic_write_json
     from schemas.folders import refuse_model_output
-    from trainer.reward_model import label_source, train_reward_model
+    from trainer.reward_data import label_source
+    from trainer.reward_model import train_reward_model
 
     require_finished_inputs(args.inputs, args)
     source = label_source(args.inputs)
