@@ -243,7 +243,7 @@ _WRITERS = {"stepdpo.generate": "stepdpo generate", "stepdpo.run": "stepdpo labe
 
 @dataclass(frozen=True)
 class Unfinished:
-    """Why a run folder is not whole: its folder, the state its manifest gives (``no run.json``,
+    """Why a run folder is not whole: its folder, the state its manifest gives (``shards but no run.json``,
     ``running``, ``interrupted``, …), the command that finishes it, and the rows on disk."""
 
     folder: Path
