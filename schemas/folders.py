@@ -234,6 +234,7 @@ def refuse_model_output(out: str | os.PathLike, base: str, own: Sequence[str]) -
 # not, unless the user asks for the rows it has (ALLOW_INCOMPLETE).
 
 ALLOW_INCOMPLETE = "--allow-incomplete"
+LIVE = "being written now"  # a writer holds the folder's lock
 FINISHED = "finished"  # the one state in which a run folder holds everything its command asked for
 _RUN_MANIFEST = re.compile(r"^run(?:-k(\d+)-of-(\d+))?\.json$")
 _RUN_SHARD = re.compile(r"^part-(?:k\d+-of-\d+-)?\d{5,}\.parquet$")
@@ -252,6 +253,9 @@ class Unfinished:
     rows: int
 
     def message(self) -> str:
+        if self.state == LIVE:
+            return (f"{self.folder}: a `{self.command}` is writing it right now; wait for it to finish, or pass "
+                    f"{ALLOW_INCOMPLETE} to use the {self.rows} row(s) it has so far")
         state = self.state if self.state != "running" else "running: killed, or still being written"
         return (f"{self.folder}: its last run did not finish (state: {state}); rerun `{self.command} ... -o "
                 f"{self.folder}` to finish it, or pass {ALLOW_INCOMPLETE} to use the {self.rows} row(s) it has")
@@ -308,7 +312,7 @@ def unfinished_run(path: str | os.PathLike) -> Unfinished | None:
             continue  # an older or hand-written manifest: no word of an unfinished run
         state = str(manifest["state"])
         if state == "running" and _writer_live(folder, name):
-            state = f"running now: wait for the `{command}` writing it"
+            state = LIVE
         if state != FINISHED:
             return Unfinished(folder, state if name == "run.json" else f"{state} in {name}", command, rows)
     for n in jobs:  # a split job: every machine's manifest must be there

@@ -193,10 +193,11 @@ def test_a_folder_being_written_is_named_with_its_own_command(killed, capsys, tm
     gen = killed["gen"]
     with GenerationDir(gen).locked():
         err = _one_error(capsys, ["label", str(gen), "--judge", "answer-match", "-o", str(tmp_path / "lab")])
-        assert "(state: running now: wait for the `stepdpo generate` writing it)" in err
+        assert err.endswith(f"{gen}: a `stepdpo generate` is writing it right now; wait for it to finish, or pass "
+                            f"--allow-incomplete to use the {_rows_on_disk(gen)} row(s) it has so far")
         err = _one_error(capsys, ["generate", str(killed["problems"]), "--generator",
                                   "openai-compatible:policy@http://127.0.0.1:9/v1", "-o", str(gen), "-n", "5"])
         assert f"{gen}: another `stepdpo generate` is writing this run folder (same job)" in err
     with RunDir(killed["run"]).locked():
         err = _one_error(capsys, ["pairs", str(killed["run"]), "-o", str(tmp_path / "pairs")])
-        assert "(state: running now: wait for the `stepdpo label` writing it)" in err
+        assert "a `stepdpo label` is writing it right now; wait for it to finish" in err
