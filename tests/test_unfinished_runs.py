@@ -106,7 +106,7 @@ def test_every_reader_of_a_killed_generate_folder_refuses_it(killed, capsys, tmp
     assert not any((tmp_path / d).exists() for d in ("lab", "g2", "p.parquet", "pairs", "sft", "rm"))
 
 
-def test_allow_incomplete_reads_exactly_the_rows_on_disk(killed, capsys, tmp_path):
+def test_allow_incomplete_reads_exactly_the_rows_on_disk(killed, capsys, tmp_path, server):
     gen = killed["gen"]
     on_disk = read_table(gen, RESPONSES).column("response_id").to_pylist()
     warning = f"stepdpo: warning: {gen}: its last run did not finish (state: running"
@@ -121,6 +121,24 @@ def test_allow_incomplete_reads_exactly_the_rows_on_disk(killed, capsys, tmp_pat
     assert main(["perturb", str(gen), "-o", str(tmp_path / "p.parquet"), "--allow_incomplete"]) == 0
     out = capsys.readouterr()
     assert warning in out.err and f"perturb: {len(on_disk)} input rows" in out.out
+
+    # eval samples the problems of the rows on disk, and says so once (through generate)
+    problems = set(read_table(gen, RESPONSES).column("problem_id").to_pylist())
+    assert main(["eval", str(gen), "--generator", f"openai-compatible:policy@{server.url}/v1", "-o",
+                 str(tmp_path / "ev"), "--progress", "none", "--cache-dir", str(tmp_path / "cache"),
+                 "--allow-incomplete"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["problems"] == len(problems) < len(PROBLEMS)
+
+    # sft trains on the rows on disk (--select all: every one of them)
+    from trainer.tiny_model import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", vocab_text=[" ".join(r["steps"]) for r in
+                                                            read_table(gen, RESPONSES).to_pylist()])
+    assert main(["sft", "--responses", str(gen), "--model_name_or_path", str(base), "--output_dir",
+                 str(tmp_path / "sft"), "--max_steps", "1", "--select", "all", "--allow-incomplete"]) == 0
+    assert warning in capsys.readouterr().err
+    assert json.loads((tmp_path / "sft" / "sft_config.json").read_text())["counts"]["rows"] == len(on_disk)
 
     assert main(["inspect", str(gen), "--json"]) == 0  # inspect reads on, and says what it reads
     out = capsys.readouterr()
