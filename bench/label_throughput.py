@@ -20,6 +20,7 @@ Writes bench/results/label_throughput.json.
 
     .venv/bin/python bench/label_throughput.py [--rows 500] [--naive-rows 20] [--concurrency 64]
     .venv/bin/python bench/label_throughput.py --only startup,zero,load   # just part 0
+    .venv/bin/python bench/label_throughput.py --baseline-tree /tmp/base  # + part 0 before/after
 """
 
 from __future__ import annotations
@@ -140,9 +141,11 @@ def request_bodies(rows: list[dict], tmp: Path) -> list[dict]:
         return [r["body"] for r in fake.requests if r["path"] == "/v1/chat/completions"]
 
 
-def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[str]) -> dict:
-    """Part 0 of the docstring: start-up, zero latency, 5,000 rows at 100 ms, the fake alone."""
-    env = dict(os.environ, PYTHONPATH=str(args.tree), HF_HUB_OFFLINE="1")
+def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[str], tree: str | None = None) -> dict:
+    """Part 0 of the docstring: start-up, zero latency, 5,000 rows at 100 ms, the fake alone.
+    ``tree``: the checkout whose `stepdpo label` runs (default: --tree)."""
+    env = dict(os.environ, PYTHONPATH=str(tree or args.tree), HF_HUB_OFFLINE="1")
+    tmp = Path(tempfile.mkdtemp(prefix="part0-", dir=tmp))
     out: dict = {}
     zero = Server(0.0)
     try:
@@ -215,6 +218,31 @@ def naive_loop(rows: list[dict]) -> dict:
     return asyncio.run(go())
 
 
+def part0(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[str]) -> dict:
+    """Part 0 with this code and, given --baseline-tree, with the baseline's, plus the ratios."""
+    out = {"issue18": issue18(rows, tmp, args, parts)}
+    if not args.baseline_tree:
+        return out
+    base = out["issue18_baseline"] = issue18(rows, tmp, args, parts - {"load"}, tree=args.baseline_tree)
+    new, ratios = out["issue18"], {}
+    if "zero_latency" in base:
+        b, n = base["zero_latency"], new["zero_latency"]
+        ratios["zero_latency_responses_per_s"] = round(n["responses_per_s"] / b["responses_per_s"], 2)
+        ratios["zero_latency_responses_per_s_with_cli_startup"] = round(
+            n["responses_per_s_with_cli_startup"] / b["responses_per_s_with_cli_startup"], 2)
+        ratios["label_cpu_per_response_before_over_after"] = round(
+            b["label_cpu_ms_per_response"] / n["label_cpu_ms_per_response"], 2)
+    if "startup" in base:
+        ratios["startup_cpu_before_over_after"] = round(
+            base["startup"]["cpu_s_to_first_request_median"] / new["startup"]["cpu_s_to_first_request_median"], 2)
+    if "latency_5000" in base:
+        ratios["latency_5000_responses_per_s_with_cli_startup"] = round(
+            new["latency_5000"]["responses_per_s_with_cli_startup"]
+            / base["latency_5000"]["responses_per_s_with_cli_startup"], 2)
+    out["issue18_after_over_before"] = ratios
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=500)
@@ -230,6 +258,9 @@ def main() -> None:
                     "(startup, zero, load, 5000): skips the rest and writes only them")
     ap.add_argument("--tree", default=str(REPO), help="checkout whose `stepdpo label` part 0 runs (e.g. main's, "
                     "for a before/after in one sitting; default: this one)")
+    ap.add_argument("--baseline-tree", default=None, help="a checkout of the code before issue 18 (e.g. `git "
+                    "worktree add --detach /tmp/base 604383f`): part 0 runs with it too, in the same sitting, "
+                    "and the result gains before/after ratios")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "label_throughput.json"))
     args = ap.parse_args()
 
@@ -239,8 +270,8 @@ def main() -> None:
     if args.only:
         tmp = Path(tempfile.mkdtemp(prefix="stepdpo-bench-"))
         os.environ.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
-        result = {"bench": "label_throughput (part 0 only)", "issue18": issue18(rows, tmp, args,
-                                                                                set(args.only.split(",")))}
+        parts = set(args.only.split(","))
+        result = {"bench": "label_throughput (part 0 only)", **part0(rows, tmp, args, parts)}
         print(json.dumps(result, indent=2))
         return
     server = Server(args.latency)
@@ -301,7 +332,7 @@ def main() -> None:
                    "allowed_requests_incl_burst": round(allowed, 1),
                    "fraction_of_allowed_incl_burst": round((stats["total"] - stats["faults"].get("429", 0))
                                                            / allowed, 4)}
-        issue = issue18(rows, tmp, args, {"startup", "zero", "load", "5000"})
+        issue = part0(rows, tmp, args, {"startup", "zero", "load", "5000"})
     finally:
         server.stop()
 
@@ -316,7 +347,7 @@ def main() -> None:
             naive["prompt_tokens_per_step"] / engine["prompt_tokens_per_step"], 2),
         "rerun_requests": rerun_requests,
         "rate_limited": limited,
-        "issue18": issue,
+        **issue,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
