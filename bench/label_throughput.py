@@ -6,7 +6,8 @@ Measures, in one run:
    zero-latency responses/s of one process on all 1,319 GSM8K rows with the fake sharing the
    cores; 5,000 rows at 100 ms with 64 in flight (bound 640/s), wall time including CLI
    start-up; and the fake ALONE driven by a raw-socket client with the labeler's own request
-   bodies (bench/fake_load.py), i.e. what the fake can answer on this machine at all;
+   bodies (bench/fake_load.py), i.e. what the fake can answer on this machine at all; and two
+   `--num-shards 2` processes on one folder at once (what a multi-process mode could add);
 1. responses/s of `stepdpo label` (all steps of a response in ONE request, concurrent) vs the
    seeds' naive loop (one sequential request per step, each carrying the prefix up to that step);
 2. judge prompt tokens per labeled step, all-steps-in-one vs one-request-per-prefix (token
@@ -129,6 +130,36 @@ def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int)
             "load_average": os.getloadavg()}
 
 
+def two_processes(inp: Path, out: Path, server: Server, env: dict, concurrency: int) -> dict:
+    """What a multi-process mode (issue 18 item 3) could add on this machine, measured with what
+    exists: two `stepdpo label --num-shards 2 --shard-index K` processes on one folder at once,
+    half the concurrency each, the same fake."""
+    import datetime as dt
+
+    server.call("/_reset", {})
+    fake_cpu0 = server.cpu_s()
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "stepdpo", "label", str(inp), "--judge", "openai:gpt-4o-mini",
+                               "-o", str(out), "--progress", "none", "--concurrency", str(concurrency // 2),
+                               "--num-shards", "2", "--shard-index", str(k)],
+                              env=dict(env, OPENAI_BASE_URL=server.url + "/v1"), cwd=out.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    errs = [p.communicate()[1] for p in procs]
+    wall = time.perf_counter() - t0
+    assert all(p.returncode == 0 for p in procs), errs
+    runs = [json.loads((out / f"run-k{k}-of-2.json").read_text()) for k in range(2)]
+    ok = sum(m["totals"]["ok"] for m in runs)
+    start = min(dt.datetime.fromisoformat(m["runs"][-1]["started_at"]) for m in runs)
+    end = max(dt.datetime.fromisoformat(m["runs"][-1]["finished_at"]) for m in runs)
+    span = (end - start).total_seconds()
+    stats = server.call("/_stats")
+    return {"processes": 2, "rows_ok": ok, "requests": stats["total"], "concurrency_each": concurrency // 2,
+            "run_clock_span_s": round(span, 3), "responses_per_s": round(ok / span, 1),
+            "wall_s_with_cli_startup": round(wall, 3), "responses_per_s_with_cli_startup": round(ok / wall, 1),
+            "fake_cpu_ms_per_request": round((server.cpu_s() - fake_cpu0) / stats["total"] * 1000, 3),
+            "load_average": os.getloadavg()}
+
+
 def request_bodies(rows: list[dict], tmp: Path) -> list[dict]:
     """The labeler's own request bodies, recorded by an in-process fake (for the fake-alone run)."""
     old = os.environ["OPENAI_BASE_URL"]
@@ -166,6 +197,10 @@ def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[st
             inp = write_responses(rows[:1319], tmp / "zero.parquet")
             out["zero_latency"] = cli_label(inp, tmp / "run-zero", zero,
                                             dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-zero")), args.concurrency)
+        if "two" in parts:
+            out["two_processes"] = two_processes(write_responses(rows[:1319], tmp / "two.parquet"), tmp / "run-two",
+                                                 zero, dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-two")),
+                                                 args.concurrency)
         if "load" in parts:
             bodies = request_bodies(rows[:200], tmp)
             out["fake_alone"] = hammer(zero.port, bodies, args.load_seconds, args.concurrency, zero.proc.pid)
@@ -223,7 +258,7 @@ def part0(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[str]
     out = {"issue18": issue18(rows, tmp, args, parts)}
     if not args.baseline_tree:
         return out
-    base = out["issue18_baseline"] = issue18(rows, tmp, args, parts - {"load"}, tree=args.baseline_tree)
+    base = out["issue18_baseline"] = issue18(rows, tmp, args, parts - {"load", "two"}, tree=args.baseline_tree)
     new, ratios = out["issue18"], {}
     if "zero_latency" in base:
         b, n = base["zero_latency"], new["zero_latency"]
@@ -255,7 +290,7 @@ def main() -> None:
     ap.add_argument("--startup-runs", type=int, default=5)
     ap.add_argument("--load-seconds", type=float, default=5.0, help="how long the fake-alone run lasts")
     ap.add_argument("--only", default=None, help="comma-separated parts of part 0 to run alone "
-                    "(startup, zero, load, 5000): skips the rest and writes only them")
+                    "(startup, zero, two, load, 5000): skips the rest and writes only them")
     ap.add_argument("--tree", default=str(REPO), help="checkout whose `stepdpo label` part 0 runs (e.g. main's, "
                     "for a before/after in one sitting; default: this one)")
     ap.add_argument("--baseline-tree", default=None, help="a checkout of the code before issue 18 (e.g. `git "
@@ -332,7 +367,7 @@ def main() -> None:
                    "allowed_requests_incl_burst": round(allowed, 1),
                    "fraction_of_allowed_incl_burst": round((stats["total"] - stats["faults"].get("429", 0))
                                                            / allowed, 4)}
-        issue = part0(rows, tmp, args, {"startup", "zero", "load", "5000"})
+        issue = part0(rows, tmp, args, {"startup", "zero", "two", "load", "5000"})
     finally:
         server.stop()
 
