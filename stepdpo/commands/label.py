@@ -15,6 +15,7 @@ examples:
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --batch   # half price, ≤ 24h
   stepdpo label work/responses.parquet --judge openai-compatible:Qwen/Qwen2.5-72B-Instruct@http://gpu:8000/v1 -o work/run-qwen
   stepdpo label big.parquet --judge openai:gpt-4o -o run --num-shards 4 --shard-index 0   # machine 0 of 4
+  stepdpo label big.parquet --judge openai:gpt-4o -o run --num-shards 2 --shard-index 1 --rpm 15000 &  # + index 0: 2 processes
   stepdpo label work/responses.parquet --judge openai:gpt-4o -o work/run --max-cost 5      # stop at $5 (exit 3)
   stepdpo label work/responses.parquet --judge openai:gpt-4o --template processbench -o work/run-pb
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini --samples 5 --temperature 0.7 -o work/run-vote
@@ -63,8 +64,9 @@ class LabelConfig:
     cache_dir: str | None = field(
         default=None, metadata={"help": "judge cache folder (default: $STEPDPO_CACHE_DIR or "
                                         "~/.cache/stepdpo/judge)", "metavar": "DIR"})
-    num_shards: int = field(default=1, metadata={"help": "split the job across this many machines (by hash "
-                                                         "of response_id)"})
+    num_shards: int = field(default=1, metadata={"help": "split the job across this many machines or processes "
+                                                         "(by hash of response_id; they may share -o: give each "
+                                                         "its share of --rpm/--tpm)"})
     shard_index: int = field(default=0, metadata={"help": "which of --num-shards this machine labels (0-based)"})
     limit: int | None = field(default=None, metadata={"help": "label only the first N responses (after "
                                                                  "sharding)", "metavar": "N"})
