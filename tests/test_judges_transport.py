@@ -72,6 +72,18 @@ def test_samples_widen_the_pool(fake):
     assert fake.total_requests == 6 and fake.max_in_flight == 6
 
 
+def test_a_closed_judge_reopens_at_its_new_concurrency(fake):
+    """The same judge run twice (two engines, two event loops): the second pool has the second
+    engine's size, not the first's."""
+    judge = create_judge("openai:gpt-4o-mini", JudgeConfig())
+    judge.use_concurrency(3)
+    judge_all(judge, items(6))
+    assert fake.max_in_flight == 3
+    judge.use_concurrency(6)
+    judge_all(judge, items(6))
+    assert fake.max_in_flight == 6 and fake.total_requests == 12
+
+
 @pytest.mark.parametrize("name", ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
 def test_wire_bytes_are_the_request_body(fake, name):
     """The bytes POSTed decode to request_body() exactly, with the SDK's headers and key."""

@@ -299,6 +299,8 @@ class HttpJudge(Judge):
         if self._clients is None:
             self._clients = ClientPool(importlib.import_module(self.sdk), self._make_client, self._in_flight,
                                        self.config.timeout)
+        elif not self._clients.clients:  # not built yet, or closed: the next build takes the latest size
+            self._clients.in_flight = self._in_flight
         return self._clients
 
     async def judge(self, items: list[Item]) -> list[Verdict]:
