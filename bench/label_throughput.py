@@ -4,7 +4,8 @@ Measures, in one run:
 0. issue 18's figures, each `stepdpo label` a separate process as a user runs it: start-up to
    first request (process start -> first request arriving at the fake, median of a few runs);
    zero-latency responses/s of one process on all 1,319 GSM8K rows with the fake sharing the
-   cores; 5,000 rows at 100 ms with 64 in flight (bound 640/s), wall time including CLI
+   cores, at the fake's advertised 30,000-RPM tier (500/s: the labeler obeys it) and with a
+   4x higher tier advertised (the labeler's own ceiling); 5,000 rows at 100 ms with 64 in flight (bound 640/s), wall time including CLI
    start-up; and the fake ALONE driven by a raw-socket client with the labeler's own request
    bodies (bench/fake_load.py), i.e. what the fake can answer on this machine at all; and two
    `--num-shards 2` processes on one folder at once (what a multi-process mode could add);
@@ -48,11 +49,14 @@ from labeler.judges.base import Item  # noqa: E402
 from labeler.judges.config import JudgeConfig  # noqa: E402
 from schemas.tables import STEP_SCORES, read_table  # noqa: E402
 from stepdpo.cli import main as stepdpo  # noqa: E402
-from tests.fakes.llm_server import FakeLLMServer  # noqa: E402
+from tests.fakes.llm_server import FakeLLMServer, FaultConfig  # noqa: E402
 from tests.fakes.responses import gsm8k_rows, write_responses  # noqa: E402
 
 GSM8K = [REPO / "data" / "gsm8k" / "test.jsonl"]  # bundled: all 1,319 GSM8K test problems
 KEY = "sk-bench-not-a-real-key"
+# The fake advertises an OpenAI tier-5 account (x-ratelimit-limit-requests: 30,000/min) and the
+# labeler obeys it: 500 requests/s is the ceiling of every run at that tier, the issue's target.
+TIER_RPM = FaultConfig().advertised_rpm
 
 
 class Server:
@@ -195,12 +199,22 @@ def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[st
                               "load_average": os.getloadavg()}
         if "zero" in parts:
             inp = write_responses(rows[:1319], tmp / "zero.parquet")
-            out["zero_latency"] = cli_label(inp, tmp / "run-zero", zero,
-                                            dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-zero")), args.concurrency)
-        if "two" in parts:
-            out["two_processes"] = two_processes(write_responses(rows[:1319], tmp / "two.parquet"), tmp / "run-two",
-                                                 zero, dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-two")),
-                                                 args.concurrency)
+            out["zero_latency"] = dict(cli_label(inp, tmp / "run-zero", zero,
+                                                 dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-zero")), args.concurrency),
+                                       advertised_rpm=TIER_RPM, tier_ceiling_responses_per_s=TIER_RPM / 60)
+            # The same run with the fake advertising a 4x higher tier: the labeler's own ceiling.
+            zero.call("/_config", {"advertised_rpm": args.uncapped_rpm})
+            out["zero_latency_uncapped"] = dict(
+                cli_label(inp, tmp / "run-zero-uncapped", zero, dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-zero-u")),
+                          args.concurrency), advertised_rpm=args.uncapped_rpm)
+            zero.call("/_config", {"advertised_rpm": TIER_RPM})
+        if "two" in parts:  # uncapped too: what a second process adds to the labeler's own ceiling
+            zero.call("/_config", {"advertised_rpm": args.uncapped_rpm})
+            out["two_processes"] = dict(two_processes(write_responses(rows[:1319], tmp / "two.parquet"),
+                                                      tmp / "run-two", zero,
+                                                      dict(env, STEPDPO_CACHE_DIR=str(tmp / "c-two")),
+                                                      args.concurrency), advertised_rpm=args.uncapped_rpm)
+            zero.call("/_config", {"advertised_rpm": TIER_RPM})
         if "load" in parts:
             bodies = request_bodies(rows[:200], tmp)
             out["fake_alone"] = hammer(zero.port, bodies, args.load_seconds, args.concurrency, zero.proc.pid)
@@ -260,6 +274,12 @@ def part0(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[str]
         return out
     base = out["issue18_baseline"] = issue18(rows, tmp, args, parts - {"load", "two"}, tree=args.baseline_tree)
     new, ratios = out["issue18"], {}
+    if "zero_latency_uncapped" in base:
+        ratios["zero_latency_uncapped_responses_per_s"] = round(
+            new["zero_latency_uncapped"]["responses_per_s"] / base["zero_latency_uncapped"]["responses_per_s"], 2)
+        ratios["zero_latency_uncapped_label_cpu_per_response_before_over_after"] = round(
+            base["zero_latency_uncapped"]["label_cpu_ms_per_response"]
+            / new["zero_latency_uncapped"]["label_cpu_ms_per_response"], 2)
     if "zero_latency" in base:
         b, n = base["zero_latency"], new["zero_latency"]
         ratios["zero_latency_responses_per_s"] = round(n["responses_per_s"] / b["responses_per_s"], 2)
@@ -288,6 +308,8 @@ def main() -> None:
     ap.add_argument("--rpm-rows", type=int, default=600)
     ap.add_argument("--big-rows", type=int, default=5000, help="rows of the 100 ms wall-time run (default 5000)")
     ap.add_argument("--startup-runs", type=int, default=5)
+    ap.add_argument("--uncapped-rpm", type=int, default=120_000,
+                    help="the tier the fake advertises for the uncapped zero-latency and two-process runs")
     ap.add_argument("--load-seconds", type=float, default=5.0, help="how long the fake-alone run lasts")
     ap.add_argument("--only", default=None, help="comma-separated parts of part 0 to run alone "
                     "(startup, zero, two, load, 5000): skips the rest and writes only them")
