@@ -105,7 +105,8 @@ runpy.run_module("stepdpo", run_name="__main__", alter_sys=True)
 """
 
 
-def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int) -> dict:
+def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int,
+              judge: str = "openai:gpt-4o-mini") -> dict:
     """`stepdpo label` as a user runs it: a new process. Wall time from just before the process
     starts, the delay to the first request arriving at the fake, the CPU seconds the process spent
     before it, and both sides' CPU seconds per response."""
@@ -113,9 +114,10 @@ def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int)
     probe = out.parent / f".{out.name}.probe"
     fake_cpu0, child0 = server.cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0_epoch, t0 = time.time(), time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", PROBE, "label", str(inp), "--judge", "openai:gpt-4o-mini",
+    r = subprocess.run([sys.executable, "-c", PROBE, "label", str(inp), "--judge", judge,
                         "-o", str(out), "--progress", "none", "--concurrency", str(concurrency)],
-                       env=dict(env, OPENAI_BASE_URL=server.url + "/v1", STEPDPO_BENCH_PROBE=str(probe)),
+                       env=dict(env, OPENAI_BASE_URL=server.url + "/v1", ANTHROPIC_BASE_URL=server.url,
+                                ANTHROPIC_API_KEY=KEY, STEPDPO_BENCH_PROBE=str(probe)),
                        cwd=out.parent, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
@@ -186,17 +188,18 @@ def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[st
     try:
         if "startup" in parts:  # a small job: the first request is what is timed
             inp = write_responses(rows[:50], tmp / "startup.parquet")
-            runs = [cli_label(inp, tmp / f"run-startup-{k}", zero, dict(env, STEPDPO_CACHE_DIR=str(tmp / f"c-s{k}")),
-                              args.concurrency) for k in range(args.startup_runs)]
-            firsts = [r["startup_to_first_request_s"] for r in runs]
-            cpus = [r["startup_cpu_s_to_first_request"] for r in runs]
-            out["startup"] = {"runs": args.startup_runs, "rows": 50,
-                              "startup_to_first_request_s_median": statistics.median(firsts),
-                              "startup_to_first_request_s_min": min(firsts),
-                              "startup_to_first_request_s_all": firsts,
-                              "cpu_s_to_first_request_median": statistics.median(cpus),
-                              "cpu_s_to_first_request_all": cpus, "target_s": 1.0,
-                              "load_average": os.getloadavg()}
+            for key, judge in (("startup", "openai:gpt-4o-mini"), ("startup_anthropic", "anthropic:claude-haiku-4-5")):
+                runs = [cli_label(inp, tmp / f"run-{key}-{k}", zero, dict(env, STEPDPO_CACHE_DIR=str(tmp / f"c-{key}{k}")),
+                                  args.concurrency, judge) for k in range(args.startup_runs)]
+                firsts = [r["startup_to_first_request_s"] for r in runs]
+                cpus = [r["startup_cpu_s_to_first_request"] for r in runs]
+                out[key] = {"judge": judge, "runs": args.startup_runs, "rows": 50,
+                            "startup_to_first_request_s_median": statistics.median(firsts),
+                            "startup_to_first_request_s_min": min(firsts),
+                            "startup_to_first_request_s_all": firsts,
+                            "cpu_s_to_first_request_median": statistics.median(cpus),
+                            "cpu_s_to_first_request_all": cpus, "target_s": 1.0,
+                            "load_average": os.getloadavg()}
         if "zero" in parts:
             inp = write_responses(rows[:1319], tmp / "zero.parquet")
             out["zero_latency"] = dict(cli_label(inp, tmp / "run-zero", zero,
