@@ -358,8 +358,8 @@ def main() -> None:
                   "prompt_tokens": manifest["totals"]["input_tokens"],
                   "prompt_tokens_per_step": round(manifest["totals"]["input_tokens"] / n_steps, 2),
                   "cached_prompt_tokens": manifest["totals"]["cached_tokens"],
-                  "rows_ok": manifest["totals"]["ok"], "rows_out": out.num_rows}
-        naive = naive_loop(rows[: args.naive_rows])
+                  "rows_ok": manifest["totals"]["ok"], "rows_out": out.num_rows, "load_average": os.getloadavg()}
+        naive = dict(naive_loop(rows[: args.naive_rows]), load_average=os.getloadavg())
 
         # 3. rerun of the finished job.
         server.call("/_reset", {})
@@ -391,7 +391,8 @@ def main() -> None:
                    # Stricter: also count the server's initial burst as allowed.
                    "allowed_requests_incl_burst": round(allowed, 1),
                    "fraction_of_allowed_incl_burst": round((stats["total"] - stats["faults"].get("429", 0))
-                                                           / allowed, 4)}
+                                                           / allowed, 4),
+                   "load_average": os.getloadavg()}
         issue = part0(rows, tmp, args, {"startup", "zero", "two", "load", "5000"})
     finally:
         server.stop()
