@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -331,7 +332,10 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="stepdpo-bench-"))
         os.environ.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
         parts = set(args.only.split(","))
-        result = {"bench": "label_throughput (part 0 only)", **part0(rows, tmp, args, parts)}
+        try:
+            result = {"bench": "label_throughput (part 0 only)", **part0(rows, tmp, args, parts)}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         print(json.dumps(result, indent=2))
         return
     server = Server(args.latency)
@@ -396,6 +400,7 @@ def main() -> None:
         issue = part0(rows, tmp, args, {"startup", "zero", "two", "load", "5000"})
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # ~20 MB of runs and caches per run
 
     result = {
         "bench": "label_throughput",
