@@ -69,3 +69,41 @@ def test_rectify_end_to_end(problems, tmp_path, capsys):
             assert p["rejected_steps"] == solution_steps(a, b, "wrong")[1:end]
             assert p["chosen_reward"] > p["rejected_reward"]
     capsys.readouterr()
+
+
+def test_rectify_pairs_every_wrong_solution_of_a_shared_prefix(tmp_path, capsys):
+    """Two different wrong solutions of one problem share step 1 and err at step 2 (15 and 16 for
+    14). The policy continues both prefixes with the same text, so their continuations share
+    response_ids and `label` keeps one row each (under one `continues`): each wrong solution must
+    still get its pair, chosen from a correct continuation of that very prefix."""
+    a, b = PROBLEMS[0]
+    right = solution_steps(a, b, "right")
+    s = a + b
+    wrong = [right[:1] + [f"Step 2: {s} * 2 = {2 * s + d}.", f"Step 3: The answer is \\boxed{{{2 * s + d}}}."]
+             for d in (1, 2)]
+    src = tmp_path / "wrong.jsonl"
+    src.write_text("".join(json.dumps({"id": "p0", "problem": f"a={a} b={b}: add a and b, then double the sum.",
+                                       "answer": str(2 * s), "steps": st, "label": 1}) + "\n" for st in wrong))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["ingest", "jsonl", str(src), "--prompt-field", "problem", "--steps-field", "steps", "--id-field",
+                 "id", "--label-field", "label", "--label-kind", "first-error", "--gold-field", "answer",
+                 "-o", str(tmp_path / "wrong.parquet")]) == 0
+    assert main(["label", str(tmp_path / "wrong.parquet"), "--judge", "reference", "-o", str(tmp_path / "located"),
+                 "--progress", "none", *cache]) == 0
+    with FakePolicyServer() as srv:
+        assert main(["generate", "--continue-from", str(tmp_path / "located"), "--generator",
+                     f"openai-compatible:policy@{srv.url}/v1", "-n", "4", "-o", str(tmp_path / "cont"),
+                     "--progress", "none", *cache]) == 0
+    conts = read_table(tmp_path / "cont", RESPONSES).to_pylist()
+    assert len(conts) == 8 and len({c["response_id"] for c in conts}) < 8  # the texts repeat
+    assert main(["label", str(tmp_path / "cont"), "--judge", "answer-match", "-o", str(tmp_path / "checked"),
+                 "--progress", "none", *cache]) == 0
+    assert main(["pairs", str(tmp_path / "located"), str(tmp_path / "checked"), "-o", str(tmp_path / "pairs"),
+                 "--strategy", "first-error"]) == 0
+    pairs = read_table(tmp_path / "pairs", PAIRS).to_pylist()
+    located = read_table(tmp_path / "located", STEP_SCORES).to_pylist()
+    assert sorted(p["rejected_steps"] for p in pairs) == sorted(w[1:2] for w in wrong)
+    assert {p["rejected_response_id"] for p in pairs} == {r["response_id"] for r in located}
+    for p in pairs:
+        assert p["prefix_steps"] == right[:1] and p["chosen_steps"] == right[1:2]
+    capsys.readouterr()

@@ -16,6 +16,13 @@ score 1 in the pair (the outcome vouches for them); B's scores are its judge's. 
 correct continuations the one with the lowest sample index whose step k differs from B's is
 taken, so reruns build the same pairs. B's run must locate errors step by step; the inputs may
 therefore mix B's judge and the continuations' judge (each side is checked to be one judge).
+
+A continuation of another wrong solution B' with the very same prefix (same k, same first k
+steps) is a continuation of B's prefix too, and serves B when B has no correct one of its own
+(B's own are tried first). This is not only a bonus: two continuations with the same text have
+the same response_id (a hash of problem + steps), and ``label`` keeps one row per response_id,
+so when B and B' share a prefix the labeled run often holds B's correct continuation only as
+a continuation of B' (B then lost its pair).
 """
 
 from __future__ import annotations
@@ -57,24 +64,36 @@ def rectify_pairs(group: list[dict[str, Any]], cfg: Any, stats: Counter,
     cfg, fingerprint)`` builds the pair row (labeler.pairs.build's layout).
     """
     conts: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    by_prefix: dict[tuple[int, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = {}
     for row in group:
         info = continuation_of(row)
         if info is not None:
             conts.setdefault(info[0], []).append((info[2], row))
+            k = info[1]
+            if len(row["steps"]) > k:
+                by_prefix.setdefault((k, tuple(row["steps"][:k])), []).append((info[2], row))
     if not conts:
         return []
     out = []
     for bad in group:
-        if is_continuation(bad) or bad["response_id"] not in conts:
+        if is_continuation(bad):
             continue
         b_scores = list(bad["scores"] or [])
         e = first_error(b_scores, cfg.threshold)
+        own = conts.get(bad["response_id"], [])
+        mine = {id(row) for _, row in own}
+        shared = [x for x in by_prefix.get((e, tuple(bad["steps"][:e])), []) if id(x[1]) not in mine] if e >= 0 else []
+        if not own and not shared:
+            continue
         if e < 0 or len(b_scores) != len(bad["steps"]):
             continue
         stats["rectify_wrong_solutions"] += 1
         end = e + 1 if cfg.continuation == "step" else None
         chosen = None
-        for _, c in sorted(conts[bad["response_id"]], key=lambda x: (x[0], x[1]["response_id"])):
+        # B's own continuations first, then those of other wrong solutions with B's exact prefix.
+        candidates = sorted(own, key=lambda x: (x[0], x[1]["response_id"])) + \
+            sorted(shared, key=lambda x: (x[0], x[1]["response_id"]))
+        for _, c in candidates:
             info = continuation_of(c)
             if info is None or info[1] != e or list(c["steps"][:e]) != list(bad["steps"][:e]) or len(c["steps"]) <= e:
                 stats["rectify_other_prefix"] += 1
