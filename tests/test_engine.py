@@ -448,3 +448,15 @@ def test_output_folder_of_another_kind_is_named_not_dumped_as_an_arrow_schema(en
     rc, log = label(capsys, inp, other, judge="gsm8k-calc")
     assert rc == 2 and "a 'responses' file, not a labeled shard" in log and "choose another -o folder" in log
     assert len(log.strip().splitlines()) == 1
+
+
+def test_repeated_solutions_are_labeled_once_and_the_user_is_told(env, fake, capsys):
+    """A generate folder often holds one text several times (samples that agree): label scores
+    each solution once, and says so instead of silently writing fewer rows than the input has."""
+    rows = gsm8k_rows(GSM8K, 5)
+    inp = write_responses(rows + rows[:2], env / "responses.parquet")
+    rc, log = label(capsys, inp, env / "run", judge="gsm8k-calc")
+    assert rc == 0 and f"label: note: 2 row(s) of {inp} repeat an earlier row's solution" in log
+    assert_exact_set(env / "run", rows)
+    rc, log = label(capsys, write_responses(rows, env / "distinct.parquet"), env / "run2", judge="gsm8k-calc")
+    assert rc == 0 and "repeat an earlier" not in log

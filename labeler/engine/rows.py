@@ -21,11 +21,13 @@ __all__ = ["FREE", "build_row", "estimate", "load_rows", "price_of", "run_header
 
 
 def load_rows(path: str | Path, limit: int | None = None, num_shards: int = 1,
-              shard_index: int = 0) -> list[dict[str, Any]]:
+              shard_index: int = 0, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """The responses this job owns: this machine's hash shard, the first ``limit``, no duplicates.
 
     Two rows with one response_id are the same solution (the id hashes problem + steps) and are
-    labeled once.
+    labeled once; ``counts["duplicates"]`` (when given) says how many rows were left out for it,
+    so the command can tell a user why it labels fewer rows than the input holds (several samples
+    of a `generate` folder often repeat one text).
     """
     rows = read_table(path, RESPONSES).to_pylist()
     seen: set[str] = set()
@@ -34,7 +36,11 @@ def load_rows(path: str | Path, limit: int | None = None, num_shards: int = 1,
         if limit is not None and len(out) >= limit:
             break
         rid = row["response_id"]
-        if rid in seen or (num_shards > 1 and shard_of(rid, num_shards) != shard_index):
+        if num_shards > 1 and shard_of(rid, num_shards) != shard_index:
+            continue
+        if rid in seen:
+            if counts is not None:
+                counts["duplicates"] = counts.get("duplicates", 0) + 1
             continue
         seen.add(rid)
         out.append(row)

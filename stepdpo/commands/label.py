@@ -215,7 +215,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
     require_finished_inputs(args.input, args)
-    rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index)
+    counts: dict[str, int] = {}
+    rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index, counts)
+    if counts.get("duplicates"):
+        print(f"label: note: {counts['duplicates']} row(s) of {args.input} repeat an earlier row's solution (same "
+              "problem and steps, so the same response_id); each solution is labeled once", file=sys.stderr)
     if cfg.dry_run:
         rows, skipped = _dry_run_todo(rows, judge, cfg, args.output)
         est = estimate(rows, judge, price_for(judge.price_model, prices))
