@@ -297,3 +297,33 @@ def test_online_pool_holds_the_engines_concurrency_and_posts_the_batch_body(prov
         for headers in srv.headers:
             assert headers["content-type"] == "application/json" and "x-stainless-lang" in headers
             assert KEY in headers.get("authorization", "") + headers.get("x-api-key", "")
+
+
+def test_the_standalone_policy_fake_serves_batches_with_failures(problems, tmp_path, monkeypatch, capsys):
+    """`python -m tests.fakes.policy_server --batch --batch-fail S` (the by-hand QA route): a
+    stable share of batch lines errors the first time, GET /_stats counts the submissions, and
+    the rerun's second batch completes the job."""
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.policy_server", "--batch", "--batch-fail", "0.5",
+                             "--polls-to-finish", "1"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        url = f"http://127.0.0.1:{port}"
+        for var, value in (("OPENAI_API_KEY", KEY), ("OPENAI_BASE_URL", url + "/v1")):
+            monkeypatch.setenv(var, value)
+
+        def stats() -> dict:
+            return json.loads(urllib.request.urlopen(url + "/_stats", timeout=10).read())
+
+        out, args = tmp_path / "gen", ("-n", "4", "--batch", "--cache-dir", str(tmp_path / "cache"))
+        assert gen("openai", problems, out, *args) == 0
+        first = len(read_table(out, RESPONSES))
+        assert 0 < first < 16 and "failed inside a batch" in capsys.readouterr().err
+        assert stats()["batch_submissions"]["openai"] == 1 and stats()["total"] == 0
+        assert gen("openai", problems, out, *args) == 0
+        assert set(rows_by_gid(out)) == all_gids(4)
+        assert stats()["batch_submissions"]["openai"] == 2 and stats()["batch_requests"]["openai"] == 16
+    finally:
+        proc.kill()
+        proc.wait()

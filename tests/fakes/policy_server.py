@@ -156,12 +156,13 @@ class FakePolicyServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - only the batch endpoints are read with GET
+            def do_GET(self) -> None:  # noqa: N802 - the batch endpoints and /_stats are read with GET
                 path = self.path.split("?")[0]
                 if server.batch_api is not None and server.batch_api.handle_http(self, "GET", path, b""):
                     return
-                data = json.dumps({"error": {"message": f"no route GET {path}"}}).encode()
-                self.send_response(404)
+                found = path == "/_stats"  # for a server in another process (QA, benchmarks)
+                data = json.dumps(server.stats() if found else {"error": {"message": f"no route GET {path}"}}).encode()
+                self.send_response(200 if found else 404)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -180,6 +181,15 @@ class FakePolicyServer:
     @property
     def requests(self) -> int:
         return sum(self.counts.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Online requests per route, and batch submissions / requests answered per provider."""
+        with self._lock:
+            out: dict[str, Any] = {"counts": dict(self.counts), "total": self.requests}
+        if self.batch_api is not None:
+            out["batch_submissions"] = dict(self.batch_api.submissions)
+            out["batch_requests"] = dict(self.batch_api.requests_answered)
+        return out
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._lock:
@@ -260,11 +270,30 @@ class FakePolicyServer:
         self.stop()
 
 
-if __name__ == "__main__":  # pragma: no cover - for benchmarks
-    ap = argparse.ArgumentParser()
+def failing_share(share: float) -> Any:
+    """A batch ``fault`` that errors a stable ``share`` of custom_ids (by hash; each only the first
+    time it is seen, so a rerun's redraw succeeds)."""
+    import hashlib
+
+    def fault(custom_id: str) -> str | None:
+        h = int(hashlib.sha256(custom_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return "errored" if h < share else None
+    return fault
+
+
+if __name__ == "__main__":  # pragma: no cover - for benchmarks and by-hand QA
+    ap = argparse.ArgumentParser(description="Serve the scripted policy on 127.0.0.1; prints PORT <n>. "
+                                 "GET /_stats gives request counts (and batch submissions with --batch).")
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--batch", action="store_true", help="serve the OpenAI and Anthropic batch endpoints too")
+    ap.add_argument("--polls-to-finish", type=int, default=3, help="--batch: status polls before a batch ends")
+    ap.add_argument("--batch-fail", type=float, default=0.0,
+                    help="--batch: share of batch requests answered 'errored' (the first time only)")
     ns = ap.parse_args()
     srv = FakePolicyServer(latency=ns.latency, port=ns.port)
+    if ns.batch:
+        srv.attach_batches(polls_to_finish=ns.polls_to_finish,
+                           fault=failing_share(ns.batch_fail) if ns.batch_fail else None)
     print(f"PORT {srv.port}", flush=True)
     srv.httpd.serve_forever()
