@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "perturb": ("stepdpo.commands.perturb", "make flawed variants of correct solutions (no API needed)"),
     "generate": ("stepdpo.commands.generate", "sample solutions or continuations from a policy (hf, vLLM, APIs)"),
     "label": ("stepdpo.commands.label", "score every step with a judge into step_scores shards"),
-    "batches": ("stepdpo.commands.batches", "show or cancel provider batch jobs of a labeling run"),
+    "batches": ("stepdpo.commands.batches", "show or cancel the provider batch jobs of a label or generate --batch run"),
     "inspect": ("stepdpo.commands.inspect", "summarise, compare and report on any stepdpo file"),
     "combine": ("stepdpo.commands.combine", "combine several judges' runs: mean, min, vote, weighted, consensus (+ escalate)"),
     "judge-eval": ("stepdpo.commands.judge_eval", "score judges on ProcessBench-format files (F1 table)"),

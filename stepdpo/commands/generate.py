@@ -37,7 +37,7 @@ that failed inside a batch is drawn again by the next run (--batch-retry batch|o
 `stepdpo batches RUN_DIR` shows or cancels them; --dry-run shows online vs batch price.
 
 examples:
-  stepdpo generate data/gsm8k/test_sample.jsonl --generator hf:work/tiny-model -o work/gen -n 4 --max-new-tokens 64
+  stepdpo generate data/gsm8k/test_sample.jsonl --generator hf:runs/demo/tiny-model -o work/gen -n 4 --max-new-tokens 64   # model from `stepdpo demo`
   stepdpo generate problems.jsonl --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/gen -n 8 --temperature 0.8 --top-p 0.95
   stepdpo generate problems.jsonl --generator openai:gpt-4o-mini --template chat -o work/gen-4o --dry-run
   stepdpo label work/gen --judge openai:gpt-4o -o work/located
