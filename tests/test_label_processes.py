@@ -59,8 +59,10 @@ def test_two_processes_on_one_folder_then_kill_9_of_one_then_rerun_labels_every_
         monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
         monkeypatch.setenv("STEPDPO_CACHE_DIR", str(tmp_path / "cache"))
         rc = main(["label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run), "--progress", "none"])
-        capsys.readouterr()
+        err = capsys.readouterr().err
         assert rc == 0
+        # Its own job's totals are only what it labeled; the folder's count is said too.
+        assert f"label: {run} holds 120 responses from every job that shares it (ok 120, error 0)" in err, err
         again = fake.total_requests
     out = read_table(run, STEP_SCORES).to_pylist()
     ids = [r["response_id"] for r in out]

@@ -301,9 +301,12 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
             cache.close()
     totals = manifest["totals"]
     s = engine.stats
-    print(f"label: {totals['rows']} rows in {args.output} (ok {totals['ok']}, error {totals['error']}); "
-          f"this run: {s.done} labeled, {s.skipped} already done, {s.cache_hits} from cache, "
-          f"{s.requests} requests, cost {s.cost_text()}", file=sys.stderr)
+    shared = _shared_folder_note(run_dir, args)
+    print(f"label: {totals['rows']} rows {'of this job ' if shared else ''}in {args.output} (ok {totals['ok']}, "
+          f"error {totals['error']}); this run: {s.done} labeled, {s.skipped} already done, {s.cache_hits} from "
+          f"cache, {s.requests} requests, cost {s.cost_text()}", file=sys.stderr)
+    if shared:
+        print(shared, file=sys.stderr)
     if args.engine == "ray":
         print(f"label: Ray: {engine.options.num_workers} worker(s), {engine.worker_restarts} restarted after a "
               f"failure, {s.retries} batch(es) retried", file=sys.stderr)
@@ -321,6 +324,21 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
               "higher --max-cost to continue", file=sys.stderr)
         return 3
     return 0
+
+
+def _shared_folder_note(run_dir, args: argparse.Namespace) -> str:
+    """When other jobs share the folder (--num-shards processes or machines, or a plain run after
+    them), this job's totals are not the folder's: one line with the folder's own count, so a
+    plain rerun after a split job does not report '0 rows in RUN_DIR' for a full folder."""
+    own = set(run_dir.parts())
+    if not any(p not in own for p in run_dir.folder_parts()):
+        return ""
+    statuses = run_dir.statuses()
+    ok = sum(1 for v in statuses.values() if v == "ok")
+    job = f"--num-shards {args.num_shards} --shard-index {args.shard_index}" if args.num_shards > 1 \
+        else "no --num-shards"
+    return (f"label: {args.output} holds {len(statuses)} responses from every job that shares it (ok {ok}, "
+            f"error {len(statuses) - ok}); the line above counts this job's ({job})")
 
 
 def _label_batch(args: argparse.Namespace, judge, rows: list[dict], run_dir, cache,
