@@ -253,7 +253,18 @@ def test_flaw_rewrites_correct_solutions_with_known_reference_scores(server, tmp
         assert r["scores"][:2] == [1.0, 0.0]
     body = server.bodies[-1]
     assert body["messages"][0]["role"] == "system" and "from step 2 on" in body["messages"][1]["content"]
+    # Nothing correct to rewrite (only the wrong solution, or steps too few): one line that says
+    # why, not "no problems"; no request, no folder.
+    only_wrong = tmp_path / "wrong.parquet"
+    write_table(from_rows([wrong], RESPONSES), only_wrong, RESPONSES)
     capsys.readouterr()
+    before = server.requests
+    for src_, extra, why in ((only_wrong, [], "skipped: 1 not correct"),
+                             (src, ["--flaw-step", "4"], f"skipped: 1 not correct, {len(PROBLEMS)} shorter than --flaw-step 4")):
+        assert gen(server, src_, tmp_path / "none", "--flaw", "--no-cache", *extra) == 0
+        err = capsys.readouterr().err
+        assert f"generate: nothing to rewrite in {src_}: --flaw rewrites correct solutions" in err and why in err
+    assert server.requests == before and not (tmp_path / "none").exists()
 
 
 def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys):

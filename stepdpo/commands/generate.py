@@ -268,8 +268,15 @@ def run(args: argparse.Namespace) -> int:
                   f"${est['batch_cost_usd_max']:.4f} ({est['batch_discount']:g} of the online price)", file=sys.stderr)
         return 0
     if not tasks:
-        print("generate: nothing to sample (no wrong solution in the run)" if cfg.continue_from
-              else "generate: no problems", file=sys.stderr)
+        if cfg.flaw:
+            why = ", ".join(f"{n} {what}" for what, n in (("not correct", counts["skipped_not_correct"]),
+                            (f"shorter than --flaw-step {cfg.flaw_step}", counts["skipped_too_short"])) if n)
+            need = f" of at least {cfg.flaw_step} steps (--flaw-step)" if cfg.flaw_step is not None else ""
+            print(f"generate: nothing to rewrite in {args.input}: --flaw rewrites correct solutions (final answer "
+                  f"= gold answer){need}; skipped: {why or 'none, the file is empty'}", file=sys.stderr)
+        else:
+            print("generate: nothing to sample (no wrong solution in the run)" if cfg.continue_from
+                  else "generate: no problems", file=sys.stderr)
         return 0
     engine_cfg = GenConfig(concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
                            retry=RetryPolicy(max_attempts=cfg.max_attempts, initial=cfg.backoff,
