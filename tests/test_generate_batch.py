@@ -183,6 +183,10 @@ def test_failures_inside_a_batch_are_counted_and_drawn_by_the_rerun(retry, serve
         assert state.load_all(out)[-1].n_requests == 3
     else:  # online, through the engine
         assert api.submissions["openai"] == 1 and server.requests == 3 and this["retried_online"] == 3
+        # The run's cost is not all at batch price: the online share is named.
+        online = this["online_retry"]["cost_usd"]
+        assert online > 0 and f"(${this['cost_usd'] - online:.4f} at batch price + ${online:.4f} online)" in \
+            capsys.readouterr().err
     assert this["skipped"] == 5 and this["missing"] == 0
     capsys.readouterr()
 

@@ -329,8 +329,10 @@ def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -
     options = dataclass_from_args(BatchOptions, args)
     manifest = run_batch_generate(engine, tasks, info, options)
     totals, this = manifest["totals"], manifest["runs"][-1]
+    online = (this.get("online_retry") or {}).get("cost_usd") if this["retried_online"] else None
     cost = "cost unknown (no price for this model: --prices FILE)" if this["cost_usd"] is None \
-        else f"${this['cost_usd']:.4f} at batch price"
+        else f"${this['cost_usd']:.4f} at batch price" if not online \
+        else f"${this['cost_usd']:.4f} (${this['cost_usd'] - online:.4f} at batch price + ${online:.4f} online)"
     print(f"generate --batch: {this['tasks'] - this['missing']} of {this['tasks']} samples in {args.output} "
           f"({totals['samples']} in the folder); this run: {len(this['batches_submitted'])} batch(es) submitted, "
           f"{len(this['batches_attached'])} attached, {this['ok']} drawn in batches, {this['skipped']} already "
