@@ -338,3 +338,19 @@ def test_a_pickled_cache_entry_is_never_loaded(server, problems, tmp_path, capsy
     assert not marker.exists() and server.requests == len(tasks)
     assert "is not ours" in capsys.readouterr().err
     assert len(rows_by_gid(tmp_path / "out")) == len(tasks)
+
+
+@pytest.mark.parametrize("flag, value, line", [
+    ("--timeout", "0", "--timeout must be a positive number of seconds, not 0"),
+    ("--timeout", "nan", "--timeout must be a positive number of seconds, not nan"),
+    ("--log-interval", "0", "--log-interval must be positive"),
+    ("--backoff", "-1", "--backoff and --max-backoff must not be negative"),
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+])
+def test_bad_engine_options_are_refused_before_any_request(flag, value, line, server, problems, tmp_path, capsys):
+    """As `label` refuses them: one line, no request, no folder (a --timeout of 0 used to fail
+    every request and leave an aborted folder)."""
+    out = tmp_path / "gen"
+    assert gen(server, problems, out, flag, value) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"stepdpo generate: error: {line}"]
+    assert server.requests == 0 and not out.exists()

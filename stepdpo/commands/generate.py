@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -171,6 +172,17 @@ def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
             raise UserError(f"--{name} must be positive")
     if cfg.flaw_step is not None and cfg.flaw_step < 1:
         raise UserError("--flaw-step must be at least 1")
+    # As `label` checks them: a --timeout of 0 would fail every request and stop the run only
+    # after its first samples all failed, with a folder left behind.
+    if cfg.backoff < 0 or cfg.max_backoff < 0:
+        raise UserError("--backoff and --max-backoff must not be negative")
+    if not cfg.log_interval > 0:
+        raise UserError("--log-interval must be positive")
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"--timeout must be a positive number of seconds, not {timeout:g}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise UserError("--batch-size must be at least 1")
     if cfg.flaw and cfg.continue_from:
         raise UserError("--flaw and --continue-from are different jobs; give one")
     if cfg.continue_from and args.input:
