@@ -346,11 +346,13 @@ def test_a_pickled_cache_entry_is_never_loaded(server, problems, tmp_path, capsy
     ("--log-interval", "0", "--log-interval must be positive"),
     ("--backoff", "-1", "--backoff and --max-backoff must not be negative"),
     ("--batch-size", "0", "--batch-size must be at least 1"),
+    ("--temperature", "0", "-n 2 at --temperature 0 draws 2 identical greedy solutions; set --temperature "
+                           "(Step-DPO samples at 0.8)"),
 ])
 def test_bad_engine_options_are_refused_before_any_request(flag, value, line, server, problems, tmp_path, capsys):
     """As `label` refuses them: one line, no request, no folder (a --timeout of 0 used to fail
     every request and leave an aborted folder)."""
     out = tmp_path / "gen"
-    assert gen(server, problems, out, flag, value) == 2
+    assert gen(server, problems, out, "-n", "2", flag, value) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"stepdpo generate: error: {line}"]
     assert server.requests == 0 and not out.exists()

@@ -161,6 +161,9 @@ def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
         raise UserError("--top-p must be in (0, 1]")
     if cfg.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
+    if cfg.n > 1 and cfg.temperature == 0 and not (cfg.flaw and cfg.flaw_step is None):  # as eval refuses it
+        raise UserError(f"-n {cfg.n} at --temperature 0 draws {cfg.n} identical greedy solutions; set --temperature "
+                        "(Step-DPO samples at 0.8)")
     if cfg.concurrency < 1 or cfg.max_attempts < 1 or cfg.shard_size < 1:
         raise UserError("--concurrency, --max-attempts and --shard-size must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
