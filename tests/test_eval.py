@@ -119,6 +119,12 @@ def test_eval_baseline_compares_on_shared_problems(server, problems, tmp_path, c
     assert cmp["low"] <= cmp["difference"] <= cmp["high"]
     assert cmp["only_this_better"] == sum(x and not y for x, y in zip(first_b, first_a, strict=True))
     assert "paired bootstrap" in capsys.readouterr().out
+    # `inspect` of an eval folder points at its summary instead of "unknown stepdpo file kind".
+    assert main(["inspect", str(b)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"stepdpo inspect: error: {b}: holds 'eval_problems' data; inspect reads responses, step_scores, pairs "
+        f"files; an eval result: its numbers are in {b / 'summary.json'}, and `stepdpo eval ... --baseline {b}` "
+        "compares another eval with it")
 
 
 def test_eval_bad_input_is_one_line_and_samples_nothing(server, problems, tmp_path, capsys):

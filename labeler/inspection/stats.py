@@ -91,7 +91,12 @@ def load(path: str | os.PathLike, columns: list[str] | None = None) -> Loaded:
     path = Path(path)
     name = read_kind(path)
     if name not in KINDS:
-        raise UserError(f"{path}: unknown stepdpo file kind '{name}'")
+        hint = ""
+        if name == "eval_problems":  # `stepdpo eval`'s folder: its numbers are already summarised
+            folder = path if path.is_dir() else path.parent
+            hint = (f"; an eval result: its numbers are in {folder / 'summary.json'}, and `stepdpo eval ... "
+                    f"--baseline {folder}` compares another eval with it")
+        raise UserError(f"{path}: holds '{name}' data; inspect reads {', '.join(KINDS)} files{hint}")
     kind = KINDS[name]
     extra: dict[str, Any] = {}
     if name == "pairs":  # a killed or mixed pairs folder would be summarised as if whole
