@@ -191,3 +191,22 @@ def test_read_only_cache_is_one_line(env, fake, capsys):
     assert lines == [f"stepdpo label: error: judge cache {env / 'cache'} is read-only for this user; move it away, "
                      "choose another with --cache-dir DIR (or $STEPDPO_CACHE_DIR), or run with --no-cache"]
     assert fake.total_requests == 0
+
+
+def test_a_file_given_as_the_cache_folder_is_named_as_such(env, fake, capsys):
+    """Not 'corrupt, or the disk full?': the fix is another path. Both caches, nothing written."""
+    from tests.fakes.policy_server import FakePolicyServer, write_problems
+
+    inp = write_responses(gsm8k_rows(GSM8K, 2), env / "in.parquet")
+    (env / "afile").write_text("notes")
+    rc, log = label(capsys, inp, env / "run", "--cache-dir", str(env / "afile"))
+    assert rc == 2 and fake.total_requests == 0 and not (env / "run").exists()
+    assert log.strip() == (f"stepdpo label: error: judge cache {env / 'afile'} is a file, not a folder; move it "
+                           "away, choose another with --cache-dir DIR (or $STEPDPO_CACHE_DIR), or run with --no-cache")
+    with FakePolicyServer() as srv:
+        rc = main(["generate", str(write_problems(env / "p.jsonl", [(1, 2)])), "--generator",
+                   f"openai-compatible:p@{srv.url}/v1", "-o", str(env / "gen"), "--cache-dir", str(env / "afile")])
+        assert rc == 2 and srv.requests == 0 and not (env / "gen").exists()
+    assert capsys.readouterr().err.strip() == (f"stepdpo generate: error: generation cache {env / 'afile'}: it is a "
+                                               "file, not a folder; choose another with --cache-dir DIR or run "
+                                               "with --no-cache")

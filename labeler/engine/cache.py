@@ -157,6 +157,7 @@ class JudgeCache:
                                       eviction_policy="none", size_limit=2**62)
         except (sqlite3.Error, OSError) as exc:
             how = ("is read-only for this user" if self.directory.is_dir() and not os.access(self.directory, os.W_OK)
+                   else "is a file, not a folder" if self.directory.is_file()
                    else f"cannot be opened ({getattr(exc, 'strerror', None) or exc}): corrupt, or the disk full?")
             raise UserError(f"judge cache {self.directory} {how}; move it away, choose another with --cache-dir "
                             f"DIR (or ${ENV_VAR}), or run with --no-cache") from None

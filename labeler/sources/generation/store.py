@@ -113,7 +113,8 @@ class GenerationCache:
             self._cache = FanoutCache(str(self.directory), shards=shards, timeout=10, disk=JsonTextDisk,
                                       eviction_policy="none", size_limit=2**62)
         except Exception as exc:  # sqlite3.Error, OSError: one line, before any request
-            raise UserError(f"generation cache {self.directory}: cannot open it ({exc}); choose another with "
+            why = "it is a file, not a folder" if self.directory.is_file() else f"cannot open it ({exc})"
+            raise UserError(f"generation cache {self.directory}: {why}; choose another with "
                             "--cache-dir DIR or run with --no-cache") from None
         self.hits = 0
         self.refused = 0
