@@ -48,7 +48,10 @@ def add_dataclass_arguments(
             else None
         )
         help_text = field.metadata.get("help", "")
-        if default not in (None, False, "", []) and "%(default)" not in help_text:
+        # Identity, not ==: 0 and 0.0 equal False, and a default of 0 (greedy --temperature, --seed)
+        # is worth showing.
+        unset = default is None or default is False or (isinstance(default, (str, list)) and not default)
+        if not unset and "%(default)" not in help_text:
             help_text += " (default: %(default)s)"
         kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
         if "metavar" in field.metadata:

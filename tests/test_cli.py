@@ -120,6 +120,30 @@ def test_ingest_help_documents_every_source(capsys):
     assert "--label-kind first-error" in out
 
 
+def test_help_shows_a_default_of_zero_but_not_an_unset_one():
+    """0 == False in Python: a default of 0 (eval's greedy --temperature, --seed) used to be
+    left out of --help as if unset."""
+    import argparse
+    from dataclasses import dataclass, field
+
+    from stepdpo.options import add_dataclass_arguments
+
+    @dataclass
+    class Opts:
+        temperature: float = field(default=0.0, metadata={"help": "sampling temperature"})
+        seed: int = field(default=0, metadata={"help": "seed"})
+        flag: bool = field(default=False, metadata={"help": "a switch"})
+        name: str = field(default="", metadata={"help": "a name"})
+        limit: int | None = field(default=None, metadata={"help": "a cap"})
+
+    parser = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=60, width=200))
+    add_dataclass_arguments(parser, Opts)
+    lines = {ln.split()[0]: ln for ln in parser.format_help().splitlines() if ln.strip().startswith("--")}
+    assert lines["--temperature"].endswith("(default: 0.0)") and lines["--seed"].endswith("(default: 0)")
+    for unset in ("--flag,", "--name", "--limit"):
+        assert "default" not in lines[unset], lines[unset]
+
+
 LABELER_COMMANDS = [n for n in COMMANDS if n not in TRAIN_COMMANDS]
 
 
