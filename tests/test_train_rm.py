@@ -231,7 +231,11 @@ def test_wrong_inputs_are_refused(tmp_path, backbone, capsys):
     path = write_responses(unlabeled, tmp_path / "unlabeled.parquet")
     assert main(["train-rm", str(path), "--model_name_or_path", str(backbone), "--output_dir",
                  str(tmp_path / "o"), "--max_steps", "2"]) == 2
-    assert "no training step can run: no input row had a usable label" in capsys.readouterr().err
+    # Named with the fix before a model loads (it was "no training step can run" after loading).
+    assert capsys.readouterr().err.strip() == (
+        f"stepdpo train-rm: error: {path}: responses with no reference_scores (no step labels); label it "
+        f"first (`stepdpo label {path} --judge ... -o RUN`) and train on RUN")
+    assert not (tmp_path / "o").exists()
 
 
 def test_stream_is_shuffled_per_epoch_and_loses_nothing(tmp_path, backbone, task):
@@ -282,3 +286,13 @@ def test_output_dir_holding_another_result_or_the_base_model_is_refused_before_l
                 str(tmp_path / "o"), "--max_steps", "2", *extra]
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_load_leaves_no_half_folder(tmp_path, task, capsys):
+    """It left a folder holding only the "unfinished" reward_model.json record."""
+    from stepdpo.cli import main
+
+    out = tmp_path / "rm"
+    assert main(["train-rm", str(task), "--model_name_or_path", str(tmp_path / "no-model"),
+                 "--output_dir", str(out), "--max_steps", "1"]) == 2
+    assert "cannot load" in capsys.readouterr().err and not out.exists()

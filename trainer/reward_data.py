@@ -81,6 +81,12 @@ class LabelSource:
 COLUMNS = ["response_id", "problem_id", "prompt", "steps", "final_answer", "gold_answer"]
 
 
+def _has_labels(path: Path) -> bool:
+    """Whether a responses shard has a row with reference_scores (reads that column only)."""
+    column = pq.read_table(path, columns=["reference_scores"]).column(0)
+    return column.null_count < len(column)
+
+
 def label_source(paths: Sequence[str]) -> LabelSource:
     """step_scores runs (labels: ``scores`` of ok rows) or responses files (``reference_scores``);
     all inputs must be of one kind."""
@@ -91,7 +97,12 @@ def label_source(paths: Sequence[str]) -> LabelSource:
             raise UserError(f"{path}: a {kind} file; train-rm reads step_scores runs or responses "
                             "files with reference_scores")
         kinds.add(kind)
-        files += parquet_files(path)
+        found = parquet_files(path)
+        if kind == RESPONSES.name and not any(_has_labels(f) for f in found):
+            # e.g. a `generate` folder: say so before a model loads, not "no training step can run"
+            raise UserError(f"{path}: responses with no reference_scores (no step labels); label it first "
+                            f"(`stepdpo label {path} --judge ... -o RUN`) and train on RUN")
+        files += found
     if len(kinds) > 1:
         raise UserError("mixed inputs: give only step_scores runs or only responses files")
     column = "scores" if kinds == {STEP_SCORES.name} else "reference_scores"

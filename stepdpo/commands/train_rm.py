@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_model_output(out, model_args.model_name_or_path, own=(MANIFEST, "config.json"))
     # Unfinished until the record is rewritten at the end: a killed run leaves a folder that the
     # prm:/orm: judges refuse to load (its weights may be half-trained or half-written).
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST, {"complete": False, "kind": cfg.kind,
                                        "base_model": model_args.model_name_or_path})
@@ -153,12 +155,19 @@ def run(args: argparse.Namespace) -> int:
     if model_args.attn_implementation:
         load_kwargs["attn_implementation"] = model_args.attn_implementation
     try:
-        model, tokenizer, trainer = train_reward_model(
-            source, model_args.model_name_or_path, cfg, load_kwargs, lora_config(model_args, cfg.kind))
-    except OSError as exc:
-        raise UserError(f"cannot load '{model_args.model_name_or_path}': {exc}".splitlines()[0]) from exc
-    if trainer.state.global_step == 0:
-        raise UserError("no training step ran: no input row had a usable label; nothing was saved")
+        try:
+            model, tokenizer, trainer = train_reward_model(
+                source, model_args.model_name_or_path, cfg, load_kwargs, lora_config(model_args, cfg.kind))
+        except OSError as exc:
+            raise UserError(f"cannot load '{model_args.model_name_or_path}': {exc}".splitlines()[0]) from exc
+        if trainer.state.global_step == 0:
+            raise UserError("no training step ran: no input row had a usable label; nothing was saved")
+    except UserError:
+        # Refused before a weight was written: a folder this run made holds only the "unfinished"
+        # record; remove it, so "nothing was saved" leaves nothing behind.
+        if fresh and out.is_dir() and [p.name for p in out.iterdir()] == [MANIFEST]:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if not trainer.is_world_process_zero():
         return 0
     metrics = evaluate(model, tokenizer, source, cfg) if cfg.eval_fraction > 0 else None
