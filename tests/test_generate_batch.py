@@ -331,3 +331,27 @@ def test_the_standalone_policy_fake_serves_batches_with_failures(problems, tmp_p
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_continue_from_through_a_batch_gives_the_online_continuations(server, problems, tmp_path, capsys):
+    """--continue-from --at first-error with --batch: the continuations of each wrong solution's
+    correct prefix are the online ones (same body builder, same seeds)."""
+    from schemas.tables import STEP_SCORES
+
+    server.attach_batches(polls_to_finish=1)
+    assert gen("openai", problems, tmp_path / "gen", "-n", "3", "--no-cache") == 0
+    assert main(["label", str(tmp_path / "gen"), "--judge", "gsm8k-calc", "-o", str(tmp_path / "located"),
+                 "--progress", "none", "--no-cache"]) == 0
+    wrong = {r["response_id"] for r in read_table(tmp_path / "located", STEP_SCORES).to_pylist()
+             if r["scores"] and 0.0 in r["scores"]}
+    assert wrong, "the script must produce wrong solutions"
+    cont = ["--continue-from", str(tmp_path / "located"), "--generator", MODELS["openai"], "--template", "chat",
+            "-n", "2", "--progress", "none", "--poll-interval", "0.001", "--no-cache"]
+    assert main(["generate", *cont, "-o", str(tmp_path / "on")]) == 0
+    online_requests = server.requests
+    assert main(["generate", *cont, "-o", str(tmp_path / "bt"), "--batch"]) == 0
+    assert server.requests == online_requests
+    on, bt = rows_by_gid(tmp_path / "on"), rows_by_gid(tmp_path / "bt")
+    assert len(bt) == 2 * len(wrong) and {json.loads(r["meta"])["continues"] for r in bt.values()} == wrong
+    assert {g: without_batch_id(r) for g, r in bt.items()} == {g: without_batch_id(r) for g, r in on.items()}
+    capsys.readouterr()
