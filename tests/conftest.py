@@ -53,3 +53,13 @@ def server():
 
     with FakePolicyServer() as srv:
         yield srv
+
+
+@pytest.fixture()
+def fake():
+    """A loopback OpenAI/Anthropic fake (tests/fakes/llm_server.py) with fast retry-after
+    answers. Test modules with their own `fake` (other fault settings) override it."""
+    from tests.fakes.llm_server import FakeLLMServer, FaultConfig
+
+    with FakeLLMServer(FaultConfig(retry_after=0.01)) as srv:
+        yield srv

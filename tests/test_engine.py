@@ -15,7 +15,7 @@ import pytest
 
 from schemas.tables import STEP_SCORES, read_table
 from stepdpo.cli import main
-from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
+from tests.fakes.llm_server import FaultConfig, score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,12 +25,6 @@ ANTHROPIC_KEY = "sk-ant-test-0a1b2c3d-ANTHROPIC-SECRET"
 # --timeout is one deadline per request: generous, so a busy 2-core box does not time out healthy ones.
 FAST = ["--backoff", "0.01", "--max-backoff", "0.05", "--timeout", "3", "--progress", "log",
         "--log-interval", "0.5"]
-
-
-@pytest.fixture
-def fake():
-    with FakeLLMServer(FaultConfig(retry_after=0.01)) as server:
-        yield server
 
 
 @pytest.fixture

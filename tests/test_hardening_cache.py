@@ -21,7 +21,7 @@ from labeler.engine.cache import JsonTextDisk, JudgeCache, cache_key
 from labeler.judges.base import Verdict
 from schemas.tables import STEP_SCORES, read_table
 from stepdpo.cli import main
-from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
+from tests.fakes.llm_server import score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,12 +80,6 @@ def test_a_planted_pickle_is_never_loaded(tmp_path):
         naive.get("k")
     naive.close()
     assert marker.exists()
-
-
-@pytest.fixture
-def fake():
-    with FakeLLMServer(FaultConfig(retry_after=0.01)) as server:
-        yield server
 
 
 @pytest.fixture

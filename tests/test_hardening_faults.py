@@ -17,7 +17,7 @@ import pytest
 from labeler.judges.config import JudgeConfig
 from schemas.tables import STEP_SCORES, read_table
 from stepdpo.cli import main
-from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
+from tests.fakes.llm_server import FaultConfig, score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,12 +25,6 @@ GSM8K = [REPO / "data" / "gsm8k" / "test_sample.jsonl"]
 FAST = ["--backoff", "0.01", "--max-backoff", "0.05", "--progress", "none"]
 MARKERS = {"hang": "[[hang-here]]", "drip": "[[drip-here]]", "null": "[[null-here]]", "close": "[[close-here]]",
            "list": "[[list-here]]"}
-
-
-@pytest.fixture
-def fake():
-    with FakeLLMServer(FaultConfig(retry_after=0.01)) as server:
-        yield server
 
 
 @pytest.fixture

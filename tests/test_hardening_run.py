@@ -24,17 +24,11 @@ import pytest
 
 from schemas.tables import STEP_SCORES, read_table
 from stepdpo.cli import main
-from tests.fakes.llm_server import FakeLLMServer, FaultConfig, score_of
+from tests.fakes.llm_server import FaultConfig, score_of
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = [REPO / "data" / "gsm8k" / "test.jsonl"]  # bundled: 1,319 real problems
-
-
-@pytest.fixture
-def fake():
-    with FakeLLMServer(FaultConfig(retry_after=0.01)) as server:
-        yield server
 
 
 @pytest.fixture
