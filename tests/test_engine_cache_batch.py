@@ -19,7 +19,7 @@ from labeler.judges.base import Verdict
 from labeler.judges.config import JudgeConfig
 from labeler.judges.registry import create_judge
 from tests.fakes.llm_server import FaultConfig
-from tests.test_engine import REPO, assert_exact_set, env, fake, label, responses  # noqa: F401 - fixtures
+from tests.test_engine import REPO, assert_exact_set, env, label, responses  # noqa: F401 - fixtures
 
 
 def test_put_many_stores_answers_and_refuses_errors(tmp_path):
@@ -88,3 +88,34 @@ def test_sigkill_between_cache_flushes_loses_nothing(env, fake, capsys):  # noqa
     assert_exact_set(run, rows)
     this = json.loads((run / "run.json").read_text())["runs"][-1]
     assert this["cache_hits"] == cached and this["requests"] == 200 - cached == fake.total_requests
+
+
+def test_answers_held_by_a_stall_are_stored_at_the_next_checkpoint(env, fake):  # noqa: F811
+    """Two answers arrive, then the third request hangs: no new answer triggers a store, and no
+    shard is due. The checkpoint ticker stores the two while the run still waits, so a kill -9
+    during a stall would not re-ask them."""
+    from labeler.engine.retry import RetryPolicy
+
+    inp, rows = responses(env, 3)
+    rows[2] = dict(rows[2], steps=[*rows[2]["steps"][:-1], rows[2]["steps"][-1] + " [[hang-here]]"])
+    fake.faults = FaultConfig(rules={"[[hang-here]]": "hang"}, hang_s=60, retry_after=0.01)
+    judge = create_judge("openai:gpt-4o-mini", JudgeConfig(timeout=1.5))
+    cache = JudgeCache(env / "cache")
+    engine = Engine(judge, RunDir(env / "run"), EngineConfig(
+        concurrency=3, cache_batch=1000, cache_flush_s=3600, checkpoint_s=0.1, progress="none",
+        retry=RetryPolicy(max_attempts=1), stop_after_failures=0), cache)
+    during: list[int] = []
+
+    async def go():
+        run = asyncio.create_task(engine.run(rows, {}))
+        await asyncio.sleep(0.8)  # the two answers are in; the third hangs until its 1.5 s timeout
+        during.append(len(cache))
+        try:
+            return await run
+        finally:
+            await judge.aclose()
+
+    asyncio.run(go())
+    assert during == [2]  # stored mid-stall (before: only at the end of the run)
+    assert len(cache) == 2  # the hung row is an error: never cached
+    cache.close()

@@ -4,8 +4,9 @@ One asyncio loop runs ``concurrency`` workers. Each takes the next batch of resp
 (``judge.batch_size`` of them; 1 for API judges, where all steps of a response go in ONE
 request), waits for the rate limiter, calls the judge, retries what is retryable
 (:mod:`labeler.engine.retry`), and turns each answer into a ``step_scores`` row. Answers are stored
-in the judge cache (:mod:`labeler.engine.cache`) in one transaction per ``cache_batch`` answers, at
-most ``cache_flush_s`` after they arrive and always before the shard holding their rows; rows are
+in the judge cache (:mod:`labeler.engine.cache`) in one transaction per ``cache_batch`` answers, or
+once the oldest is ``cache_flush_s`` old (checked as answers arrive and at every run.json
+checkpoint, so a stall does not hold them), and always before the shard holding their rows; rows are
 written in shards of ``shard_size`` (:mod:`labeler.engine.rundir`). A run killed at any point
 loses at most the rows of its unwritten shard: those whose answers were stored come back from
 the cache for free on the rerun, the last few (under one batch) are asked again. No row is ever
@@ -80,7 +81,8 @@ class EngineConfig:
     checkpoint_s: float = 5.0
     max_cost: float | None = None  # USD cap on the run folder's spend (labeler.engine.budget)
     #: Answers stored in the judge cache per transaction; they are also stored before every
-    #: shard and once ``cache_flush_s`` old, so a kill -9 re-asks at most these few.
+    #: shard, once ``cache_flush_s`` old and at every checkpoint, so a kill -9 re-asks at most
+    #: these few.
     cache_batch: int = 64
     cache_flush_s: float = 1.0
 
@@ -370,6 +372,7 @@ class Engine:
     async def _checkpoints(self) -> None:
         while True:
             await asyncio.sleep(self.config.checkpoint_s)
+            self.store_answers()  # answers held by a stall (no new answer to trigger the store)
             self._checkpoint()
 
     def _in_flight(self) -> list[asyncio.Task[Any]]:
