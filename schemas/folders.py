@@ -293,16 +293,20 @@ def unfinished_run(path: str | os.PathLike) -> Unfinished | None:
     folder = Path(path)
     if not folder.is_dir():
         return None
-    manifests = {p.name: p for p in folder.iterdir() if _RUN_MANIFEST.match(p.name) and p.is_file()}
-    shards = [p for p in folder.iterdir() if _RUN_SHARD.match(p.name)]
+    entries = list(folder.iterdir())
+    manifests = {p.name: p for p in entries if _RUN_MANIFEST.match(p.name) and p.is_file()}
+    shards = [p for p in entries if _RUN_SHARD.match(p.name)]
     if not manifests and not shards:
         return None
     if not manifests and any((folder / name).is_file() for name in RESULT_MARKERS if name != "run.json"):
         return None  # another command's result: its reader's own checks speak
-    rows = sum(_num_rows(p) for p in shards)
+
+    def rows() -> int:  # read only for the answer "unfinished": a finished folder costs no footer reads
+        return sum(_num_rows(p) for p in shards)
+
     if not manifests:
         command = _SHARD_WRITERS.get(_shard_kind(sorted(shards)[0]) or "")
-        return None if command is None else Unfinished(folder, "shards but no run.json", command, rows)
+        return None if command is None else Unfinished(folder, "shards but no run.json", command, rows())
     jobs = {m.group(2) for n in manifests if (m := _RUN_MANIFEST.match(n)) and m.group(2)}
     command = "stepdpo label"
     for name in sorted(manifests):
@@ -314,11 +318,11 @@ def unfinished_run(path: str | os.PathLike) -> Unfinished | None:
         if state == "running" and _writer_live(folder, name):
             state = LIVE
         if state != FINISHED:
-            return Unfinished(folder, state if name == "run.json" else f"{state} in {name}", command, rows)
+            return Unfinished(folder, state if name == "run.json" else f"{state} in {name}", command, rows())
     for n in jobs:  # a split job: every machine's manifest must be there
         missing = [k for k in range(int(n)) if f"run-k{k}-of-{n}.json" not in manifests]
         if missing:
-            return Unfinished(folder, f"job k{missing[0]} of {n} has no run-k{missing[0]}-of-{n}.json", command, rows)
+            return Unfinished(folder, f"job k{missing[0]} of {n} has no run-k{missing[0]}-of-{n}.json", command, rows())
     return None
 
 
