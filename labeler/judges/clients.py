@@ -14,6 +14,12 @@ each on the SDK's ``DefaultAsyncHttpxClient`` with its socket options and proxy 
 keys, base URLs, headers and error classes are exactly the SDK's; they share one TLS context
 (loading the CA bundle once, not once per client). Without a known in-flight count (a judge used
 outside the engine) there is one client with the SDK's default pool.
+
+:meth:`ClientPool.post` is the one way requests leave: wire-ready bytes POSTed through the least
+busy client, by a :class:`labeler.judges.direct.DirectSender` (the request prebuilt once per
+client and endpoint by the SDK itself, then sent through that client's httpx client) or, where
+a request cannot be prebuilt, the SDK's own ``client.post``. Either way the response is the
+whole HTTP response and the errors are the SDK's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypeVar
+
+from labeler.judges.direct import DirectSender, direct_sender
 
 T = TypeVar("T")
 
@@ -44,10 +52,10 @@ def split(in_flight: int, per_client: int = CONNECTIONS_PER_CLIENT) -> list[int]
 
 
 class ClientPool:
-    """``await pool.send(lambda client: client.post(...))`` through the least busy SDK client.
+    """``await pool.post(path, data)`` through the least busy SDK client.
 
     ``make(http_client)`` builds one SDK client on the given httpx client (None: the SDK's
-    default). Clients are built on the first send, inside the running event loop."""
+    default). Clients are built on the first request, inside the running event loop."""
 
     def __init__(self, sdk: ModuleType, make: Callable[[Any], Any], in_flight: int | None,
                  timeout: float) -> None:
@@ -57,6 +65,10 @@ class ClientPool:
         self.in_flight = in_flight
         self._timeout = timeout
         self.clients: list[Any] = []
+        #: The httpx client each SDK client was built on (None: the SDK's default, not ours).
+        self.https: list[Any] = []
+        #: Each client's direct sender (None: requests go through the SDK's ``client.post``).
+        self.senders: list[DirectSender | None] = []
         self.busy: list[int] = []
 
     @property
@@ -67,19 +79,42 @@ class ClientPool:
     def _build(self) -> None:
         sizes = self.sizes
         if sizes is None:
-            self.clients = [self._make(None)]
+            self.https = [None]
         else:
             tls = self.httpx.create_ssl_context()
-            self.clients = [self._make(self.sdk.DefaultAsyncHttpxClient(
+            self.https = [self.sdk.DefaultAsyncHttpxClient(
                 limits=self.httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                timeout=self._timeout, verify=tls)) for n in sizes]
+                timeout=self._timeout, verify=tls) for n in sizes]
+        self.clients = [self._make(http) for http in self.https]
+        self.senders = [direct_sender(self.sdk, self.httpx, self._make, client, http)
+                        for client, http in zip(self.clients, self.https, strict=True)]
         self.busy = [0] * len(self.clients)
 
-    async def send(self, call: Callable[[Any], Awaitable[T]]) -> T:
+    def _least_busy(self) -> int:
         if not self.clients:
             self._build()
         busy = self.busy
-        i = busy.index(min(busy)) if len(busy) > 1 else 0
+        return busy.index(min(busy)) if len(busy) > 1 else 0
+
+    async def post(self, path: str, data: bytes) -> Any:
+        """POST wire-ready ``data`` to ``path`` (relative to the base URL) through the least busy
+        client: the whole HTTP response (body read), or the SDK's error for it."""
+        i = self._least_busy()
+        busy = self.busy
+        busy[i] += 1
+        try:
+            sender = self.senders[i]
+            if sender is not None:
+                return await sender.post(path, data)
+            return await self.clients[i].post(path, content=data, cast_to=self.httpx.Response)
+        finally:
+            busy[i] -= 1
+
+    async def send(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``await call(client)`` through the least busy SDK client (for a request that is not a
+        plain POST of bytes)."""
+        i = self._least_busy()
+        busy = self.busy
         busy[i] += 1
         try:
             return await call(self.clients[i])
@@ -87,6 +122,10 @@ class ClientPool:
             busy[i] -= 1
 
     async def aclose(self) -> None:
-        clients, self.clients, self.busy = self.clients, [], []
+        clients, senders = self.clients, self.senders
+        self.clients, self.https, self.senders, self.busy = [], [], [], []
         for client in clients:
             await client.close()
+        for sender in senders:
+            if sender is not None:
+                await sender.replay.close()

@@ -100,8 +100,9 @@ def cut_off_error(limit: int) -> str:
 
 class HttpJudge(Judge):
     """An API judge: ``request_body``/``parse_body`` are its whole wire format (the batch mode
-    sends and reads exactly these), ``_send`` the one SDK call of the online path (``request_bytes``
-    POSTed to ``path``)."""
+    sends and reads exactly these); the online path POSTs ``request_bytes`` to ``path`` through
+    :meth:`labeler.judges.clients.ClientPool.post` (the SDK's headers, key and error classes,
+    without its per-request build)."""
 
     batch_size = 1
     #: The SDK's module name; its exception classes drive :meth:`_classify`.
@@ -241,14 +242,6 @@ class HttpJudge(Judge):
     #: The endpoint :meth:`request_body` is POSTed to, relative to the client's base URL.
     path: str
 
-    async def _send(self, client: Any, data: bytes) -> Any:
-        """POST the wire-ready ``data`` through the SDK client; return the whole HTTP response.
-
-        The SDK's ``post`` keeps everything the SDK is for (key, base URL, headers, its error
-        classes for 4xx/5xx, timeouts, connection errors) and skips its typed-parameter
-        transform, which walked every nested dict of the body on each request."""
-        return await client.post(self.path, content=data, cast_to=self._pool().httpx.Response)
-
     def _classify(self, exc: Exception) -> Exception:
         sdk = importlib.import_module(self.sdk)
         if isinstance(exc, (sdk.APITimeoutError, TimeoutError)):
@@ -292,7 +285,7 @@ class HttpJudge(Judge):
         minutes."""
         data = self.request_bytes(item, sample)
         async with asyncio.timeout(self.config.timeout):
-            raw = await self._pool().send(lambda client: self._send(client, data))
+            raw = await self._pool().post(self.path, data)
             return await body_text(raw), lower_headers(raw.headers)
 
     def _pool(self) -> ClientPool:

@@ -12,10 +12,10 @@ scrubbed from every message. Prices come from the judges' price table (``openai:
 
 The hot path is the judges' (:mod:`labeler.judges.clients`): a request body is built once as
 plain JSON (:meth:`ApiGenerator.body`, also what a provider batch line carries), encoded once and
-POSTed through the SDK client's own ``post`` with the whole HTTP response as the result: the SDK
-still adds key, base URL and headers and raises its error classes, but skips the per-request
-typed transform of ``create``'s arguments and the response wrapper; the connection pools are
-sized to the engine's concurrency (:class:`labeler.judges.clients.ClientPool`).
+POSTed through :meth:`labeler.judges.clients.ClientPool.post` with the whole HTTP response as the
+result: the request carries the SDK's key, base URL and headers and fails with its error classes,
+without the SDK's per-request build (:mod:`labeler.judges.direct`); the connection pools are
+sized to the engine's concurrency.
 """
 
 from __future__ import annotations
@@ -126,8 +126,7 @@ class ApiGenerator(Generator):
         """POST ``body`` (compact UTF-8 JSON, as the SDKs encode it) through the least busy SDK
         client; the whole HTTP response."""
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        pool, path = self._pool(), self.path(body)
-        return await pool.send(lambda client: client.post(path, content=data, cast_to=pool.httpx.Response))
+        return await self._pool().post(self.path(body), data)
 
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
         out = []
