@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from schemas.errors import UserError
+from stepdpo import startup
 from stepdpo.options import accept_both_spellings
 
 # name -> (module, one-line summary). Order is the order of a typical job.
@@ -36,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Commands that need the `train` extra (torch, TRL).
 TRAIN_COMMANDS = {"train", "precompute-ref", "train-rm", "sft"}
+
+# Commands whose run() imports its heavy half itself (an API judge's or generator's SDK) and ends
+# the start-up with stepdpo.startup.resume_gc() once that is done; the others start their run()
+# with the GC already back on.
+STARTUP_IN_RUN = {"label", "generate"}
 
 # How to pick up an interrupted command where resuming is not simply running it again.
 RESUME_HINTS = {
@@ -78,8 +84,19 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the console script; returns the process exit code.
+
+    Called without ``argv`` (the console script, ``python -m stepdpo``) it owns the process and
+    runs the start-up with the cyclic GC paused (:mod:`stepdpo.startup`)."""
+    if argv is None:
+        startup.pause_gc()
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        startup.resume_gc()  # never left off, whatever happened
+
+
+def _main(argv: list[str]) -> int:
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
@@ -114,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.configure(parser)
         accept_both_spellings(parser)  # --max-length and --max_length, for every command
         args = parser.parse_args(rest)
+        if name not in STARTUP_IN_RUN:
+            startup.resume_gc()
         return int(module.run(args) or 0)
     except UserError as exc:
         print(f"stepdpo {name}: error: {exc}", file=sys.stderr)

@@ -175,24 +175,29 @@ print(json.dumps({{"codes": codes, "heavy": heavy}}))
 
 @pytest.mark.parametrize("judge", ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
 def test_label_with_an_api_judge_stays_light(judge, tmp_path, gsm8k_sample):
-    """`stepdpo label` with an API judge, a real run over HTTP to the loopback fake: never torch,
-    transformers or Ray (only local-model judges need them), and before its first request neither
-    pandas nor pyarrow.dataset (pq.read_table's route, ~0.2 s of start-up: issue 18's < 1 s)."""
+    """`stepdpo label` with an API judge, run as the program (the console script's `main()`), a real
+    run over HTTP to the loopback fake: never torch, transformers or Ray (only local-model judges
+    need them), and before its first request neither pandas nor pyarrow.dataset (pq.read_table's
+    route, ~0.2 s of start-up: issue 18's < 1 s). The cyclic GC, paused for the start-up
+    (stepdpo.startup), is back on at the first request and the start-up's objects are frozen."""
     from tests.fakes.llm_server import FakeLLMServer
     from tests.fakes.responses import gsm8k_rows, write_responses
 
     inp = write_responses(gsm8k_rows([gsm8k_sample], 6), tmp_path / "r.parquet")
     out = tmp_path / "run"
     code = f"""
-import json, sys
-first = []
+import gc, json, sys
+first, gc_at_first = [], []
 def hook(event, args):
     if event == "socket.connect" and not first:
         first.append(sorted(sys.modules))
+        gc_at_first.append([gc.isenabled(), gc.get_freeze_count()])
 sys.addaudithook(hook)
 from stepdpo.cli import main
-rc = main(["label", {str(inp)!r}, "--judge", {judge!r}, "-o", {str(out)!r}, "--progress", "none"])
-print(json.dumps({{"rc": rc, "at_first_request": first[0] if first else None, "at_end": sorted(sys.modules)}}))
+sys.argv = ["stepdpo", "label", {str(inp)!r}, "--judge", {judge!r}, "-o", {str(out)!r}, "--progress", "none"]
+rc = main()
+print(json.dumps({{"rc": rc, "at_first_request": first[0] if first else None, "at_end": sorted(sys.modules),
+                  "gc_at_first_request": gc_at_first[0] if gc_at_first else None, "gc_at_end": gc.isenabled()}}))
 """
     env_var = "OPENAI" if judge.startswith("openai") else "ANTHROPIC"
     with FakeLLMServer() as server:
@@ -210,3 +215,6 @@ print(json.dumps({{"rc": rc, "at_first_request": first[0] if first else None, "a
     assert first is not None
     assert [m for m in end if m.split(".")[0] in ("torch", "transformers", "ray", "trl", "datasets")] == []
     assert [m for m in first if m == "pandas" or m.startswith("pyarrow.dataset")] == []
+    enabled, frozen = result["gc_at_first_request"]
+    assert enabled and result["gc_at_end"]  # paused for the start-up only, never for the run
+    assert frozen > 100_000  # the SDK's and Arrow's import objects: never scanned again

@@ -65,6 +65,7 @@ from stepdpo.options import (
     dataclass_from_args,
     require_finished_inputs,
 )
+from stepdpo.startup import resume_gc
 
 
 @dataclass
@@ -249,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         generator = remote_generator(args.generator, options, ray_options)  # the model loads on a worker
     else:
         generator = create_generator(args.generator, options)
+    resume_gc()  # start-up over: the generator's SDK (or model) is loaded (stepdpo.startup)
     if getattr(generator, "chat_only", False) and not template.chat and not cfg.flaw:
         raise UserError(f"{generator.name} serves chat models only: use --template chat (the Step-DPO "
                         "text template needs a raw-completions server: openai-compatible:MODEL@URL or hf:)")

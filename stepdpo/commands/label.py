@@ -37,6 +37,7 @@ from stepdpo.options import (
     dataclass_from_args,
     require_finished_inputs,
 )
+from stepdpo.startup import resume_gc
 
 
 @dataclass
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         judge = remote_judge(args.judge, judge_cfg, ray_options)  # the model loads on a worker, not here
     else:
         judge = create_judge(args.judge, judge_cfg)  # a missing key fails here, before any work
+    resume_gc()  # start-up over: the engine, Arrow and the judge's SDK are imported (stepdpo.startup)
     require_finished_inputs(args.input, args)
     counts: dict[str, int] = {}
     rows = load_rows(args.input, cfg.limit, cfg.num_shards, cfg.shard_index, counts)
