@@ -178,7 +178,7 @@ def test_label_with_an_api_judge_stays_light(judge, tmp_path, gsm8k_sample):
     """`stepdpo label` with an API judge, run as the program (the console script's `main()`), a real
     run over HTTP to the loopback fake: never torch, transformers or Ray (only local-model judges
     need them), and before its first request neither pandas nor pyarrow.dataset (pq.read_table's
-    route, ~0.2 s of start-up: issue 18's < 1 s). The cyclic GC, paused for the start-up
+    route, ~0.2 s of start-up: issue 18's < 1 s), nor pandas later in the run. The cyclic GC, paused for the start-up
     (stepdpo.startup), is back on at the first request and the start-up's objects are frozen."""
     from tests.fakes.llm_server import FakeLLMServer
     from tests.fakes.responses import gsm8k_rows, write_responses
@@ -215,6 +215,7 @@ print(json.dumps({{"rc": rc, "at_first_request": first[0] if first else None, "a
     assert first is not None
     assert [m for m in end if m.split(".")[0] in ("torch", "transformers", "ray", "trl", "datasets")] == []
     assert [m for m in first if m == "pandas" or m.startswith("pyarrow.dataset")] == []
+    assert "pandas" not in end  # nor mid-run: shards are built through pyarrow.json, totals without scalars
     enabled, frozen = result["gc_at_first_request"]
     assert enabled and result["gc_at_end"]  # paused for the start-up only, never for the run
     assert frozen > 100_000  # the SDK's and Arrow's import objects: never scanned again

@@ -219,6 +219,29 @@ def test_rundir_supersedes_errors_and_repairs_duplicates(tmp_path):
     assert run.next_part().name == "part-00002.parquet"
 
 
+def test_rundir_masks_and_totals_row_by_row(tmp_path):
+    """compact's keep-mask (built from bits, not pa.array: no pandas import) keeps exactly the
+    winners across byte boundaries; read_rows(status) and totals() count the same rows a plain
+    Python loop over the shards does; tokens without a price make the cost unknown."""
+    run = RunDir(tmp_path / "run")
+    errors = {0, 5, 8, 9, 15, 16, 20}
+    first = [dict(_row(f"r{i}", "error" if i in errors else "ok"), input_tokens=i, output_tokens=1, cost_usd=0.5)
+             for i in range(21)]
+    run.write_shard(first)
+    run.write_shard([dict(_row(f"r{i}", "ok", 0.9), input_tokens=0, output_tokens=0) for i in (5, 8, 16)])
+    assert run.compact() == 3
+    kept = read_table(run.parts()[0], STEP_SCORES).column("response_id").to_pylist()
+    assert kept == [f"r{i}" for i in range(21) if i not in (5, 8, 16)]
+    assert sorted(run.read_rows(status="error").column("response_id").to_pylist()) == ["r0", "r15", "r20", "r9"]
+    assert run.read_rows(status="ok").num_rows == 21 - 4
+    totals = run.totals()
+    assert (totals["rows"], totals["ok"], totals["error"]) == (21, 17, 4)
+    assert totals["input_tokens"] == sum(i for i in range(21) if i not in (5, 8, 16))
+    assert totals["cost_usd"] == 0.5 * 18  # the second shard's rows: no cost and no tokens, known (free)
+    run.write_shard([dict(_row("paid", "ok"), input_tokens=3, output_tokens=0, cost_usd=None)])
+    assert run.totals()["cost_usd"] is None  # tokens at no known price: unknown, never a made-up 0
+
+
 def test_rundir_refuses_another_judge(tmp_path):
     run = RunDir(tmp_path)
     run.record_run({"judge": "openai:gpt-4o", "judge_fingerprint": "aaa"}, {"state": "finished"})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -200,6 +202,105 @@ def test_from_rows_fills_nullable_and_rejects_bad_values():
     assert str(exc.value) == "cannot build a 'responses' table: row 1: 'steps' must be a list, not a string"
     with pytest.raises(UserError, match="^cannot build a 'responses' table: Could not convert '1'"):
         from_rows([response_row(reference_scores=["1", None])], RESPONSES)
+
+
+def _oracle(rows: list[dict], kind) -> pa.Table:
+    """What ``from_rows`` built before it went through pyarrow.json: ``pa.array`` per column."""
+    return validate(pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in kind.schema},
+                                         schema=kind.schema), kind)
+
+
+def varied_score_rows(n: int = 300, seed: int = 7) -> list[dict]:
+    """step_scores rows with every kind of value a shard meets: unicode beyond the BMP, escapes,
+    nulls at every level, floats of every magnitude, int64 extremes, aware datetimes of any offset
+    and naive ones, empty lists."""
+    import random
+    import struct
+    from datetime import timedelta
+
+    rng = random.Random(seed)
+    texts = ["", "plain", "quote \" and \\ and \n\t\r\x00\x1f", "ünïcødé 数学 ∑ 𝔼[x] 🙂", "a" * 5000, "\u2028\u2029"]
+
+    def any_float():
+        while True:
+            x = struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]
+            if math.isfinite(x):
+                return rng.choice([x, rng.random(), 0.0, -0.0, 5e-324, 1.7976931348623157e308, 0.1])
+
+    rows = []
+    for k in range(n):
+        when = datetime(2026, 11, 30, 12, 0, 0, rng.randrange(10**6), tzinfo=timezone(timedelta(minutes=rng.choice(
+            [0, 330, -480]))))
+        rows.append(score_row(
+            k, prompt=rng.choice(texts) + str(k), steps=[rng.choice(texts) for _ in range(rng.randrange(1, 5))],
+            meta=rng.choice([None, '{"a": "ü"}']), reference_scores=rng.choice([None, [], [None, any_float()]]),
+            scores=rng.choice([None, [any_float() for _ in range(3)], [None]]), raw=rng.choice([None] + texts),
+            error=rng.choice([None, "Timeout: 🙂"]), attempts=rng.choice([None, 0, 2**31 - 1]),
+            input_tokens=rng.choice([None, 0, 2**63 - 1, -(2**63)]), cost_usd=rng.choice([None, any_float(), 3]),
+            latency_s=rng.choice([None, any_float()]),
+            created_at=rng.choice([None, when, when.replace(tzinfo=None)])))
+    return rows
+
+
+def test_from_rows_equals_pa_array_on_every_kind_of_value():
+    """from_rows gives the table ``pa.array`` gives, value for value (floats bit-exact); values
+    JSON cannot carry (NaN, inf, numpy numbers) take ``pa.array``'s route with the same result.
+    (That the varied rows really go through pyarrow.json: the no-pandas test below.)"""
+    import numpy as np
+
+    rows = varied_score_rows()
+    built = from_rows(rows, STEP_SCORES)
+    assert built.equals(_oracle(rows, STEP_SCORES)) and built.schema.equals(STEP_SCORES.stamped, check_metadata=True)
+    for special in (float("nan"), float("inf"), np.float32(0.5)):  # JSON has no form: pa.array's route
+        odd = [score_row(0, scores=[special, 0.5]), score_row(1)]
+        assert repr(from_rows(odd, STEP_SCORES).to_pylist()) == repr(_oracle(odd, STEP_SCORES).to_pylist())  # nan
+    odd = [score_row(0, input_tokens=np.int64(7))]
+    assert from_rows(odd, STEP_SCORES).column("input_tokens").to_pylist() == [7]
+    assert from_rows([], STEP_SCORES).equals(_oracle([], STEP_SCORES))
+    pairs = [pair_row(), pair_row(prefix_steps=[], chosen_scores=None)]
+    assert from_rows(pairs, PAIRS).equals(_oracle(pairs, PAIRS))
+
+
+def test_from_rows_refuses_what_pa_array_refuses():
+    """The JSON reader never coerces: each value of the wrong type still gets pa.array's error."""
+    cases = [(score_row(0, problem_id=5), "Expected bytes, got a 'int' object"),
+             (score_row(0, attempts=True), "Expected integer, got bool"),
+             (score_row(0, attempts=2**31), "Value 2147483648 too large to fit in C integer type"),
+             (score_row(0, input_tokens=2**64), "Python int too large"),
+             (score_row(0, cost_usd="0.1"), "Could not convert '0.1'"),
+             (score_row(0, meta={"a": 1}), "Expected bytes, got a 'dict' object"),
+             (score_row(0, created_at="2026-11-30T12:00:00+00:00"), "")]
+    for row, message in cases:
+        with pytest.raises(Exception) as exc:
+            _oracle([row], STEP_SCORES)
+        arrow = isinstance(exc.value, (pa.ArrowInvalid, pa.ArrowTypeError))
+        with pytest.raises(UserError if arrow else type(exc.value)) as mine:
+            from_rows([row], STEP_SCORES)
+        assert message in str(exc.value)
+        assert str(mine.value) == (f"cannot build a 'step_scores' table: {exc.value}" if arrow else str(exc.value))
+
+
+def test_from_rows_and_write_table_never_import_pandas(tmp_path):
+    """pyarrow imports pandas (when installed) at its first pa.array of Python values: ~0.17 s in
+    the middle of `stepdpo label`. Building and writing the varied rows must not be that first
+    time, and the shard read back is the table pa.array builds."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    code = f"""
+import json, sys
+from schemas.tables import STEP_SCORES, from_rows, write_table
+from tests.test_schemas import varied_score_rows
+write_table(from_rows(varied_score_rows(), STEP_SCORES), {str(tmp_path / "s.parquet")!r}, STEP_SCORES)
+print(json.dumps({{"pandas": "pandas" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"pandas": False}
+    assert read_table(tmp_path / "s.parquet", STEP_SCORES).equals(_oracle(varied_score_rows(), STEP_SCORES))
 
 
 # ------------------------------------------------------------------------------ ids
