@@ -93,14 +93,29 @@ def many_rows(rows: list[dict], n: int) -> list[dict]:
 
 
 # `python -m stepdpo` plus an audit hook that notes the process's CPU seconds at its first socket
-# connect (the first request): a start-up figure that a busy shared box does not inflate.
-PROBE = """import os, runpy, sys, time
-def hook(event, args, done=[]):
-    if event == "socket.connect" and not done:
-        done.append(1)
-        with open(os.environ["STEPDPO_BENCH_PROBE"], "w") as f:
-            f.write(repr(time.process_time()))
+# connect (the first request): a start-up figure that a busy shared box does not inflate. At exit
+# it adds the CPU seconds at the end (so the CPU per response after the start-up) and the time the
+# cyclic GC took before and after the first request (stepdpo.startup pauses it for the start-up).
+PROBE = """import atexit, gc, json, os, runpy, sys, time
+out = {"gc_ms": {"startup": 0.0, "run": 0.0}, "gc_collections": {"startup": 0, "run": 0}}
+phase, began = ["startup"], [0.0]
+def on_gc(stage, info):
+    if stage == "start":
+        began[0] = time.perf_counter()
+    else:
+        out["gc_ms"][phase[0]] += (time.perf_counter() - began[0]) * 1000
+        out["gc_collections"][phase[0]] += 1
+gc.callbacks.append(on_gc)
+def hook(event, args):
+    if event == "socket.connect" and "first" not in out:
+        out["first"] = time.process_time()
+        phase[0] = "run"
 sys.addaudithook(hook)
+@atexit.register
+def write():
+    out["end"] = time.process_time()
+    with open(os.environ["STEPDPO_BENCH_PROBE"], "w") as f:
+        json.dump(out, f)
 sys.argv = ["stepdpo", *sys.argv[1:]]
 runpy.run_module("stepdpo", run_name="__main__", alter_sys=True)
 """
@@ -124,6 +139,7 @@ def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int,
     assert r.returncode == 0, r.stderr
     child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = server.call("/_stats")
+    seen = json.loads(probe.read_text())
     manifest = json.loads((out / "run.json").read_text())
     n, elapsed = manifest["totals"]["ok"], manifest["runs"][-1]["elapsed_s"]
     label_cpu = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
@@ -131,8 +147,10 @@ def cli_label(inp: Path, out: Path, server: Server, env: dict, concurrency: int,
             "responses_per_s": round(n / elapsed, 1), "wall_s_with_cli_startup": round(wall, 3),
             "responses_per_s_with_cli_startup": round(n / wall, 1),
             "startup_to_first_request_s": round(stats["first_request_at"] - t0_epoch, 3),
-            "startup_cpu_s_to_first_request": round(float(probe.read_text()), 3),
+            "startup_cpu_s_to_first_request": round(seen["first"], 3),
             "label_cpu_ms_per_response": round(label_cpu / n * 1000, 3),
+            "label_cpu_ms_per_response_after_first_request": round((seen["end"] - seen["first"]) / n * 1000, 3),
+            "gc_ms": {k: round(v, 1) for k, v in seen["gc_ms"].items()}, "gc_collections": seen["gc_collections"],
             "fake_cpu_ms_per_request": round((server.cpu_s() - fake_cpu0) / stats["total"] * 1000, 3),
             "load_average": os.getloadavg()}
 
@@ -200,6 +218,7 @@ def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[st
                             "startup_to_first_request_s_all": firsts,
                             "cpu_s_to_first_request_median": statistics.median(cpus),
                             "cpu_s_to_first_request_all": cpus, "target_s": 1.0,
+                            "gc_ms_before_first_request_median": statistics.median(r["gc_ms"]["startup"] for r in runs),
                             "load_average": os.getloadavg()}
         if "zero" in parts:
             inp = write_responses(rows[:1319], tmp / "zero.parquet")

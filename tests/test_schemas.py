@@ -436,6 +436,21 @@ def test_empty_or_null_steps_are_refused_on_read_and_write(tmp_path):
     validate(pa.Table.from_pylist([{**base, "steps": ["a"]}], schema=RESPONSES.stamped), RESPONSES)
 
 
+def test_steps_check_reads_sliced_and_chunked_columns_right():
+    """The steps check reads list offsets (no pyarrow.compute): a slice hides the rows outside it,
+    chunks count on from each other, and the first empty row's index is the table's."""
+    base = response_row()
+    rows = [dict(base, steps=s) for s in (["a"], ["b", None], ["c"], ["d"], [], ["e"], [])]
+    whole = pa.Table.from_pylist(rows, schema=RESPONSES.stamped)
+    assert validate(whole.slice(2, 2), RESPONSES).num_rows == 2  # the null step and the empties sliced away
+    with pytest.raises(UserError, match=r"null step"):
+        validate(whole.slice(0, 4), RESPONSES)
+    chunked = pa.concat_tables([whole.slice(2, 2), whole.slice(3, 4)])  # ["c"] ["d"] | ["d"] [] ["e"] []
+    assert chunked.column("steps").num_chunks == 2
+    with pytest.raises(UserError, match=r"^'responses' row 3: 'steps' is empty \(2 row\(s\) with no step\)$"):
+        validate(chunked, RESPONSES)
+
+
 def test_require_complete_accepts_whole_folders_only(tmp_path):
     """Readers' one gate for folders of shards (pairs, precomputed pairs)."""
     import json

@@ -15,11 +15,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from typing import TYPE_CHECKING, TypeVar
 
 from labeler.errors import RetryableError
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 
@@ -104,6 +105,9 @@ async def call_with_retries(
     except Exception as exc:
         exc.attempts = 1  # type: ignore[attr-defined]
         raise
+
+    # tenacity only once a request has failed: its import is ~15 ms of start-up before the first request.
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
