@@ -82,3 +82,34 @@ def test_a_gc_switched_off_by_the_caller_stays_off():
     startup.resume_gc()  # twice: harmless
     assert gc.isenabled() and not startup.paused()
     gc.unfreeze()  # this test process's objects: back to the ordinary generations
+
+
+def test_generate_as_the_program_stays_light(tmp_path, fake, gsm8k_sample):
+    """`stepdpo generate` with an API backend, run as the program over HTTP to the loopback fake:
+    the GC is back on (start-up frozen) at its first request, neither pyarrow.compute, tenacity
+    nor pandas before it, and no pandas in the whole run (its shards and its resume read, too)."""
+    out = tmp_path / "gen"
+    code = f"""
+import gc, json, sys
+first = []
+def hook(event, args):
+    if event == "socket.connect" and not first:
+        first.append([gc.isenabled(), gc.get_freeze_count(), sorted(sys.modules)])
+sys.addaudithook(hook)
+from stepdpo.cli import main
+sys.argv = ["stepdpo", "generate", {str(gsm8k_sample)!r}, "--generator", "openai:gpt-4o-mini", "--template", "chat",
+            "-o", {str(out)!r}, "--limit", "5", "-n", "2", "--progress", "none"]
+rc = main()
+print(json.dumps({{"rc": rc, "first": first[0] if first else None, "end": sorted(sys.modules)}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STEPDPO_CACHE_DIR": str(tmp_path / "cache"),
+           "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake.url + "/v1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rc"] == 0 and fake.total_requests == 10  # 5 problems x 2 samples, really drawn over HTTP
+    enabled, frozen, at_first = result["first"]
+    assert enabled and frozen > 100_000
+    assert [m for m in at_first if m in ("pyarrow.compute", "tenacity", "pandas")] == []
+    assert "pandas" not in result["end"]

@@ -32,7 +32,7 @@ from labeler.engine.rundir import RunDir
 from labeler.sources.generation.base import Generation, Generator, GenRequest, Sampling
 from schemas.errors import UserError
 from schemas.ids import canonical_json, sha256_hex
-from schemas.tables import RESPONSES, from_rows, kind_of_schema, write_table
+from schemas.tables import RESPONSES, from_rows, kind_of_schema, read_parquet, write_table
 
 GENERATE_SCHEMA = "stepdpo.generate/1"
 
@@ -60,7 +60,7 @@ class GenerationDir(RunDir):
                 if tag is None or tag.partition("/")[0] != RESPONSES.name:
                     raise UserError(f"{part}: a '{(tag or 'foreign').partition('/')[0]}' file, not generated "
                                     "responses; choose another -o folder")
-                metas = pq.read_table(part, columns=["meta"]).column("meta").to_pylist()
+                metas = read_parquet(part, columns=["meta"]).column("meta").to_pylist()  # no pandas
             except (OSError, ValueError) as exc:
                 if isinstance(exc, UserError):
                     raise
