@@ -6,6 +6,8 @@ status code, message, body, response headers) must be equal, for every status th
 a non-JSON error body and a 429 with retry-after / x-ratelimit headers. Plus: a refused
 connection is ``APIConnectionError``, a server that never answers ``APITimeoutError``, and a
 client whose auth cannot be prebuilt (Anthropic ``credentials=``) falls back to ``client.post``.
+And the classification of those errors is one (labeler/judges/provider.py): a judge and a
+generator answered the same error raise the same thing.
 """
 
 from __future__ import annotations
@@ -249,3 +251,57 @@ def test_a_token_provider_falls_back_to_the_sdk_post(server):
     asyncio.run(go())
     auth = [dict((k.lower(), v) for k, v in s[2]).get("authorization") for s in server.seen]
     assert auth == ["Bearer tok-1", "Bearer tok-2"]
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_judges_and_generation_classify_alike(server, name, monkeypatch):
+    """One classification of provider errors (labeler/judges/provider.py): a judge and a
+    generator of the same provider answered the same error raise the same class with the same
+    message, retry-after, abort and down marks; the key never appears."""
+    from labeler.errors import FatalError, RetryableError
+    from labeler.judges.base import Item
+    from labeler.judges.config import JudgeConfig
+    from labeler.judges.registry import create_judge
+    from labeler.sources.generation.base import GenRequest, Sampling
+    from labeler.sources.generation.registry import create_generator
+
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    spec = {"openai": "openai:gpt-4o-mini", "anthropic": "anthropic:claude-haiku-4-5"}[name]
+    judge, generator = create_judge(spec, JudgeConfig()), create_generator(spec)
+    judge.use_concurrency(2)
+    generator.use_concurrency(2)
+    item = Item("r0", "What is 1 + 1?", ["1 + 1 = 2."])
+    request = GenRequest("k0", "What is 1 + 1?", chat=True)
+    cases = [(429, {"retry-after": "3"}, RetryableError, False, None), (503, {}, RetryableError, False, "HTTP 503"),
+             (401, {}, FatalError, True, None), (400, {}, FatalError, False, None)]
+
+    async def go() -> list[tuple[Any, Any]]:
+        out = []
+        try:
+            for status, headers, _, _, _ in cases:
+                body = error_of(name, status, KINDS[status]).replace(b"happened", f"happened for {KEY}".encode())
+                server.reply = (status, headers, body)
+                pair = []
+                for ask in (lambda: judge.judge([item]), lambda: generator.generate([request], Sampling())):
+                    try:
+                        await ask()
+                    except Exception as exc:  # noqa: BLE001 - the classified error is compared
+                        pair.append(exc)
+                out.append(tuple(pair))
+        finally:
+            await judge.aclose()
+            await generator.aclose()
+        return out
+
+    for (status, _, cls, abort, down), (by_judge, by_generator) in zip(cases, asyncio.run(go()), strict=True):
+        assert type(by_judge) is type(by_generator) is cls, status
+        assert str(by_judge) == str(by_generator) and str(by_judge).startswith(f"HTTP {status}: ")
+        assert KEY not in str(by_judge) and "***" in str(by_judge)
+        assert getattr(by_judge, "abort", False) == getattr(by_generator, "abort", False) == abort
+        assert getattr(by_judge, "down", None) == getattr(by_generator, "down", None) == down
+        assert getattr(by_judge, "retry_after", None) == getattr(by_generator, "retry_after", None)
+        assert getattr(by_judge, "retry_after", None) == (3.0 if status == 429 else None)

@@ -141,7 +141,7 @@ class Transport(abc.ABC):
         """A :class:`SubmitError` for an SDK failure of ``step`` (``upload`` or ``create``): an
         HTTP status means the provider refused (nothing created; 404/405: no batch API there);
         a lost connection during ``create`` may hide a created batch. Keys are scrubbed."""
-        from labeler.judges.http_judge import scrub
+        from labeler.judges.provider import scrub
 
         code = getattr(exc, "status_code", None)
         where = self.base_url or "the provider"

@@ -1,11 +1,7 @@
 """What the OpenAI and Anthropic judges share: one request per response through an official
-SDK, errors classified by HTTP status, keys scrubbed from every message.
-
-Both SDKs raise the same exception family (``APITimeoutError``, ``APIConnectionError``,
-``APIStatusError``, ``APIResponseValidationError``), so one classifier serves both: 408/409/429
-and 5xx (529 overloaded included) are retryable, 401/403/404 abort the run (every later request
-would fail the same way), other 4xx fail the row. A provider subclass only builds its client,
-sends a body and extracts the answer from a response body.
+SDK, errors classified by HTTP status (:mod:`labeler.judges.provider`, shared with the API
+generation backends), keys scrubbed from every message. A provider subclass only builds its
+client and body and extracts the answer from a response body.
 
 What the two share besides transport lives here too: the template and the answer it asks for
 (a JSON verdict per step, with an ``analysis`` field first unless the model reasons on its own,
@@ -13,11 +9,9 @@ or ProcessBench's boxed earliest-error index), and ``--samples N`` self-consiste
 per solution, each answer cached under its own sample index (so a retry or a larger N asks only
 what is missing), combined by :mod:`labeler.judges.voting`.
 
-``--timeout`` is one deadline for the whole request, body included (the SDKs' timeouts are per
-read, so a server dripping a byte a second kept one request alive for minutes). An answer of an
+``--timeout`` is one deadline for the whole request, body included. An answer of an
 odd shape (a 200 whose JSON body is ``null`` or a list, fields of the wrong type) is a malformed
-answer, retryable, never an exception that takes the run down. Connection failures, deadlines
-and 5xx are marked :func:`down`, which the engine's dead-server check reads.
+answer, retryable, never an exception that takes the run down.
 """
 
 from __future__ import annotations
@@ -25,14 +19,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
-import inspect
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from labeler.engine.retry import parse_retry_after
-from labeler.judges.base import FatalError, Item, Judge, JudgeError, RetryableError, Verdict
+from labeler.judges import provider
+from labeler.judges.base import Item, Judge, JudgeError, RetryableError, Verdict
 from labeler.judges.clients import ClientPool
 from labeler.judges.config import JudgeConfig
 from labeler.judges.processbench import check_index, extract_boxed, scores_from_index, to_index
@@ -51,42 +43,10 @@ from labeler.judges.voting import VOTES, combine
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
 
-RETRYABLE_STATUS = {408, 409, 429}
-ABORT_STATUS = {401, 403, 404}
-_KEYLIKE = re.compile(r"\b(sk|key|sess)-[A-Za-z0-9_\-*]{4,}")
-
-
-def scrub(message: str, secret: str | None) -> str:
-    """Remove the API key (and key-like strings such as OpenAI's masked ``sk-abc***xyz``)."""
-    if secret:
-        message = message.replace(secret, "***")
-    return _KEYLIKE.sub(r"\1-***", message)
-
-
-async def body_text(raw: Any) -> str:
-    """The body of an SDK raw response (a property on openai's, a coroutine on anthropic's)."""
-    text = raw.text
-    if callable(text):
-        text = text()
-    if inspect.isawaitable(text):
-        text = await text
-    return text
-
 
 def malformed_answer(message: str, headers: Mapping[str, str] | None, tokens: dict[str, int]) -> RetryableError:
     """A bad answer is retried, but its tokens were billed: ``usage`` lets the engine count them."""
     return RetryableError(message, headers=headers, usage=tokens)
-
-
-def down(error: RetryableError, kind: str) -> RetryableError:
-    """Mark ``error`` as a sign that the server may be down (connection refused or reset, no answer
-    in time, 5xx): the engine stops a run whose first requests all fail this way."""
-    error.down = kind
-    return error
-
-
-def lower_headers(headers: Any) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
 
 
 #: Start of the error of an answer cut off at --max-output-tokens (never cached, never voted).
@@ -105,7 +65,7 @@ class HttpJudge(Judge):
     without its per-request build)."""
 
     batch_size = 1
-    #: The SDK's module name; its exception classes drive :meth:`_classify`.
+    #: The SDK's module name; its exception classes are classified by :mod:`labeler.judges.provider`.
     sdk: str
 
     #: Rough extra input tokens per request beyond the rendered text (tool definition etc.).
@@ -242,29 +202,6 @@ class HttpJudge(Judge):
     #: The endpoint :meth:`request_body` is POSTed to, relative to the client's base URL.
     path: str
 
-    def _classify(self, exc: Exception) -> Exception:
-        sdk = importlib.import_module(self.sdk)
-        if isinstance(exc, (sdk.APITimeoutError, TimeoutError)):
-            return down(RetryableError(self._timeout_text()), "timeout")
-        if isinstance(exc, sdk.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            detail = f"{exc}" + (f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else "")
-            return down(RetryableError(scrub(f"connection error: {detail}", self._api_key)), "connection error")
-        if isinstance(exc, sdk.APIStatusError):
-            headers = lower_headers(exc.response.headers)
-            code = exc.status_code
-            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
-            if code in RETRYABLE_STATUS or code >= 500:
-                error = RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-                return down(error, f"HTTP {code}") if code >= 500 else error
-            return FatalError(text, headers=headers, abort=code in ABORT_STATUS)
-        if isinstance(exc, sdk.APIResponseValidationError):
-            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
-        return exc
-
-    def _timeout_text(self) -> str:
-        return f"timeout: no complete answer within {self.config.timeout:g}s"
-
     def verdict_of(self, item: Item, body: Any, headers: Mapping[str, str] | None = None) -> Verdict:
         """:meth:`parse_body` with every odd shape turned into a malformed answer: a body that is
         JSON ``null``, a list or a string, or fields of the wrong type, are that row's retryable
@@ -280,13 +217,10 @@ class HttpJudge(Judge):
                                    headers, {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0}) from None
 
     async def _request(self, item: Item, sample: int | None = None) -> tuple[str, dict[str, str]]:
-        """One request and its whole body, under ONE deadline of ``--timeout`` seconds: the SDK's
-        own timeout is per read, so a server dripping a byte a second would keep it alive for
-        minutes."""
-        data = self.request_bytes(item, sample)
-        async with asyncio.timeout(self.config.timeout):
-            raw = await self._pool().post(self.path, data)
-            return await body_text(raw), lower_headers(raw.headers)
+        """One request and its whole body, under ONE deadline of ``--timeout`` seconds; its
+        failure classified (:func:`labeler.judges.provider.call`)."""
+        return await provider.call(self._pool(), self.path, self.request_bytes(item, sample),
+                                   timeout=self.config.timeout, secret=self._api_key)
 
     def _pool(self) -> ClientPool:
         if self._clients is None:
@@ -306,13 +240,7 @@ class HttpJudge(Judge):
         return out
 
     async def _ask(self, item: Item, sample: int | None = None) -> Verdict:
-        try:
-            text, headers = await self._request(item, sample)
-        except Exception as exc:  # classified; anything unknown propagates as a bug
-            classified = self._classify(exc)
-            if classified is exc:
-                raise
-            raise classified from None
+        text, headers = await self._request(item, sample)
         try:
             body = json.loads(text)
         except (json.JSONDecodeError, RecursionError):

@@ -26,13 +26,9 @@ from typing import Any
 
 from labeler.judges.base import Item, Verdict
 from labeler.judges.config import JudgeConfig
-from labeler.judges.http_judge import (  # noqa: F401 - scrub re-exported for callers
-    HttpJudge,
-    cut_off_error,
-    malformed_answer,
-    scrub,
-)
+from labeler.judges.http_judge import HttpJudge, cut_off_error, malformed_answer
 from labeler.judges.prompting import VERDICT_SCORE, AnswerError
+from labeler.judges.provider import scrub  # noqa: F401 - re-exported for callers
 from schemas.errors import UserError
 
 

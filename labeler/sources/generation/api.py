@@ -5,9 +5,9 @@ SGLang, llama.cpp — raw completions for text templates, chat for ``--template 
 They follow the API judges' conventions (:mod:`labeler.judges.http_judge`): keys from
 ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` (base URLs from ``OPENAI_BASE_URL`` /
 ``ANTHROPIC_BASE_URL``), the SDK's retries off (``max_retries=0``: the engine retries, once,
-visibly), one total deadline per request, and the same error classes: 408/409/429 and 5xx
-retryable (with ``retry-after``), 401/403/404 stop the run, other 4xx fail the sample; keys are
-scrubbed from every message. Prices come from the judges' price table (``openai:`` and
+visibly), one total deadline per request, and the same error classes, classified in one place
+(:mod:`labeler.judges.provider`): 408/409/429 and 5xx retryable (with ``retry-after``),
+401/403/404 stop the run, other 4xx fail the sample; keys are scrubbed from every message. Prices come from the judges' price table (``openai:`` and
 ``anthropic:`` models; a server's own model has no known price).
 
 The hot path is the judges' (:mod:`labeler.judges.clients`): a request body is built once as
@@ -20,23 +20,14 @@ sized to the engine's concurrency.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
 from typing import Any
 
-from labeler.engine.retry import parse_retry_after
+from labeler.judges import provider
 from labeler.judges.clients import ClientPool
-from labeler.judges.http_judge import (
-    ABORT_STATUS,
-    RETRYABLE_STATUS,
-    body_text,
-    lower_headers,
-    scrub,
-)
 from labeler.sources.generation.base import (
-    FatalError,
     Generation,
     Generator,
     GenRequest,
@@ -81,26 +72,6 @@ class ApiGenerator(Generator):
         place as the same account (as :meth:`labeler.judges.base.Judge.batch_connection`)."""
         return {"api_key": self._api_key, "base_url": self._base_url}
 
-    def classify(self, exc: Exception) -> Exception:
-        """The judges' error policy, for this SDK's exception family."""
-        sdk = importlib.import_module(self.sdk)
-        if isinstance(exc, (sdk.APITimeoutError, TimeoutError)):
-            return RetryableError(f"timeout: no complete answer within {self.timeout:g}s")
-        if isinstance(exc, sdk.APIConnectionError):
-            return RetryableError(scrub(f"connection error: {exc}", self._api_key))
-        if isinstance(exc, sdk.APIStatusError):
-            headers = lower_headers(exc.response.headers)
-            code = exc.status_code
-            text = scrub(f"HTTP {code}: {exc.message}", self._api_key)
-            if code in RETRYABLE_STATUS or code >= 500:
-                return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-            fatal = FatalError(text, headers=headers)
-            fatal.abort = code in ABORT_STATUS  # type: ignore[attr-defined]
-            return fatal
-        if isinstance(exc, sdk.APIResponseValidationError):
-            return RetryableError(scrub(f"unexpected response: {exc}", self._api_key))
-        return exc
-
     def body(self, request: GenRequest, sampling: Sampling) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -122,27 +93,16 @@ class ApiGenerator(Generator):
                                        self.timeout)
         return self._clients
 
-    async def send(self, body: dict[str, Any]) -> Any:
-        """POST ``body`` (compact UTF-8 JSON, as the SDKs encode it) through the least busy SDK
-        client; the whole HTTP response."""
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        return await self._pool().post(self.path(body), data)
-
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
         out = []
         for request in requests:
+            body = self.body(request, sampling)
+            # Compact UTF-8 JSON, as the SDKs encode it; one deadline for the whole request.
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            text, headers = await provider.call(self._pool(), self.path(body), data, timeout=self.timeout,
+                                                secret=self._api_key)
             try:
-                async with asyncio.timeout(self.timeout):  # total, not per read
-                    raw = await self.send(self.body(request, sampling))
-                    text, headers = await body_text(raw), lower_headers(raw.headers)
-            except Exception as exc:
-                classified = self.classify(exc)
-                if classified is exc:
-                    raise
-                raise classified from None
-            try:
-                body = json.loads(text)
-                out.append(self.parse(request, body, headers))
+                out.append(self.parse(request, json.loads(text), headers))
             except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                 raise RetryableError(f"malformed answer: {type(exc).__name__}: {exc}"[:300], headers=headers) from None
         return out
