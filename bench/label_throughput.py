@@ -9,6 +9,11 @@ Measures, in one run:
    start-up; and the fake ALONE driven by a raw-socket client with the labeler's own request
    bodies (bench/fake_load.py), i.e. what the fake can answer on this machine at all; and two
    `--num-shards 2` processes on one folder at once (what a multi-process mode could add);
+   And (``--only cpu``) the client CPU per request of an in-process run (bench/cpu_per_request.py:
+   the engine in one process, the zero-latency fake in its own, ``time.process_time`` around the
+   run), best of ``--cpu-rounds`` interleaved rounds, uncapped (2,638 rows, 120,000 RPM
+   advertised) and at the tier (1,319 rows, 30,000 RPM): with --baseline-tree, the old code's
+   figure in the same sitting and the ratio old/new (issue 18 asks >= 3).
 1. responses/s of `stepdpo label` (all steps of a response in ONE request, concurrent) vs the
    seeds' naive loop (one sequential request per step, each carrying the prefix up to that step);
 2. judge prompt tokens per labeled step, all-steps-in-one vs one-request-per-prefix (token
@@ -23,6 +28,7 @@ Writes bench/results/label_throughput.json.
     .venv/bin/python bench/label_throughput.py [--rows 500] [--naive-rows 20] [--concurrency 64]
     .venv/bin/python bench/label_throughput.py --only startup,zero,load   # just part 0
     .venv/bin/python bench/label_throughput.py --baseline-tree /tmp/base  # + part 0 before/after
+    .venv/bin/python bench/label_throughput.py --only cpu --baseline-tree /tmp/base604  # CPU/request
 """
 
 from __future__ import annotations
@@ -257,6 +263,53 @@ def issue18(rows: list[dict], tmp: Path, args: argparse.Namespace, parts: set[st
     return out
 
 
+def cpu_per_request(args: argparse.Namespace) -> dict:
+    """Client CPU ms per request, in process (bench/cpu_per_request.py), of this tree and, given
+    --baseline-tree, of the baseline's: rounds interleaved (this, baseline, this, ...) so both
+    see the same box; the best of the rounds is the figure (least disturbed by other load)."""
+    trees = {"this": str(args.tree)}
+    if args.baseline_tree:
+        trees["baseline"] = str(args.baseline_tree)
+    zero = Server(0.0)
+    out: dict = {"uptime_before": uptime(), "rounds": args.cpu_rounds, "concurrency": args.concurrency}
+    try:
+        for key, rows, rpm in (("uncapped", 2 * 1319, args.uncapped_rpm), ("tier_capped", 1319, TIER_RPM)):
+            zero.call("/_config", {"advertised_rpm": rpm})
+            runs: dict[str, list[dict]] = {name: [] for name in trees}
+            for _ in range(args.cpu_rounds):
+                for name, tree in trees.items():
+                    zero.call("/_reset", {})
+                    done = subprocess.run(
+                        [sys.executable, str(REPO / "bench" / "cpu_per_request.py"), "--port", str(zero.port),
+                         "--rows", str(rows), "--concurrency", str(args.concurrency), "--gsm8k", str(GSM8K[0])],
+                        env=dict(os.environ, PYTHONPATH=tree, HF_HUB_OFFLINE="1"), cwd=tree,
+                        capture_output=True, text=True)
+                    if done.returncode != 0:
+                        raise SystemExit(f"cpu_per_request failed in {tree}:\n{done.stderr[-2000:]}")
+                    run = json.loads(done.stdout.strip().splitlines()[-1])
+                    runs[name].append(dict(run, load_average=os.getloadavg()))
+            part: dict = {"rows": rows, "advertised_rpm": rpm}
+            for name, tree in trees.items():
+                cpus = [r["cpu_ms_per_request"] for r in runs[name]]
+                part[name] = {"tree": tree, "cpu_ms_per_request_best": min(cpus), "cpu_ms_per_request_all": cpus,
+                              "responses_per_s_all": [r["responses_per_s"] for r in runs[name]],
+                              "rows_ok_all": [r["rows_ok"] for r in runs[name]],
+                              "load_average_all": [r["load_average"] for r in runs[name]]}
+            if "baseline" in trees:
+                part["baseline_over_this"] = round(part["baseline"]["cpu_ms_per_request_best"]
+                                                   / part["this"]["cpu_ms_per_request_best"], 2)
+            out[key] = part
+    finally:
+        zero.stop()
+    out["uptime_after"] = uptime()
+    out["target_baseline_over_this"] = 3.0
+    return out
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def label(inp: Path, out: Path, *extra: str) -> dict:
     rc = stepdpo(["label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(out), "--progress", "none",
                   "--backoff", "0.05", "--max-backoff", "2", *extra])
@@ -335,7 +388,9 @@ def main() -> None:
                     help="the tier the fake advertises for the uncapped zero-latency and two-process runs")
     ap.add_argument("--load-seconds", type=float, default=5.0, help="how long the fake-alone run lasts")
     ap.add_argument("--only", default=None, help="comma-separated parts of part 0 to run alone "
-                    "(startup, zero, two, load, 5000): skips the rest and writes only them")
+                    "(startup, zero, two, load, 5000, cpu): skips the rest and prints only them; cpu's "
+                    "figures are also written into --out under 'cpu_per_request', the rest kept")
+    ap.add_argument("--cpu-rounds", type=int, default=3, help="rounds of the cpu part (best of them counts)")
     ap.add_argument("--tree", default=str(REPO), help="checkout whose `stepdpo label` part 0 runs (e.g. main's, "
                     "for a before/after in one sitting; default: this one)")
     ap.add_argument("--baseline-tree", default=None, help="a checkout of the code before issue 18 (e.g. `git "
@@ -351,10 +406,21 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="stepdpo-bench-"))
         os.environ.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
         parts = set(args.only.split(","))
+        result: dict = {"bench": "label_throughput (part 0 only)"}
         try:
-            result = {"bench": "label_throughput (part 0 only)", **part0(rows, tmp, args, parts)}
+            if "cpu" in parts:
+                result["cpu_per_request"] = cpu_per_request(args)
+                parts.discard("cpu")
+            if parts:
+                result.update(part0(rows, tmp, args, parts))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if "cpu_per_request" in result:  # merged into the results file, the other figures kept
+            path = Path(args.out)
+            saved = json.loads(path.read_text()) if path.exists() else {"bench": "label_throughput"}
+            saved["cpu_per_request"] = result["cpu_per_request"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(saved, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return
     server = Server(args.latency)
@@ -417,6 +483,7 @@ def main() -> None:
                                                            / allowed, 4),
                    "load_average": os.getloadavg()}
         issue = part0(rows, tmp, args, {"startup", "zero", "two", "load", "5000"})
+        issue["cpu_per_request"] = cpu_per_request(args)
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)  # ~20 MB of runs and caches per run
