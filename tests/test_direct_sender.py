@@ -79,11 +79,11 @@ def maker(name: str, url: str, timeout: float = 5.0, **extra: Any):
 
 
 def pools(name: str, url: str, timeout: float = 5.0, **extra: Any) -> tuple[ClientPool, ClientPool]:
-    """(direct, oracle): the same clients, one pool with an in-flight size (its requests go
-    through the direct sender), one without (the SDK's ``client.post``)."""
+    """(direct, oracle): the same clients, one pool with an in-flight size (9: two clients, their
+    requests through the direct sender), one without (the SDK's ``client.post``)."""
     sdk = importlib.import_module(name)
     make = maker(name, url, timeout, **extra)
-    return ClientPool(sdk, make, 2, timeout), ClientPool(sdk, make, None, timeout)
+    return ClientPool(sdk, make, 9, timeout), ClientPool(sdk, make, None, timeout)
 
 
 async def outcome(pool: ClientPool, path: str) -> Any:
@@ -147,7 +147,8 @@ def test_wire_and_errors_equal_the_sdk_post(server, name):
                 assert server.seen[0][3] == BODY and server.seen[0][1].endswith(PATH[name])
                 assert got.status_code == want.status_code == 200 and got.text == want.text == '{"ok": true}'
                 assert got.headers["x-request-id"] == "r1"
-            assert direct.senders[0] is not None and oracle.senders == [None]
+            assert oracle.senders == [None] and len(direct.senders) == 2  # 9 in flight: two clients,
+            assert len({sender.replay for sender in direct.senders}) == 1  # one Replay builds for both
             for label, status, headers, kind in CASES:
                 data = label.encode() if kind is None else error_of(name, status, kind)
                 server.reply = (status, headers, data)
@@ -244,7 +245,7 @@ def test_a_token_provider_falls_back_to_the_sdk_post(server):
             server.seen.clear()
             await direct.post(PATH["anthropic"], BODY)
             await direct.post(PATH["anthropic"], BODY)
-            assert direct.senders == [None]
+            assert direct.senders == [None, None]
         finally:
             await direct.aclose()
 

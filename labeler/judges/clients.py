@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from labeler.judges.direct import DirectSender, direct_sender
+from labeler.judges.direct import DirectSender, direct_senders
 
 T = TypeVar("T")
 
@@ -86,8 +86,7 @@ class ClientPool:
                 limits=self.httpx.Limits(max_connections=n, max_keepalive_connections=n),
                 timeout=self._timeout, verify=tls) for n in sizes]
         self.clients = [self._make(http) for http in self.https]
-        self.senders = [direct_sender(self.sdk, self.httpx, self._make, client, http)
-                        for client, http in zip(self.clients, self.https, strict=True)]
+        self.senders = direct_senders(self.sdk, self.httpx, self._make, self.clients, self.https)
         self.busy = [0] * len(self.clients)
 
     def _least_busy(self) -> int:
@@ -126,6 +125,5 @@ class ClientPool:
         self.clients, self.https, self.senders, self.busy = [], [], [], []
         for client in clients:
             await client.close()
-        for sender in senders:
-            if sender is not None:
-                await sender.replay.close()
+        for replay in {sender.replay for sender in senders if sender is not None}:
+            await replay.aclose()
