@@ -196,6 +196,30 @@ def test_specific_error_classes(server, name):
     assert asyncio.run(go()) == want
 
 
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_a_make_without_timeout_sends_what_client_post_sends(server, name):
+    """A ``make`` that passes no timeout: the SDK client takes its httpx client's (7 s here), and
+    the direct sender's request says so too (x-stainless-read-timeout), like ``client.post`` of
+    the same pooled client."""
+    sdk = importlib.import_module(name)
+    cls = sdk.AsyncOpenAI if name == "openai" else sdk.AsyncAnthropic
+    url = f"http://127.0.0.1:{server.server_address[1]}" + ("/v1" if name == "openai" else "")
+    pool = ClientPool(sdk, lambda http: cls(base_url=url, api_key=KEY, max_retries=0, http_client=http), 2, 7.0)
+
+    async def go() -> None:
+        try:
+            server.reply = (200, {}, b"{}")
+            server.seen.clear()
+            await pool.post(PATH[name], BODY)
+            await pool.clients[0].post(PATH[name], content=BODY, cast_to=pool.httpx.Response)
+        finally:
+            await pool.aclose()
+
+    asyncio.run(go())
+    direct, oracle = (wire(s) for s in server.seen)
+    assert direct == oracle and ("x-stainless-read-timeout", "7.0") in direct[2]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

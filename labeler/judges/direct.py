@@ -73,7 +73,7 @@ def direct_senders(sdk: ModuleType, httpx: ModuleType, make: Callable[[Any], Any
         if not prebuildable(sdk, client, http):
             senders.append(None)
             continue
-        replay = replay or Replay(sdk, httpx, make, http.headers)
+        replay = replay or Replay(sdk, httpx, make, http)
         senders.append(DirectSender(replay, http))
     return senders
 
@@ -89,13 +89,17 @@ def prebuildable(sdk: ModuleType, client: Any, http: Any) -> bool:
 
 class Replay:
     """The SDK client once more, built by the same ``make`` on an httpx client that answers from
-    memory (with the default headers of the pool's httpx clients, so the requests it builds are
-    the ones they would send): it builds each endpoint's request once, and the SDK's error for a
-    response of status >= 400."""
+    memory (with the default headers and timeout of the pool's httpx client ``http``, so the
+    requests it builds are the ones the pool's clients would send): it builds each endpoint's
+    request once, and the SDK's error for a response of status >= 400."""
 
-    def __init__(self, sdk: ModuleType, httpx: ModuleType, make: Callable[[Any], Any], headers: Any) -> None:
+    def __init__(self, sdk: ModuleType, httpx: ModuleType, make: Callable[[Any], Any], http: Any) -> None:
         self.sdk, self.httpx = sdk, httpx
-        self.client = make(httpx.AsyncClient(transport=httpx.MockTransport(_answer), headers=headers))
+        # Same default headers and timeout as the pool's httpx clients: the SDK client derives its
+        # own timeout (and so x-stainless-read-timeout) from its httpx client's when ``make``
+        # passes none.
+        self.client = make(httpx.AsyncClient(transport=httpx.MockTransport(_answer), headers=http.headers,
+                                             timeout=http.timeout))
         self.prepared: dict[str, tuple[Any, list[tuple[bytes, bytes]], dict[str, Any]]] = {}
         self.timeouts = (httpx.TimeoutException,)
         self.errors = _send_errors(sdk, httpx)
