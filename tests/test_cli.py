@@ -217,6 +217,7 @@ print(json.dumps({{"rc": rc, "at_first_request": first[0] if first else None, "a
     assert [m for m in first if m == "pandas" or m.startswith("pyarrow.dataset")] == []
     # ~20 and ~15 ms of start-up that the first request does not need (used at the end / on a retry)
     assert [m for m in first if m in ("pyarrow.compute", "tenacity")] == []
+    assert [m for m in first if m.startswith("labeler.batch.") and m != "labeler.batch.options"] == []  # --batch only
     assert "pandas" not in end  # nor mid-run: shards are built through pyarrow.json, totals without scalars
     enabled, frozen = result["gc_at_first_request"]
     assert enabled and result["gc_at_end"]  # paused for the start-up only, never for the run

@@ -18,7 +18,7 @@ _EXPORTS = {
     "run_batch_label": "labeler.batch.runner",
     "batch_costs": "labeler.batch.runner",
     "batch_error_ids": "labeler.batch.runner",
-    "BatchOptions": "labeler.batch.collect",
+    "BatchOptions": "labeler.batch.options",
     "BatchSummary": "labeler.batch.collect",
     "Sink": "labeler.batch.collect",
     "make_transport": "labeler.batch.collect",
@@ -54,12 +54,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers see the lazy names as ordinary imports
     from labeler.batch.base import Limits, Poll, Result, Transport  # noqa: F401
     from labeler.batch.collect import (  # noqa: F401
-        BatchOptions,
         BatchSummary,
         Sink,
         make_transport,
         submit_and_collect,
     )
+    from labeler.batch.options import BatchOptions  # noqa: F401
     from labeler.batch.registry import TRANSPORTS, create_transport, provider_for, transport_class  # noqa: F401
     from labeler.batch.runner import batch_costs, batch_error_ids, run_batch_label  # noqa: F401
     from labeler.batch.sink import RunSink  # noqa: F401

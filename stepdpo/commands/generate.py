@@ -143,7 +143,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "are the same either way (default: local)")
     add_dataclass_arguments(parser, RayOptions, "Ray (--engine ray)")
     add_allow_incomplete(parser)
-    from labeler.batch.collect import BatchOptions  # provider batch mode: labeler/batch/generate.py
+    from labeler.batch.options import BatchOptions  # provider batch mode: labeler/batch/generate.py
 
     parser.add_argument("--batch", action="store_true",
                         help="openai: and anthropic: generators: send the samples through the provider's batch "

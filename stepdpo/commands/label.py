@@ -101,7 +101,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_allow_incomplete(parser)
     add_dataclass_arguments(parser, LabelConfig, "labeling")
     add_dataclass_arguments(parser, JudgeConfig, "judge")
-    from labeler.batch.collect import BatchOptions  # provider batch mode: labeler/batch/
+    from labeler.batch.options import BatchOptions  # provider batch mode: labeler/batch/
 
     parser.add_argument("--batch", action="store_true",
                         help="send the requests through the provider's batch API (openai:, anthropic: judges): "
