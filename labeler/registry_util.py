@@ -36,3 +36,14 @@ def resolve(table: Table, spec: str, kind: str) -> tuple[Callable[..., Any], str
         hint = f" (pip install 'stepwise-dpo[{extra}]')" if extra else ""
         raise UserError(f"{kind} '{prefix}' needs a package that is not installed: {exc.name}{hint}") from exc
     return getattr(module, func), rest
+
+
+def model_and_url(spec: str) -> tuple[str, str]:
+    """``MODEL@BASE_URL`` (the ``openai-compatible:`` judges and generators) split at the ``@``
+    that starts the URL, not the last one: a URL may carry ``user:password@``. ``("", "")``
+    when there is no ``@http://`` / ``@https://`` in ``spec``."""
+    for marker in ("@http://", "@https://"):
+        model, sep, rest = spec.partition(marker)
+        if sep and model:
+            return model, marker[1:] + rest
+    return "", ""

@@ -29,6 +29,7 @@ from labeler.judges.config import JudgeConfig
 from labeler.judges.http_judge import HttpJudge, cut_off_error, malformed_answer
 from labeler.judges.prompting import VERDICT_SCORE, AnswerError
 from labeler.judges.provider import scrub  # noqa: F401 - re-exported for callers
+from labeler.registry_util import model_and_url
 from schemas.errors import UserError
 
 
@@ -179,8 +180,8 @@ def make_openai(model: str, config: JudgeConfig) -> OpenAIJudge:
 
 def make_openai_compatible(spec: str, config: JudgeConfig) -> OpenAIJudge:
     """``MODEL@BASE_URL``; a key is optional (local servers rarely check one)."""
-    model, sep, url = spec.rpartition("@")
-    if not sep or not model or not url.startswith(("http://", "https://")):
+    model, url = model_and_url(spec)  # the URL may carry user:password@
+    if not url:
         raise UserError(f"judge 'openai-compatible:{spec}': expected openai-compatible:MODEL@BASE_URL, "
                         "e.g. openai-compatible:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1")
     key = _key("OPENAI_API_KEY", spec, required=False) or "unused"

@@ -27,6 +27,7 @@ from typing import Any
 
 from labeler.judges import provider
 from labeler.judges.clients import ClientPool
+from labeler.registry_util import model_and_url
 from labeler.sources.generation.base import (
     Generation,
     Generator,
@@ -247,8 +248,8 @@ def make_openai(model: str, timeout: float) -> OpenAIGenerator:
 
 def make_openai_compatible(spec: str, timeout: float) -> OpenAIGenerator:
     """``MODEL@BASE_URL``; a key is optional (local servers rarely check one)."""
-    model, sep, url = spec.rpartition("@")
-    if not sep or not model or not url.startswith(("http://", "https://")):
+    model, url = model_and_url(spec)  # the URL may carry user:password@
+    if not url:
         raise UserError(f"generator 'openai-compatible:{spec}': expected openai-compatible:MODEL@BASE_URL, "
                         "e.g. openai-compatible:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1")
     # The URL is transport: not in the name or fingerprint, so another host of the model shares the cache.
