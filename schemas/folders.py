@@ -245,20 +245,23 @@ _WRITERS = {"stepdpo.generate": "stepdpo generate", "stepdpo.run": "stepdpo labe
 @dataclass(frozen=True)
 class Unfinished:
     """Why a run folder is not whole: its folder, the state its manifest gives (``shards but no run.json``,
-    ``running``, ``interrupted``, …), the command that finishes it, and the rows on disk."""
+    ``running``, ``interrupted``, …), the command that finishes it, the rows on disk, and the exact
+    command line of the run, when its manifest records one (``rerun``, credentials removed)."""
 
     folder: Path
     state: str
     command: str
     rows: int
+    rerun: str = ""
 
     def message(self) -> str:
         if self.state == LIVE:
             return (f"{self.folder}: a `{self.command}` is writing it right now; wait for it to finish, or pass "
                     f"{ALLOW_INCOMPLETE} to use the {self.rows} row(s) it has so far")
         state = self.state if self.state != "running" else "running: killed, or still being written"
-        return (f"{self.folder}: its last run did not finish (state: {state}); rerun `{self.command} ... -o "
-                f"{self.folder}` to finish it, or pass {ALLOW_INCOMPLETE} to use the {self.rows} row(s) it has")
+        rerun = self.rerun or f"{self.command} ... -o {self.folder}"
+        return (f"{self.folder}: its last run did not finish (state: {state}); rerun `{rerun}` to finish it, or "
+                f"pass {ALLOW_INCOMPLETE} to use the {self.rows} row(s) it has")
 
 
 def _writer_live(folder: Path, manifest_name: str) -> bool:
@@ -318,7 +321,8 @@ def unfinished_run(path: str | os.PathLike) -> Unfinished | None:
         if state == "running" and _writer_live(folder, name):
             state = LIVE
         if state != FINISHED:
-            return Unfinished(folder, state if name == "run.json" else f"{state} in {name}", command, rows())
+            rerun = manifest.get("rerun") if isinstance(manifest.get("rerun"), str) else ""
+            return Unfinished(folder, state if name == "run.json" else f"{state} in {name}", command, rows(), rerun)
     for n in jobs:  # a split job: every machine's manifest must be there
         missing = [k for k in range(int(n)) if f"run-k{k}-of-{n}.json" not in manifests]
         if missing:

@@ -67,7 +67,8 @@ def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
     fake.faults = FaultConfig(p429=0.20, p500=0.05, p_slow=0.02, p_malformed=0.03, p_schema=0.02,
                               slow_s=1.5, retry_after=0.01, seed=7)
     rc, log = label(capsys, inp, env / "run", "--max-attempts", "3", "--shard-size", "64", "--timeout", "0.5")
-    assert rc == 0
+    assert rc == 1  # finished with error rows: exit 1 and the line naming the rerun
+    assert "rerun to retry only them: stepdpo label " in log
     for fault in ("429", "500", "slow", "malformed", "schema"):
         assert fake.fault_counts[fault] > 0, fault
     out = assert_exact_set(env / "run", rows)

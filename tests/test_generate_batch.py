@@ -169,13 +169,14 @@ def test_failures_inside_a_batch_are_counted_and_drawn_by_the_rerun(retry, serve
     api = server.attach_batches(polls_to_finish=2, fault=lambda cid: "errored" if cid in bad else None)
     out = tmp_path / "gen"
     args = ("-n", "2", "--batch", "--no-cache", "--batch-retry", retry)
-    assert gen("openai", problems, out, *args) == 0
+    assert gen("openai", problems, out, *args) == 1  # a run with holes
     err = capsys.readouterr().err
-    assert "3 sample(s) failed inside a batch" in err and "rerun the same command" in err
+    assert "generate --batch: 3 of 8 samples failed inside a batch" in err
+    assert "rerun to retry only them: stepdpo generate " in err
     assert set(rows_by_gid(out)) == all_gids(2) - set(bad)
     this = json.loads((out / "run.json").read_text())["runs"][-1]
     assert this["failed"] == 3 and this["missing"] == 3 and this["ok"] == 5
-    assert gen("openai", problems, out, *args) == 0
+    assert gen("openai", problems, out, *args) == 0  # the holes filled
     assert set(rows_by_gid(out)) == all_gids(2)
     this = json.loads((out / "run.json").read_text())["runs"][-1]
     if retry == "batch":  # a new batch of exactly the failed samples
@@ -321,7 +322,7 @@ def test_the_standalone_policy_fake_serves_batches_with_failures(problems, tmp_p
             return json.loads(urllib.request.urlopen(url + "/_stats", timeout=10).read())
 
         out, args = tmp_path / "gen", ("-n", "4", "--batch", "--cache-dir", str(tmp_path / "cache"))
-        assert gen("openai", problems, out, *args) == 0
+        assert gen("openai", problems, out, *args) == 1  # samples failed in the batch: holes
         first = len(read_table(out, RESPONSES))
         assert 0 < first < 16 and "failed inside a batch" in capsys.readouterr().err
         assert stats()["batch_submissions"]["openai"] == 1 and stats()["total"] == 0

@@ -163,7 +163,8 @@ def test_batch_retry_online_says_what_it_spent_online(fake, tmp_path, capsys):
     api.polls_to_finish = 1
     api.fault = lambda cid: "errored" if cid in {rows[0]["response_id"], rows[1]["response_id"]} else None
     rc, log = label(capsys, inp, run, "openai")
-    assert rc == 0 and sum(r["status"] == "error" for r in read_table(run, STEP_SCORES).to_pylist()) == 2, log
+    assert rc == 1 and sum(r["status"] == "error" for r in read_table(run, STEP_SCORES).to_pylist()) == 2, log
+    assert "label --batch: 2 of 10 responses failed in their batch" in log
     assert server.counts["/v1/chat/completions"] == 0  # batch answers do not go through the online route
     rc, log = label(capsys, inp, run, "openai", "--batch-retry", "online")
     assert rc == 0, log

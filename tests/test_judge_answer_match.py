@@ -70,8 +70,9 @@ def test_label_command_end_to_end_and_rerun_from_cache(tmp_path, capsys):
     write_table(from_rows(_rows(), RESPONSES), src, RESPONSES)
     run = tmp_path / "run"
     cache = tmp_path / "cache"
+    # the row with no gold answer is an error row: a run with holes exits 1
     assert main(["label", str(src), "--judge", "answer-match", "-o", str(run), "--cache-dir", str(cache),
-                 "--progress", "none"]) == 0
+                 "--progress", "none"]) == 1
     table = read_table(run, STEP_SCORES).to_pylist()
     by_id = {r["response_id"]: r for r in table}
     for row, (_, _, _, expected) in zip(_rows(), CASES, strict=True):
@@ -84,7 +85,7 @@ def test_label_command_end_to_end_and_rerun_from_cache(tmp_path, capsys):
     # --fill all is another judge fingerprint: a new folder, every step filled.
     run2 = tmp_path / "run-all"
     assert main(["label", str(src), "--judge", "answer-match", "--fill", "all", "-o", str(run2),
-                 "--cache-dir", str(cache), "--progress", "none"]) == 0
+                 "--cache-dir", str(cache), "--progress", "none"]) == 1
     rows2 = [r for r in read_table(run2, STEP_SCORES).to_pylist() if r["status"] == "ok"]
     assert all(len(set(r["scores"])) == 1 for r in rows2) and len(rows2) == len(CASES) - 1
     capsys.readouterr()

@@ -276,7 +276,7 @@ def test_label_raising_the_limit_redoes_only_cut_off_rows_in_the_same_folder(cri
     monkeypatch.setenv("STEPDPO_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"
     base = ["label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(out), "--progress", "none"]
-    assert main([*base, "--max-output-tokens", "64"]) == 0
+    assert main([*base, "--max-output-tokens", "64"]) == 1  # a cut-off row is a hole
     assert "1 response(s) of this run ended in error" in capsys.readouterr().err
     by_id = {r["response_id"]: r for r in read_table(out, STEP_SCORES).to_pylist()}
     assert by_id["r1"]["status"] == "error" and "cut off at 64" in by_id["r1"]["error"]

@@ -52,20 +52,40 @@ def killed(tmp_path_factory) -> dict[str, Path]:
     problems = write_problems(base / "problems.jsonl", PROBLEMS)
     with FakePolicyServer(latency=0.05) as policy, FakeLLMServer(FaultConfig(latency_s=0.05)) as llm:
         gen = base / "gen"
-        proc = subprocess.Popen([sys.executable, "-m", "stepdpo", "generate", str(problems), "--generator",
-                                 f"openai-compatible:policy@{policy.url}/v1", "-o", str(gen), "-n", "5",
-                                 "--shard-size", "1", "--concurrency", "1", "--progress", "none"],
+        gen_argv = ["generate", str(problems), "--generator", f"openai-compatible:policy@{policy.url}/v1", "-o",
+                    str(gen), "-n", "5", "--shard-size", "1", "--concurrency", "1", "--progress", "none"]
+        proc = subprocess.Popen([sys.executable, "-m", "stepdpo", *gen_argv],
                                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         responses = write_responses(gsm8k_rows([REPO / "data" / "gsm8k" / "test.jsonl"], 24), base / "in.parquet")
         run = base / "run"
-        proc2 = subprocess.Popen([sys.executable, "-m", "stepdpo", "label", str(responses), "--judge",
-                                  "openai:gpt-4o-mini", "-o", str(run), "--shard-size", "2", "--concurrency", "1",
-                                  "--progress", "none"],
+        run_argv = ["label", str(responses), "--judge", "openai:gpt-4o-mini", "-o", str(run), "--shard-size", "2",
+                    "--concurrency", "1", "--progress", "none"]
+        proc2 = subprocess.Popen([sys.executable, "-m", "stepdpo", *run_argv],
                                  env={**env, "OPENAI_BASE_URL": llm.url + "/v1"}, cwd=REPO,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _kill_when(proc, gen, 3)
         _kill_when(proc2, run, 2)
-    return {"gen": gen, "run": run, "problems": problems}
+    return {"gen": gen, "run": run, "problems": problems, "gen_argv": gen_argv, "run_argv": run_argv}
+
+
+def _recorded_rerun(killed: dict, name: str) -> str:
+    """The rerun the killed run recorded: its own command line, which parses to exactly the
+    options the run was started with."""
+    import argparse
+    import importlib
+    import shlex
+
+    rerun = json.loads((killed[name] / "run.json").read_text())["rerun"]
+    argv = killed[f"{name}_argv"]
+    words = shlex.split(rerun)
+    assert words[:2] == ["stepdpo", argv[0]], rerun
+    parsed = []
+    for given in (words[2:], argv[1:]):
+        parser = argparse.ArgumentParser()
+        importlib.import_module(f"stepdpo.commands.{argv[0]}").configure(parser)
+        parsed.append(parser.parse_args(given))
+    assert parsed[0] == parsed[1], rerun
+    return rerun
 
 
 def _one_error(capsys, argv: list[str]) -> str:
@@ -101,7 +121,7 @@ def test_every_reader_of_a_killed_generate_folder_refuses_it(killed, capsys, tmp
     for command, argv in readers.items():
         err = _one_error(capsys, argv)
         assert err.startswith(f"stepdpo {command}: error: {gen}: its last run did not finish (state: running"), err
-        assert f"rerun `stepdpo generate ... -o {gen}` to finish it" in err
+        assert f"rerun `{_recorded_rerun(killed, 'gen')}` to finish it" in err  # the exact command
         assert f"pass --allow-incomplete to use the {n} row(s) it has" in err
     assert not any((tmp_path / d).exists() for d in ("lab", "g2", "p.parquet", "pairs", "sft", "rm"))
 
@@ -161,7 +181,7 @@ def test_every_reader_of_a_killed_label_run_refuses_it(killed, capsys, tmp_path)
     for command, argv in readers.items():
         err = _one_error(capsys, argv)
         assert err.startswith(f"stepdpo {command}: error: {run}: its last run did not finish (state: running"), err
-        assert f"rerun `stepdpo label ... -o {run}`" in err and f"the {n} row(s) it has" in err
+        assert f"rerun `{_recorded_rerun(killed, 'run')}` to finish it" in err and f"the {n} row(s) it has" in err
     rc = main(["pairs", run, "-o", str(tmp_path / "pairs"), "--allow-incomplete"])
     assert rc == 0
     out = capsys.readouterr()

@@ -36,6 +36,11 @@ to its batches instead of paying twice, a finished job's rerun submits nothing, 
 that failed inside a batch is drawn again by the next run (--batch-retry batch|online).
 `stepdpo batches RUN_DIR` shows or cancels them; --dry-run shows online vs batch price.
 
+exit codes: 0 every sample asked for is in the folder (an empty answer counts: it is the model's),
+or --batch batches left running; 1 samples failed after their retries (one line names the exact
+rerun that draws only them; run.json keeps it as `rerun`, credentials in a URL removed), or no
+sample at all; 2 a user error or a run stopped by a fatal error; 130 stopped by a signal.
+
 examples:
   stepdpo generate data/gsm8k/test_sample.jsonl --generator hf:runs/demo/tiny-model -o work/gen -n 4 --max-new-tokens 64   # model from `stepdpo demo`
   stepdpo generate problems.jsonl --generator openai-compatible:Qwen/Qwen2-7B-Instruct@http://gpu:8000/v1 -o work/gen -n 8 --temperature 0.8 --top-p 0.95
@@ -301,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
                            shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval)
     cache = GenerationCache(cfg.cache_dir) if cfg.cache else None
     # Names every part of the identity, so a refused folder's message shows what differs.
+    from stepdpo.rerun import rerun_command
+
     what = (f"{generator.name} with template {template.name}, temperature {sampling.temperature}, top-p "
             f"{sampling.top_p}, max {sampling.max_new_tokens} new tokens, seed {sampling.seed}, split {cfg.split}"
             + (f", continuing below {cfg.threshold}" if cfg.continue_from else ""))
@@ -308,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
             "generator": generator.name, "generator_fingerprint": generator.fingerprint(),
             "generator_parts": generator.fingerprint_parts(), "template": template.as_dict(),
             "sampling": sampling.as_dict(), "n": cfg.n, "input": args.input, "continue_from": cfg.continue_from,
-            "config": dataclasses.asdict(cfg), "input_counts": dict(counts)}
+            "config": dataclasses.asdict(cfg), "input_counts": dict(counts),
+            "rerun": rerun_command("stepdpo generate", configure, args)}  # credentials in a URL removed
     try:
         with out.locked():
             out.check_identity(identity, info["described"])
@@ -331,11 +339,31 @@ def run(args: argparse.Namespace) -> int:
           f"({totals['samples']} in the folder); this run: "
           f"{s.ok} drawn ({s.cache_hits} from cache), {s.skipped} already done, {s.requests} requests, "
           f"{s.input_tokens} tokens in / {s.output_tokens} out, cost {s.cost_text()}", file=sys.stderr)
-    if this["failed"] or this["empty"]:
-        print(f"generate: {this['failed']} sample(s) failed, {this['empty']} came back empty; rerun the same "
-              "command to retry the failed ones" + (f" (first reason: {next(iter(this['failures']))})"
-                                                     if this["failures"] else ""), file=sys.stderr)
-    return 0 if totals["samples"] else 1
+    if this["empty"]:
+        print(_empty_note(this["empty"]), file=sys.stderr)
+    if not totals["samples"]:
+        return 1
+    return _holes("generate", this, out.manifest_path, info["rerun"])
+
+
+def _empty_note(empty: int) -> str:
+    # An empty answer is the model's (cached like any answer, so a rerun gets it again): no hole.
+    return (f"generate: {empty} sample(s) came back with no step (an empty answer, cached: a rerun draws them "
+            "again only with another --seed or template)")
+
+
+def _holes(command: str, this: dict, manifest, rerun: str, how: str = "after their retries", then: str = "") -> int:
+    """Exit code of a finished run: 1, with the one line naming the rerun, when samples failed
+    after their retries (not written: the rerun draws exactly those); 0 when every sample asked
+    for is in the folder (an empty answer counts as drawn)."""
+    if not this["failed"]:
+        return 0
+    from stepdpo.rerun import holes_line
+
+    first = f"; first: {next(iter(this['failures']))}" if this.get("failures") else ""
+    print(holes_line(command, this["failed"], this["tasks"], "samples", f"failures in {manifest}{first}{then}",
+                     rerun, how), file=sys.stderr)
+    return 1
 
 
 def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -> int:
@@ -362,9 +390,10 @@ def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -
     if this["batches_pending"]:
         print(f"generate --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
               f"to collect them (`stepdpo batches {args.output}` shows them)", file=sys.stderr)
-    elif this["failed"] or this["empty"]:
-        how = "online" if options.batch_retry == "online" else "in a new batch"
-        print(f"generate --batch: {this['failed']} sample(s) failed inside a batch, {this['empty']} came back empty; "
-              f"rerun the same command to retry the failed ones ({how})"
-              + (f" (first reason: {next(iter(this['failures']))})" if this["failures"] else ""), file=sys.stderr)
-    return 0 if totals["samples"] or this["batches_pending"] else 1
+        return 0  # not a hole: asked for (--no-batch-wait, --batch-max-wait); run.json says pending
+    if this["empty"]:
+        print(_empty_note(this["empty"]), file=sys.stderr)
+    if not totals["samples"]:
+        return 1
+    then = "; the rerun draws them online" if options.batch_retry == "online" else "; the rerun draws them in a new batch"
+    return _holes("generate --batch", this, engine.out.manifest_path, info["rerun"], "inside a batch", then)

@@ -8,6 +8,11 @@ ended in status=error are tried again and replace their old row.
 API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY (base URLs from OPENAI_BASE_URL /
 ANTHROPIC_BASE_URL) and are never written anywhere.
 
+exit codes: 0 every response labeled (or --batch batches left running: run.json says pending);
+1 the run finished but responses failed after their retries (one line names the exact rerun
+that retries only them; run.json keeps it as `rerun`, credentials in a URL removed); 2 a user
+error, or no response labeled ok; 3 stopped by --max-cost; 130 stopped by a signal.
+
 examples:
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --dry-run
   stepdpo label work/responses.parquet --judge openai:gpt-4o-mini -o work/run --rpm 5000
@@ -261,7 +266,10 @@ def run(args: argparse.Namespace) -> int:
                         "request joined later); run --samples online")
     cache = JudgeCache(cfg.cache_dir) if cfg.cache else None
     judge.use_cache(cache)
+    from stepdpo.rerun import rerun_command
+
     info = {"input": str(args.input), "engine": args.engine, "config": dataclasses.asdict(cfg),
+            "rerun": rerun_command("stepdpo label", configure, args),  # credentials in a URL removed
             **({"ray": vars(ray_options)} if args.engine == "ray" else {}),
             "judge_config": dataclasses.asdict(judge_cfg)}
     with run_dir.locked():
@@ -314,9 +322,6 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
               f"failure, {s.retries} batch(es) retried", file=sys.stderr)
     if s.error:
         print(f"label: {s.error} response(s) of this run ended in error: {s.reasons_text()}", file=sys.stderr)
-    if totals["error"]:
-        print(f"label: {totals['error']} response(s) in the folder are errors; rerun the same command to retry "
-              "them", file=sys.stderr)
     if s.done and not s.ok:
         raise UserError(f"no response was labeled ok: all {s.done} of this run failed ({s.reasons_text()}); "
                         f"{run_dir.manifest_path} has the counts")
@@ -325,7 +330,18 @@ def _label(args, judge, rows, run_dir, cache, prices, engine_cfg, info) -> int:
         print(f"label: stopped: {manifest['stop_reason']}; {left} response(s) not labeled yet: rerun with a "
               "higher --max-cost to continue", file=sys.stderr)
         return 3
-    return 0
+    return _holes("label", totals, info["rerun"], f"errors_by_reason in {run_dir.manifest_path}")
+
+
+def _holes(command: str, totals: dict, rerun: str, where: str, how: str = "after their retries") -> int:
+    """Exit code of a finished run: 1, with the one line naming the rerun, when rows of this job
+    ended in error after their retries (a script must tell a complete job from one with holes)."""
+    if not totals["error"]:
+        return 0
+    from stepdpo.rerun import holes_line
+
+    print(holes_line(command, totals["error"], totals["rows"], "responses", where, rerun, how), file=sys.stderr)
+    return 1
 
 
 def _shared_folder_note(run_dir, args: argparse.Namespace) -> str:
@@ -378,7 +394,7 @@ def _label_batch(args: argparse.Namespace, judge, rows: list[dict], run_dir, cac
     if this["batches_pending"]:
         print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
               f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)
-    elif totals["error"]:
-        print(f"label --batch: {totals['error']} response(s) ended in error; rerun the same command to retry "
-              f"them ({'online' if options.batch_retry == 'online' else 'in a new batch'})", file=sys.stderr)
-    return 0
+        return 0  # not a hole: asked for (--no-batch-wait, --batch-max-wait); run.json says pending
+    how = "online" if options.batch_retry == "online" else "in a new batch"
+    return _holes("label --batch", totals, info["rerun"], f"the `error` column of those rows in {run_dir.path}; "
+                  f"the rerun retries them {how}", "in their batch")

@@ -1,0 +1,123 @@
+"""A finished `label` or `generate` run with holes (rows that failed after their retries) exits
+1 with ONE stderr line: how many failed of how many, where the reasons are, and the exact rerun
+that retries only them. Running that very line (shlex-split, as a shell would) finishes the job
+asking only for the failed rows, and exits 0. The rerun is recorded in run.json with a URL's
+credentials removed: nothing secret reaches run.json, a shard, stdout or stderr.
+
+Oracles: the scripted faults of the loopback fakes (exactly which requests fail), the fakes'
+request counts on the rerun, and the input row set."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from schemas.tables import RESPONSES, STEP_SCORES, read_table
+from stepdpo.cli import main
+from stepdpo.rerun import REDACTED, redact
+from tests.fakes.policy_server import write_problems
+from tests.fakes.responses import gsm8k_rows, write_responses
+
+REPO = Path(__file__).resolve().parent.parent
+PROBLEMS = [(3, 4), (10, 25), (7, 8), (100, 1)]
+SECRET_PASS, SECRET_KEY = "pw-s3cret-9f1", "qk-s3cret-77a"
+
+
+def _holes_line(err: str, command: str) -> tuple[str, str]:
+    """The one line naming the rerun, and the rerun itself."""
+    lines = [ln for ln in err.splitlines() if "rerun to retry only them: " in ln]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{command}: "), lines[0]
+    return lines[0], lines[0].split("rerun to retry only them: ", 1)[1].split(" (credentials removed")[0]
+
+
+def _run_line(rerun: str) -> int:
+    words = shlex.split(rerun)
+    assert words[0] == "stepdpo"
+    return main(words[1:])
+
+
+def test_generate_with_failed_samples_exits_1_and_the_printed_rerun_draws_only_them(server, tmp_path, capsys):
+    problems = write_problems(tmp_path / "problems.jsonl", PROBLEMS)
+    out, cache = tmp_path / "gen", tmp_path / "cache"
+    # user:password@ in the URL: parsed (the @ that starts the URL), sent, and never written
+    spec = f"openai-compatible:policy@http://alice:{SECRET_PASS}@127.0.0.1:{server.port}/v1"
+    server.faults = ["500"] * 3  # the first 3 requests fail; with one attempt each, 3 samples are holes
+    rc = main(["generate", str(problems), "--generator", spec, "-o", str(out), "-n", "2", "--max-attempts", "1",
+               "--concurrency", "1", "--progress", "none", "--cache-dir", str(cache)])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    line, rerun = _holes_line(captured.err, "generate")
+    assert "generate: 3 of 8 samples failed after their retries" in line
+    assert f"failures in {out / 'run.json'}" in line and "HTTP 500" in line
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["rerun"] == rerun and manifest["runs"][-1]["failed"] == 3
+    assert "@http://127.0.0.1:" in rerun and "alice" not in rerun  # userinfo removed, the rest runnable
+    assert any(h.get("authorization", "").startswith("Basic ") for h in server.headers)  # it was sent
+    for text in (captured.out, captured.err, (out / "run.json").read_text(),
+                 json.dumps(read_table(out, RESPONSES).to_pylist())):
+        assert SECRET_PASS not in text and "alice" not in text
+
+    before = server.requests
+    assert _run_line(rerun) == 0  # the server here takes no password: the printed line runs as it is
+    err = capsys.readouterr().err
+    assert "rerun to retry only them" not in err
+    assert server.requests - before == 3, "the rerun draws exactly the failed samples"
+    assert len(read_table(out, RESPONSES)) == 8
+    assert json.loads((out / "run.json").read_text())["runs"][-1]["failed"] == 0
+
+
+def test_label_with_failed_rows_exits_1_and_the_printed_rerun_retries_only_them(fake, tmp_path, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    rows = gsm8k_rows([REPO / "data" / "gsm8k" / "test.jsonl"], 6)
+    responses = write_responses(rows, tmp_path / "r.parquet")
+    run = tmp_path / "run"
+    # a query-string key and a password in the judge's URL: redacted in run.json and the hint
+    spec = f"openai-compatible:gpt-4o-mini@http://bob:{SECRET_PASS}@127.0.0.1:{fake.port}/v1"
+    fake.faults.script = ["500", "500"]
+    rc = main(["label", str(responses), "--judge", spec, "-o", str(run), "--max-attempts", "1", "--concurrency",
+               "1", "--progress", "none", "--no-cache", "--stop-after-failures", "0"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    line, rerun = _holes_line(captured.err, "label")
+    assert "label: 2 of 6 responses failed after their retries" in line
+    assert f"errors_by_reason in {run / 'run.json'}" in line
+    assert json.loads((run / "run.json").read_text())["rerun"] == rerun
+    for text in (captured.out, captured.err, (run / "run.json").read_text()):
+        assert SECRET_PASS not in text and "bob" not in text
+    before = len(fake.requests)
+    assert _run_line(rerun) == 0
+    assert len(fake.requests) - before == 2, "the rerun asks only for the failed rows"
+    table = read_table(run, STEP_SCORES)
+    assert sorted(table.column("response_id").to_pylist()) == sorted(r["response_id"] for r in rows)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+
+
+def test_a_secret_query_key_never_reaches_run_json_or_the_output(server, tmp_path, capsys):
+    """A URL with user:password@ and ?api_key=…: the SDK cannot send a query in a base URL (the
+    server answers 404 and the run stops), and neither secret appears in run.json, stdout or
+    stderr; a reader refusing the stopped folder names its exact rerun, redacted."""
+    problems = write_problems(tmp_path / "problems.jsonl", PROBLEMS[:1])
+    out = tmp_path / "gen"
+    url = f"http://carol:{SECRET_PASS}@127.0.0.1:{server.port}/v1?api_key={SECRET_KEY}&api-version=2024-06-01"
+    rc = main(["generate", str(problems), "--generator", f"openai-compatible:policy@{url}", "-o", str(out),
+               "--max-attempts", "1", "--progress", "none", "--no-cache"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "HTTP 404" in captured.err, captured.err
+    manifest = (out / "run.json").read_text()
+    rerun = json.loads(manifest)["rerun"]
+    assert f"@http://127.0.0.1:{server.port}/v1?api_key={REDACTED}&api-version=2024-06-01" in rerun
+    assert main(["label", str(out), "--judge", "answer-match", "-o", str(tmp_path / "lab")]) == 2
+    refused = capsys.readouterr().err
+    assert f"rerun `{rerun}` to finish it" in refused
+    for text in (captured.out, captured.err, manifest, refused):
+        assert SECRET_PASS not in text and SECRET_KEY not in text and "carol" not in text
+
+
+def test_redact_keeps_what_runs_and_removes_credentials():
+    assert redact("openai-compatible:m@https://u:p%40ss@h.example:8443/v1?token=t&x=1&X-Api-Key=k#f") == \
+        f"openai-compatible:m@https://h.example:8443/v1?token={REDACTED}&x=1&X-Api-Key={REDACTED}#f"
+    assert redact("no url here, user:pass@host") == "no url here, user:pass@host"
+    assert redact("http://localhost:8000/v1") == "http://localhost:8000/v1"
