@@ -127,23 +127,29 @@ def report_batch(handle: Any, key: str) -> None:
         ray.get(handle.batch.remote(key))
 
 
+def identity_of(backend: Any) -> dict[str, Any]:
+    """What the driver needs of a backend (judge or generator) built on a worker: name,
+    fingerprint parts, batch size, price model. :class:`RemoteBackend` stands in with them."""
+    return {"name": backend.name, "parts": backend.fingerprint_parts(), "batch_size": backend.batch_size,
+            "price_model": backend.price_model}
+
+
 def _probe(spec: str, config: dict[str, Any]) -> dict[str, Any]:
     """Build the judge once where the workers run, to learn its name and fingerprint without
     loading the model on the driver (which may have no GPU, or not the memory)."""
     judge = _make_judge(spec, config)
     try:
-        return {"name": judge.name, "parts": judge.fingerprint_parts(), "batch_size": judge.batch_size,
-                "price_model": judge.price_model,
-                "plain_cache_key": type(judge).cache_inputs is Judge.cache_inputs}
+        return {**identity_of(judge), "plain_cache_key": type(judge).cache_inputs is Judge.cache_inputs}
     finally:
         asyncio.run(judge.aclose())
 
 
 # -- on the driver -------------------------------------------------------------------------------
 
-class RemoteJudge(Judge):
-    """The driver's stand-in for the judge the workers hold: same name, fingerprint and cache
-    key, no model. It never judges; the workers do."""
+class RemoteBackend:
+    """The driver's stand-in for a backend the Ray workers hold (mixed in before Judge or
+    Generator): the name, fingerprint, batch size and price model :func:`identity_of` read on a
+    worker, so cache keys, the folder's identity and prices are the workers' own; no model."""
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.name = info["name"]
@@ -153,6 +159,10 @@ class RemoteJudge(Judge):
 
     def fingerprint_parts(self) -> dict[str, Any]:
         return self.parts
+
+
+class RemoteJudge(RemoteBackend, Judge):
+    """The judge the workers hold, on the driver. It never judges; the workers do."""
 
     async def judge(self, items: list[Item]) -> list[Verdict]:  # pragma: no cover - never called
         raise RuntimeError("RemoteJudge is scored by Ray workers, not on the driver")

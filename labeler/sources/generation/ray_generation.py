@@ -21,6 +21,8 @@ from typing import Any
 
 from labeler.engine.ray_engine import (
     RayOptions,
+    RemoteBackend,
+    identity_of,
     pool_answers,
     remote_call,
     report_batch,
@@ -60,24 +62,14 @@ class GeneratorWorker:
 def _probe(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     gen = _make_generator(spec, options)
     try:
-        return {"name": gen.name, "parts": gen.fingerprint_parts(), "batch_size": gen.batch_size,
-                "price_model": gen.price_model}
+        return identity_of(gen)
     finally:
         asyncio.run(gen.aclose())
 
 
-class RemoteGenerator(Generator):
-    """The driver's stand-in for the workers' backend: same name, fingerprint (so the same cache
-    keys and folder identity), no model."""
-
-    def __init__(self, info: dict[str, Any]) -> None:
-        self.name = info["name"]
-        self.parts = info["parts"]
-        self.batch_size = info["batch_size"]
-        self.price_model = info["price_model"]
-
-    def fingerprint_parts(self) -> dict[str, Any]:
-        return self.parts
+class RemoteGenerator(RemoteBackend, Generator):
+    """The workers' backend on the driver (same cache keys and folder identity). It never
+    generates; the workers do."""
 
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:  # pragma: no cover
         raise RuntimeError("RemoteGenerator is run by Ray workers, not on the driver")
