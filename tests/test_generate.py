@@ -107,6 +107,34 @@ def test_generate_gives_exactly_the_scripted_rows_and_answer_match_labels_them(s
     capsys.readouterr()
 
 
+def test_samples_that_repeat_one_another_are_one_solution_and_both_commands_say_so(server, problems, tmp_path,
+                                                                                   capsys):
+    """The scripted policy repeats itself (every right answer of a problem is the same text): a
+    solution's response_id is problem + steps, so repeated samples are one solution, labeled
+    once. Not silently: generate and label each say it in one line, with the exact counts."""
+    out = tmp_path / "gen"
+    assert gen(server, problems, out, "-n", "6", "--no-cache") == 0
+    want = expected(6)
+    distinct = {(w["problem_id"], tuple(w["steps"])) for w in want.values()}
+    repeats = len(want) - len(distinct)
+    assert 0 < len(distinct) < len(want), "the script must repeat itself"
+    err = capsys.readouterr().err
+    assert (f"generate: note: the 24 samples in {out} are {len(distinct)} distinct solutions ({repeats} repeat "
+            "another sample of the same problem word for word") in err
+    assert f"`stepdpo label` labels each solution once: {len(distinct)} rows" in err
+    totals = json.loads((out / "run.json").read_text())["totals"]
+    assert (totals["samples"], totals["distinct_solutions"]) == (24, len(distinct))
+    ids = read_table(out, RESPONSES).column("response_id").to_pylist()
+    assert len(ids) == 24 and len(set(ids)) == len(distinct)
+
+    run = tmp_path / "checked"
+    assert main(["label", str(out), "--judge", "answer-match", "-o", str(run), "--progress", "none",
+                 "--no-cache"]) == 0
+    err = capsys.readouterr().err
+    assert f"label: note: {repeats} row(s) of {out} repeat an earlier row's solution" in err
+    assert sorted(read_table(run, STEP_SCORES).column("response_id").to_pylist()) == sorted(set(ids))
+
+
 def test_faults_are_retried_and_dry_run_sends_nothing(server, problems, tmp_path, capsys):
     out = tmp_path / "gen"
     assert gen(server, problems, out, "-n", "1", "--dry-run", "--no-cache") == 0

@@ -341,9 +341,23 @@ def run(args: argparse.Namespace) -> int:
           f"{s.input_tokens} tokens in / {s.output_tokens} out, cost {s.cost_text()}", file=sys.stderr)
     if this["empty"]:
         print(_empty_note(this["empty"]), file=sys.stderr)
+    if _repeats_note(totals, args.output):
+        print(_repeats_note(totals, args.output), file=sys.stderr)
     if not totals["samples"]:
         return 1
     return _holes("generate", this, out.manifest_path, info["rerun"])
+
+
+def _repeats_note(totals: dict, output: str) -> str:
+    """One line when samples of the folder repeat one another word for word (a policy at a low
+    temperature, or continuations of one prefix): such samples are one solution, one
+    response_id, and `label` writes one row for them."""
+    samples, distinct = totals["samples"], totals.get("distinct_solutions", totals["samples"])
+    if distinct >= samples:
+        return ""
+    return (f"generate: note: the {samples} samples in {output} are {distinct} distinct solutions ({samples - distinct} "
+            "repeat another sample of the same problem word for word, prefix included, and share its response_id); "
+            f"`stepdpo label` labels each solution once: {distinct} rows")
 
 
 def _empty_note(empty: int) -> str:
@@ -393,6 +407,8 @@ def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -
         return 0  # not a hole: asked for (--no-batch-wait, --batch-max-wait); run.json says pending
     if this["empty"]:
         print(_empty_note(this["empty"]), file=sys.stderr)
+    if _repeats_note(totals, args.output):
+        print(_repeats_note(totals, args.output), file=sys.stderr)
     if not totals["samples"]:
         return 1
     then = "; the rerun draws them online" if options.batch_retry == "online" else "; the rerun draws them in a new batch"

@@ -6,6 +6,9 @@ per folder, the manifest written last) holding ``responses`` shards instead of `
 A sample's identity is its ``generation_id`` (problem, prefix it continues, sample index),
 kept in each row's meta: a rerun skips every id already in a shard, so kill -9 and rerun give
 every (problem, sample) exactly once, and ``-n 8`` after ``-n 4`` draws only samples 4-7.
+A row's ``response_id`` is the id of its solution (problem + steps: schemas.ids), not of the
+draw: samples that repeat one another word for word share it and are labeled once (the folder's
+totals count both; the generate command says so).
 
 The cache is a diskcache ``FanoutCache`` beside the judge cache (``$STEPDPO_CACHE_DIR/generate``
 or ``~/.cache/stepdpo/generate``), eviction off, keyed by sha256 of the canonical JSON of
@@ -52,7 +55,12 @@ class GenerationDir(RunDir):
 
     def done_ids(self) -> set[str]:
         """``generation_id`` of every sample already in a finished shard."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[set[str], set[str]]:
+        """``generation_id`` and ``response_id`` of every sample in a finished shard."""
         done: set[str] = set()
+        solutions: set[str] = set()
         for part in self.parts():
             try:
                 schema = pq.read_schema(part)
@@ -60,7 +68,9 @@ class GenerationDir(RunDir):
                 if tag is None or tag.partition("/")[0] != RESPONSES.name:
                     raise UserError(f"{part}: a '{(tag or 'foreign').partition('/')[0]}' file, not generated "
                                     "responses; choose another -o folder")
-                metas = read_parquet(part, columns=["meta"]).column("meta").to_pylist()  # no pandas
+                table = read_parquet(part, columns=["response_id", "meta"])  # no pandas
+                metas = table.column("meta").to_pylist()
+                solutions.update(table.column("response_id").to_pylist())
             except (OSError, ValueError) as exc:
                 if isinstance(exc, UserError):
                     raise
@@ -69,11 +79,16 @@ class GenerationDir(RunDir):
                 gid = json.loads(meta or "{}").get("generation_id")
                 if gid:
                     done.add(gid)
-        return done
+        return done, solutions
 
     def totals(self) -> dict[str, Any]:
-        """What the folder holds now (``run.json``'s totals, recounted by ``record_run``)."""
-        return {"samples": len(self.done_ids()), "shards": len(self.parts())}
+        """What the folder holds now (``run.json``'s totals, recounted by ``record_run``).
+
+        ``distinct_solutions`` counts response ids: a sample whose problem and steps (prefix
+        included) repeat another's word for word shares its response_id, the id of a solution
+        (schemas.ids.response_id), so ``label`` writes one row for both."""
+        samples, solutions = self._scan()
+        return {"samples": len(samples), "distinct_solutions": len(solutions), "shards": len(self.parts())}
 
     def check_identity(self, identity: str, described: str) -> None:
         """Refuse to mix two configurations' samples in one folder (only -n may change)."""
