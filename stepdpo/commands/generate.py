@@ -387,23 +387,19 @@ def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -
 
     options = dataclass_from_args(BatchOptions, args)
     manifest = run_batch_generate(engine, tasks, info, options)
+    from stepdpo.batch_summary import batch_lines, online_text
+
     totals, this = manifest["totals"], manifest["runs"][-1]
-    online = (this.get("online_retry") or {}).get("cost_usd") if this["retried_online"] else None
-    cost = "cost unknown (no price for this model: --prices FILE)" if this["cost_usd"] is None \
-        else f"${this['cost_usd']:.4f} at batch price" if not online \
-        else f"${this['cost_usd']:.4f} (${this['cost_usd'] - online:.4f} at batch price + ${online:.4f} online)"
-    print(f"generate --batch: {this['tasks'] - this['missing']} of {this['tasks']} samples in {args.output} "
-          f"({totals['samples']} in the folder); this run: {len(this['batches_submitted'])} batch(es) submitted, "
-          f"{len(this['batches_attached'])} attached, {this['ok']} drawn in batches, {this['skipped']} already "
-          f"done, {this['cache_hits']} from cache, {cost}", file=sys.stderr)
-    if this["retried_online"]:
-        o = this["online_retry"]
-        spent = "cost unknown" if o["cost_usd"] is None else f"${o['cost_usd']:.4f} at online price"
-        print(f"generate --batch: drew {o['samples']} sample(s) that failed in a batch online first: "
-              f"{o['requests']} request(s), {spent}", file=sys.stderr)
+    o = this.get("online_retry") if this["retried_online"] else None
+    online = f"drew {o['samples']} sample(s) that failed in a batch online first: " \
+        f"{online_text(o['requests'], o['cost_usd'])}" if o else ""
+    # this run's cost_usd includes the online retry's: the summary splits it
+    for line in batch_lines("generate --batch", f"{this['tasks'] - this['missing']} of {this['tasks']} samples in "
+                            f"{args.output} ({totals['samples']} in the folder)", this, args.output,
+                            skipped=this["skipped"], drawn=f"{this['ok']} drawn in batches, ",
+                            online_cost=(o or {}).get("cost_usd"), online=online):
+        print(line, file=sys.stderr)
     if this["batches_pending"]:
-        print(f"generate --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
-              f"to collect them (`stepdpo batches {args.output}` shows them)", file=sys.stderr)
         return 0  # not a hole: asked for (--no-batch-wait, --batch-max-wait); run.json says pending
     if this["empty"]:
         print(_empty_note(this["empty"]), file=sys.stderr)

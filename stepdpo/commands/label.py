@@ -380,20 +380,18 @@ def _label_batch(args: argparse.Namespace, judge, rows: list[dict], run_dir, cac
     finally:
         if cache is not None:
             cache.close()
+    from stepdpo.batch_summary import batch_lines, online_text
+
     totals, this = manifest["totals"], manifest["runs"][-1]
-    print(f"label --batch: {totals['rows']} rows in {run_dir.path} (ok {totals['ok']}, error {totals['error']}); "
-          f"this run: {len(this['batches_submitted'])} batch(es) submitted, {len(this['batches_attached'])} "
-          f"attached, {this['rows_skipped_done']} already done, {this['cache_hits']} from cache, "
-          + (f"${this['cost_usd']:.4f} at batch price" if this["cost_usd"] is not None
-             else "cost unknown (no price for this model: --prices FILE)"), file=sys.stderr)
-    if this.get("online_retry"):
-        o = this["online_retry"]
-        cost = "cost unknown (no price for this model)" if o["cost_usd"] is None else f"${o['cost_usd']:.4f} at online price"
-        print(f"label --batch: retried online first: {o['rows']} row(s) (ok {o['ok']}, error {o['error']}), "
-              f"{o['requests']} request(s), {cost}", file=sys.stderr)
+    o = this.get("online_retry")
+    online = f"retried online first: {o['rows']} row(s) (ok {o['ok']}, error {o['error']}), " \
+        f"{online_text(o['requests'], o['cost_usd'])}" if o else ""
+    # this run's cost_usd is the batches' alone here: the online retry's is on its own line
+    for line in batch_lines("label --batch", f"{totals['rows']} rows in {run_dir.path} (ok {totals['ok']}, error "
+                            f"{totals['error']})", this, run_dir.path, skipped=this["rows_skipped_done"],
+                            online=online):
+        print(line, file=sys.stderr)
     if this["batches_pending"]:
-        print(f"label --batch: {len(this['batches_pending'])} batch(es) still running; rerun the same command "
-              f"to collect them (`stepdpo batches {run_dir.path}` shows them)", file=sys.stderr)
         return 0  # not a hole: asked for (--no-batch-wait, --batch-max-wait); run.json says pending
     how = "online" if options.batch_retry == "online" else "in a new batch"
     return _holes("label --batch", totals, info["rerun"], f"the `error` column of those rows in {run_dir.path}; "
