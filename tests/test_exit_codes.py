@@ -68,6 +68,18 @@ def test_generate_with_failed_samples_exits_1_and_the_printed_rerun_draws_only_t
     assert json.loads((out / "run.json").read_text())["runs"][-1]["failed"] == 0
 
 
+def test_a_generate_run_where_every_sample_failed_names_its_rerun_too(server, tmp_path, capsys):
+    problems = write_problems(tmp_path / "problems.jsonl", PROBLEMS[:1])
+    server.faults = ["500", "500"]
+    rc = main(["generate", str(problems), "--generator", f"openai-compatible:policy@{server.url}/v1", "-o",
+               str(tmp_path / "gen"), "-n", "2", "--max-attempts", "1", "--progress", "none", "--no-cache"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    line, rerun = _holes_line(err, "generate")
+    assert "generate: 2 of 2 samples failed after their retries" in line
+    assert _run_line(rerun) == 0 and len(read_table(tmp_path / "gen", RESPONSES)) == 2
+
+
 def test_label_with_failed_rows_exits_1_and_the_printed_rerun_retries_only_them(fake, tmp_path, capsys,
                                                                                   monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")

@@ -343,9 +343,7 @@ def run(args: argparse.Namespace) -> int:
         print(_empty_note(this["empty"]), file=sys.stderr)
     if _repeats_note(totals, args.output):
         print(_repeats_note(totals, args.output), file=sys.stderr)
-    if not totals["samples"]:
-        return 1
-    return _holes("generate", this, out.manifest_path, info["rerun"])
+    return _holes("generate", this, out.manifest_path, info["rerun"]) or (0 if totals["samples"] else 1)
 
 
 def _repeats_note(totals: dict, output: str) -> str:
@@ -405,7 +403,6 @@ def _generate_batch(args: argparse.Namespace, engine, tasks: list, info: dict) -
         print(_empty_note(this["empty"]), file=sys.stderr)
     if _repeats_note(totals, args.output):
         print(_repeats_note(totals, args.output), file=sys.stderr)
-    if not totals["samples"]:
-        return 1
     then = "; the rerun draws them online" if options.batch_retry == "online" else "; the rerun draws them in a new batch"
-    return _holes("generate --batch", this, engine.out.manifest_path, info["rerun"], "inside a batch", then)
+    return _holes("generate --batch", this, engine.out.manifest_path, info["rerun"], "inside a batch", then) \
+        or (0 if totals["samples"] else 1)
