@@ -133,3 +133,20 @@ def test_redact_keeps_what_runs_and_removes_credentials():
         f"openai-compatible:m@https://h.example:8443/v1?token={REDACTED}&x=1&X-Api-Key={REDACTED}#f"
     assert redact("no url here, user:pass@host") == "no url here, user:pass@host"
     assert redact("http://localhost:8000/v1") == "http://localhost:8000/v1"
+
+
+def test_eval_grades_failed_samples_as_wrong_exits_1_and_names_itself_as_the_rerun(server, tmp_path, capsys):
+    problems = write_problems(tmp_path / "problems.jsonl", PROBLEMS)
+    out = tmp_path / "eval"
+    server.faults = ["500"]
+    rc = main(["eval", str(problems), "--generator", f"openai-compatible:policy@{server.url}/v1", "-o", str(out),
+               "--max-attempts", "1", "--concurrency", "1", "--progress", "none", "--cache-dir",
+               str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    line, rerun = _holes_line(err, "generate")
+    assert "generate: 1 of 4 samples failed after their retries" in line and rerun.startswith("stepdpo eval ")
+    assert json.loads((out / "summary.json").read_text())["problems"] == 4  # graded, the hole as wrong
+    before = server.requests
+    assert _run_line(rerun) == 0
+    assert server.requests - before == 1 and len(read_table(out / "samples", RESPONSES)) == 4

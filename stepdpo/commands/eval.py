@@ -9,6 +9,9 @@ answer, cut off, or never written counts as wrong), and writes:
   OUT/summary.json       accuracy (the first sample: greedy at the default --temperature 0),
                          pass@k (unbiased estimator) and maj@k with -n K, counts, the generator
 
+Samples that failed after their retries are graded as wrong and the run exits 1, with one line
+naming the eval command that draws only them and grades again.
+
 --baseline OTHER_OUT compares this evaluation with another one on the problems both graded:
 the accuracy difference with a 95% paired-bootstrap interval (problems resampled together).
 
@@ -157,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     _check_output(out)
     baseline = _read_eval(Path(cfg.baseline)) if cfg.baseline else None  # refuse a bad one before sampling
     problems_path = args.problems or str(bundled_gsm8k_test())
-    _sample(args, cfg, problems_path, out / "samples")
-    return _grade(args, cfg, problems_path, out, baseline)
+    holes = _sample(args, cfg, problems_path, out / "samples")
+    return _grade(args, cfg, problems_path, out, baseline) or (1 if holes else 0)
 
 
 # What eval writes into OUT (its samples go into OUT/samples): a folder holding anything else
@@ -172,9 +175,12 @@ def _check_output(out: Path) -> None:
     refuse_other_result(out, "-o", own=EVAL_FILES)
 
 
-def _sample(args: argparse.Namespace, cfg: EvalConfig, problems: str, samples: Path) -> None:
-    """Draw the samples with `stepdpo generate` itself: same backends, cache, resume, progress."""
+def _sample(args: argparse.Namespace, cfg: EvalConfig, problems: str, samples: Path) -> bool:
+    """Draw the samples with `stepdpo generate` itself: same backends, cache, resume, progress.
+    True when samples failed after their retries (graded as wrong; generate's line names this
+    eval command as the rerun that draws them)."""
     from stepdpo.commands import generate
+    from stepdpo.rerun import rerun_command
 
     argv = [problems, "--generator", args.generator, "-o", str(samples), "-n", str(cfg.n),
             "--temperature", str(cfg.temperature), "--max-new-tokens", str(cfg.max_new_tokens)]
@@ -192,9 +198,14 @@ def _sample(args: argparse.Namespace, cfg: EvalConfig, problems: str, samples: P
     for key, value in vars(args).items():  # backend options (GeneratorOptions) pass through as parsed
         if hasattr(gen_args, key) and key not in vars(EvalConfig()) and key not in ("output", "problems"):
             setattr(gen_args, key, value)
+    gen_args.rerun_as = rerun_command("stepdpo eval", configure, args)  # what finishes the samples: eval
     code = generate.run(gen_args)
     if code:
-        raise UserError("no sample was drawn; see the generate lines above")
+        manifest = json.loads((samples / "run.json").read_text(encoding="utf-8")) \
+            if (samples / "run.json").is_file() else {}
+        if not (manifest.get("totals") or {}).get("samples"):
+            raise UserError("no sample was drawn; see the generate lines above")
+    return bool(code)
 
 
 def _grade(args: argparse.Namespace, cfg: EvalConfig, problems_path: str, out: Path,

@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
             "generator_parts": generator.fingerprint_parts(), "template": template.as_dict(),
             "sampling": sampling.as_dict(), "n": cfg.n, "input": args.input, "continue_from": cfg.continue_from,
             "config": dataclasses.asdict(cfg), "input_counts": dict(counts),
-            "rerun": rerun_command("stepdpo generate", configure, args)}  # credentials in a URL removed
+            # credentials in a URL removed; `eval` names itself (it draws its samples through here)
+            "rerun": getattr(args, "rerun_as", None) or rerun_command("stepdpo generate", configure, args)}
     try:
         with out.locked():
             out.check_identity(identity, info["described"])
