@@ -20,3 +20,20 @@ def test_demo_rerun_with_other_inputs_relabels_from_scratch(tmp_path, capsys):
     labeled = set(pq.read_table(work / "labeled" / "part-00000.parquet", columns=["response_id"]).column(0).to_pylist())
     assert labeled == ids and len(ids) <= 10  # not the 20-problem run's rows
     capsys.readouterr()
+
+
+def test_a_paid_judge_leaving_a_few_rows_failed_does_not_stop_the_demo(tmp_path, capsys, fake, monkeypatch):
+    """`label` exits 1 when rows failed after their retries; the demo notes it and builds the
+    pairs from the rows labeled (a few failed rows of a real judge must not end a worked example)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    monkeypatch.setenv("STEPDPO_CACHE_DIR", str(tmp_path / "cache"))
+    fake.faults.script = ["400"]  # one row refused (not retried): one hole
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--limit", "5", "--until", "pairs", "--judge",
+                 "openai:gpt-4o-mini"]) == 0
+    captured = capsys.readouterr()
+    assert "label: 1 of 10 responses failed after their retries" in captured.err
+    assert "demo: label finished with some rows failed" in captured.out and "$ stepdpo pairs" in captured.out
+    statuses = pq.read_table(work / "labeled" / "part-00000.parquet", columns=["status"]).column(0).to_pylist()
+    assert sorted(statuses) == ["error"] + ["ok"] * 9

@@ -53,12 +53,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 STAGES = ("ingest", "perturb", "label", "pairs", "train")
 
 
-def _stage(title: str, argv: list[str]) -> None:
+def _stage(title: str, argv: list[str], holes_ok: bool = False) -> None:
+    """Run one stage as the user would type it; stop the demo at a failed one. ``holes_ok``: a
+    stage that finished with some rows failed (exit 1, e.g. a paid judge's few errors) is noted
+    and the demo goes on with the rows it has."""
     from stepdpo.cli import main
 
     print(f"\n== {title}\n$ stepdpo {shlex.join(argv)}", flush=True)
     code = main(argv)
-    if code != 0:
+    if code == 1 and holes_ok:
+        print(f"demo: {title} finished with some rows failed (the line above names the rerun that retries them); "
+              "the demo goes on with the rows it has", flush=True)
+    elif code != 0:
         raise UserError(f"demo stage '{title}' failed with exit code {code}")
 
 
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         # A free judge needs no cache; a paid one keeps it, so rerunning the demo costs nothing twice.
         free = args.judge in ("gsm8k-calc", "reference")
         _stage("label", ["label", str(perturbed), "--judge", args.judge, "-o", str(labeled)]
-               + (["--no-cache"] if free else []))
+               + (["--no-cache"] if free else []), holes_ok=True)
         files.append(("step scores", labeled))
     if "pairs" in wanted:
         _stage("pairs", ["pairs", str(labeled), "-o", str(pairs), "--strategy", "first-error",
