@@ -98,6 +98,18 @@ def test_label_with_failed_rows_exits_1_and_the_printed_rerun_retries_only_them(
     assert set(table.column("status").to_pylist()) == {"ok"}
 
 
+def _httpx(command: str) -> list[str]:
+    """``--http-transport httpx`` where the command has that option: this test is about what is
+    written, and only httpx takes credentials in a base URL next to the SDK's Authorization."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"stepdpo.commands.{command}").configure(parser)
+    return ["--http-transport", "httpx"] if any("--http-transport" in a.option_strings for a in parser._actions) \
+        else []
+
+
 def test_credentials_in_a_url_never_reach_run_json_or_the_output(server, fake, tmp_path, capsys, monkeypatch):
     """`generate` and `label` with user:password@ and ?api_key=… in the backend's URL: run.json
     records the rerun with the userinfo removed and the key REDACTED (api-version kept), and
@@ -112,7 +124,7 @@ def test_credentials_in_a_url_never_reach_run_json_or_the_output(server, fake, t
              tmp_path / "gen"),
             (["label", str(responses), "--judge", "openai-compatible:gpt-4o-mini@http://" + secret], fake.port,
              tmp_path / "run")):
-        argv = [a.replace("{port}", str(port)) for a in argv]
+        argv = [a.replace("{port}", str(port)) for a in argv] + _httpx(argv[0])
         rc = main([*argv, "-o", str(folder), "--max-attempts", "1", "--progress", "none", "--no-cache"])
         captured = capsys.readouterr()
         assert rc != 0, captured.err
