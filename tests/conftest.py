@@ -63,3 +63,11 @@ def fake():
 
     with FakeLLMServer(FaultConfig(retry_after=0.01)) as srv:
         yield srv
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def transport(request) -> str:
+    """``--http-transport`` of a wire-level test that must hold on both transports (the SDKs'
+    aiohttp transport, the default when installed, and httpx's own). Named, never ``auto``: a
+    missing aiohttp fails the aiohttp half instead of running httpx twice."""
+    return request.param

@@ -62,11 +62,12 @@ def assert_exact_set(run: Path, rows: list[dict]) -> list[dict]:
     return out
 
 
-def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
+def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys, transport):
     inp, rows = responses(env, 500)
     fake.faults = FaultConfig(p429=0.20, p500=0.05, p_slow=0.02, p_malformed=0.03, p_schema=0.02,
                               slow_s=1.5, retry_after=0.01, seed=7)
-    rc, log = label(capsys, inp, env / "run", "--max-attempts", "3", "--shard-size", "64", "--timeout", "0.5")
+    rc, log = label(capsys, inp, env / "run", "--max-attempts", "3", "--shard-size", "64", "--timeout", "0.5",
+                    "--http-transport", transport)
     assert rc == 1  # finished with error rows: exit 1 and the line naming the rerun
     assert "rerun to retry only them: stepdpo label " in log
     for fault in ("429", "500", "slow", "malformed", "schema"):
@@ -108,13 +109,13 @@ def test_faults_every_row_once_then_rerun_finishes_errors(env, fake, capsys):
     assert manifest["totals"] == {**manifest["totals"], "rows": 500, "ok": 500, "error": 0}
 
 
-def test_sigkill_mid_run_then_rerun_gives_exact_set(env, fake, capsys):
+def test_sigkill_mid_run_then_rerun_gives_exact_set(env, fake, capsys, transport):
     inp, rows = responses(env, 200)
     fake.faults = FaultConfig(latency_s=0.05)
     run = env / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stepdpo.cli", "label", str(inp), "--judge", "openai:gpt-4o-mini", "-o", str(run),
-         "--concurrency", "2", "--shard-size", "10", "--progress", "none"],
+         "--concurrency", "2", "--shard-size", "10", "--progress", "none", "--http-transport", transport],
         cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
@@ -132,7 +133,7 @@ def test_sigkill_mid_run_then_rerun_gives_exact_set(env, fake, capsys):
 
     fake.faults = FaultConfig()
     fake.reset_counts()
-    rc, _ = label(capsys, inp, run, "--shard-size", "10")
+    rc, _ = label(capsys, inp, run, "--shard-size", "10", "--http-transport", transport)
     assert rc == 0
     out = assert_exact_set(run, rows)
     assert all(r["status"] == "ok" for r in out)
@@ -266,11 +267,12 @@ def test_anthropic_overloaded_and_prompt_cache(env, fake, capsys):
     assert all(r["cost_usd"] < 1.0 * r["input_tokens"] / 1e6 + 5.0 * r["output_tokens"] / 1e6 for r in cached)
 
 
-def test_server_rate_limit_learned_from_headers(env, fake, capsys):
+def test_server_rate_limit_learned_from_headers(env, fake, capsys, transport):
     inp, rows = responses(env, 40)
     fake.faults = FaultConfig(rpm_limit=600, burst_s=1.0, retry_after=0.2)  # 10 requests/s
     start = time.monotonic()
-    rc, _ = label(capsys, inp, env / "run", "--concurrency", "8", "--max-attempts", "10")
+    rc, _ = label(capsys, inp, env / "run", "--concurrency", "8", "--max-attempts", "10",
+                  "--http-transport", transport)
     elapsed = time.monotonic() - start
     assert rc == 0
     out = assert_exact_set(env / "run", rows)
@@ -426,12 +428,12 @@ def test_second_label_of_the_same_job_is_refused_while_the_first_runs(env, fake,
     assert_exact_set(env / "run", rows)
 
 
-def test_huge_retry_after_is_held_to_max_backoff(env, fake, capsys):
+def test_huge_retry_after_is_held_to_max_backoff(env, fake, capsys, transport):
     """A 429 with retry-after: 3600 stalled every request for an hour despite --max-backoff."""
     inp, rows = responses(env, 3)
     fake.faults = FaultConfig(script=["429"], retry_after=3600)
     start = time.monotonic()
-    rc, log = label(capsys, inp, env / "run", "--max-backoff", "0.2")
+    rc, log = label(capsys, inp, env / "run", "--max-backoff", "0.2", "--http-transport", transport)
     assert rc == 0 and time.monotonic() - start < 8, log
     assert_exact_set(env / "run", rows)
 

@@ -295,7 +295,7 @@ def test_flaw_rewrites_correct_solutions_with_known_reference_scores(server, tmp
     assert server.requests == before and not (tmp_path / "none").exists()
 
 
-def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys):
+def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys, transport):
     import socket
 
     with socket.socket() as sock:  # a port nobody listens on
@@ -305,7 +305,7 @@ def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys):
     start = time.monotonic()
     rc = main(["generate", str(problems), "--generator", f"openai-compatible:policy@http://127.0.0.1:{port}/v1",
                "-o", str(out), "-n", "10", "--max-attempts", "2", "--backoff", "0.01", "--progress", "none",
-               "--no-cache", "--concurrency", "4"])
+               "--no-cache", "--concurrency", "4", "--http-transport", transport])
     err = capsys.readouterr().err
     assert rc == 2 and "samples all failed" in err and "connection error" in err
     assert time.monotonic() - start < 60

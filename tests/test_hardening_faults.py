@@ -56,7 +56,7 @@ def label(capsys, inp: Path, out: Path, *extra: str, judge: str = "openai:gpt-4o
 
 
 @pytest.mark.parametrize("judge", ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
-def test_hang_drip_null_close_cost_bounded_time_and_no_other_row(env, fake, capsys, judge):
+def test_hang_drip_null_close_cost_bounded_time_and_no_other_row(env, fake, capsys, judge, transport):
     """The issue's "done when": each broken answer is its row's error, within the deadline."""
     faults = ["hang", "drip", "null", "close", "list"]
     rows = marked_rows(30, faults)
@@ -66,7 +66,7 @@ def test_hang_drip_null_close_cost_bounded_time_and_no_other_row(env, fake, caps
     # --timeout 2 with a byte every 0.05 s: the dripped body (~0.5-1 KB) takes 25-50 s per try
     # under a per-read timeout; the hung request waits for the fake's 60 s.
     rc, log = label(capsys, inp, env / "run", "--timeout", "2", "--max-attempts", "3", "--concurrency", "8",
-                    judge=judge)
+                    "--http-transport", transport, judge=judge)
     elapsed = time.monotonic() - start
     assert rc == 1, log  # the faulty rows are holes
     assert elapsed < 25, f"took {elapsed:.1f}s"
@@ -93,7 +93,7 @@ def test_hang_drip_null_close_cost_bounded_time_and_no_other_row(env, fake, caps
     # A healthy server: only the five broken rows are asked again.
     fake.faults = FaultConfig()
     fake.reset_counts()
-    rc, log = label(capsys, inp, env / "run", judge=judge)
+    rc, log = label(capsys, inp, env / "run", "--http-transport", transport, judge=judge)
     assert rc == 0 and fake.total_requests == 5, log
     assert all(r["status"] == "ok" for r in read_table(env / "run", STEP_SCORES).to_pylist())
 
@@ -105,7 +105,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("how", ["hang", "refused", "500"])
-def test_dead_server_stops_early_with_one_line(env, fake, capsys, monkeypatch, how):
+def test_dead_server_stops_early_with_one_line(env, fake, capsys, monkeypatch, how, transport):
     rows = gsm8k_rows(GSM8K, 60)
     inp = write_responses(rows, env / "in.parquet")
     if how == "refused":
@@ -115,7 +115,8 @@ def test_dead_server_stops_early_with_one_line(env, fake, capsys, monkeypatch, h
                                   hang_s=60, retry_after=0.01)
     start = time.monotonic()
     # Without the check: 60 rows x 6 attempts x 0.5 s / 4 in flight = 45 s of waiting (hang).
-    rc, log = label(capsys, inp, env / "run", "--timeout", "0.5", "--concurrency", "4", "--max-attempts", "6")
+    rc, log = label(capsys, inp, env / "run", "--timeout", "0.5", "--concurrency", "4", "--max-attempts", "6",
+                    "--http-transport", transport)
     elapsed = time.monotonic() - start
     assert rc == 2 and elapsed < 12, (elapsed, log)
     lines = [line for line in log.strip().splitlines() if line.startswith("stepdpo label: error:")]

@@ -10,10 +10,11 @@ least busy one. Least busy is enough to never queue: while fewer than ``clients 
 requests are in flight, some client has a free connection.
 
 The clients are the official SDK's own (``openai.AsyncOpenAI`` / ``anthropic.AsyncAnthropic``,
-each on the SDK's ``DefaultAsyncHttpxClient`` with its socket options and proxy handling), so
-keys, base URLs, headers and error classes are exactly the SDK's; they share one TLS context
-(loading the CA bundle once, not once per client). Without a known in-flight count (a judge used
-outside the engine) there is one client with the SDK's default pool.
+each on the httpx client of the chosen transport: the SDK's aiohttp one, or its
+``DefaultAsyncHttpxClient``; see :mod:`labeler.judges.transports`), so keys, base URLs, headers,
+proxies and error classes are exactly the SDK's; they share one TLS context (loading the CA bundle
+once, not once per client). Without a known in-flight count (a judge used outside the engine)
+there is one client with the SDK's default pool size.
 
 :meth:`ClientPool.post` is the one way requests leave: wire-ready bytes POSTed through the least
 busy client, by a :class:`labeler.judges.direct.DirectSender` (the request prebuilt once per
@@ -24,24 +25,19 @@ whole HTTP response and the errors are the SDK's.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
 from labeler.judges.direct import DirectSender, direct_senders
+from labeler.judges.transports import choose, http_client, httpx_of
+
+__all__ = ["CONNECTIONS_PER_CLIENT", "ClientPool", "httpx_of", "split"]
 
 T = TypeVar("T")
 
 #: Connections in one client's pool: the pool scan per request is O(this), not O(in flight).
 CONNECTIONS_PER_CLIENT = 8
-
-
-def httpx_of(sdk: ModuleType) -> ModuleType:
-    """The httpx package ``sdk`` is built on (``httpx2`` for openai ≥ 3 / anthropic ≥ 2,
-    ``httpx`` before): its ``Limits``, ``Response`` and TLS helper are the ones the SDK accepts."""
-    base = next(c for c in sdk.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient")
-    return sys.modules[base.__module__.partition(".")[0]]
 
 
 def split(in_flight: int, per_client: int = CONNECTIONS_PER_CLIENT) -> list[int]:
@@ -55,12 +51,16 @@ class ClientPool:
     """``await pool.post(path, data)`` through the least busy SDK client.
 
     ``make(http_client)`` builds one SDK client on the given httpx client (None: the SDK's
-    default). Clients are built on the first request, inside the running event loop."""
+    default). Clients are built on the first request, inside the running event loop, on the
+    transport that ``--http-transport`` chooses (:func:`labeler.judges.transports.choose`; the
+    judges and generators call it up front too, so a missing aiohttp is a UserError before any
+    request)."""
 
     def __init__(self, sdk: ModuleType, make: Callable[[Any], Any], in_flight: int | None,
-                 timeout: float) -> None:
+                 timeout: float, transport: str = "auto") -> None:
         self.sdk = sdk
         self.httpx = httpx_of(sdk)
+        self.transport = choose(transport, sdk)
         self._make = make
         self.in_flight = in_flight
         self._timeout = timeout
@@ -78,13 +78,14 @@ class ClientPool:
 
     def _build(self) -> None:
         sizes = self.sizes
-        if sizes is None:
+        if sizes is None and self.transport == "httpx":
             self.https = [None]
+        elif sizes is None:
+            self.https = [http_client(self.sdk, self.transport, connections=None, timeout=self._timeout)]
         else:
             tls = self.httpx.create_ssl_context()
-            self.https = [self.sdk.DefaultAsyncHttpxClient(
-                limits=self.httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                timeout=self._timeout, verify=tls) for n in sizes]
+            self.https = [http_client(self.sdk, self.transport, connections=n, timeout=self._timeout, verify=tls)
+                          for n in sizes]
         self.clients = [self._make(http) for http in self.https]
         self.senders = direct_senders(self.sdk, self.httpx, self._make, self.clients, self.https)
         self.busy = [0] * len(self.clients)

@@ -39,6 +39,7 @@ from labeler.judges.prompting import (
     parse_answer,
     reference_solution_of,
 )
+from labeler.judges.transports import choose
 from labeler.judges.voting import VOTES, combine
 from schemas.errors import UserError
 from schemas.ids import sha256_hex
@@ -86,6 +87,7 @@ class HttpJudge(Judge):
             raise UserError(
                 f"judge '{self.sdk}' needs the {self.sdk} package: pip install 'stepwise-dpo[api]'"
             ) from exc
+        choose(config.http_transport, importlib.import_module(self.sdk))  # a missing aiohttp: up front
         self.template = load_template(config.template)
 
     def setup_answer(self) -> None:
@@ -225,7 +227,7 @@ class HttpJudge(Judge):
     def _pool(self) -> ClientPool:
         if self._clients is None:
             self._clients = ClientPool(importlib.import_module(self.sdk), self._make_client, self._in_flight,
-                                       self.config.timeout)
+                                       self.config.timeout, self.config.http_transport)
         elif not self._clients.clients:  # not built yet, or closed: the next build takes the latest size
             self._clients.in_flight = self._in_flight
         return self._clients

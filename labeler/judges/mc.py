@@ -49,7 +49,8 @@ class MCJudge(Judge):
         if config.rollout_temperature < 0 or config.rollout_max_tokens < 1:
             raise UserError("--rollout-temperature must be >= 0 and --rollout-max-tokens >= 1")
         self.generator = create_generator(spec, GeneratorOptions(timeout=config.timeout, device=config.device,
-                                                                 dtype=config.dtype))
+                                                                 dtype=config.dtype,
+                                                                 http_transport=config.http_transport))
         self.name = f"mc:{self.generator.name}"
         self.price_model = self.generator.price_model
         self.n = int(config.rollouts)

@@ -27,6 +27,7 @@ from typing import Any
 
 from labeler.judges import provider
 from labeler.judges.clients import ClientPool
+from labeler.judges.transports import choose
 from labeler.registry_util import model_and_url
 from labeler.sources.generation.base import (
     Generation,
@@ -48,7 +49,7 @@ class ApiGenerator(Generator):
     sdk: str
 
     def __init__(self, model: str, *, name: str, api_key: str, base_url: str | None,
-                 price_model: str | None, timeout: float) -> None:
+                 price_model: str | None, timeout: float, transport: str = "auto") -> None:
         if not model:
             raise UserError(f"generator '{name}' needs a model name")
         try:
@@ -56,6 +57,8 @@ class ApiGenerator(Generator):
         except ImportError as exc:
             raise UserError(f"generator '{name}' needs the {self.sdk} package: "
                             "pip install 'stepwise-dpo[api]'") from exc
+        choose(transport, importlib.import_module(self.sdk))  # a missing aiohttp: one line, up front
+        self.transport = transport
         self.model = model
         self.name = name
         self.price_model = price_model
@@ -91,7 +94,7 @@ class ApiGenerator(Generator):
     def _pool(self) -> ClientPool:
         if self._clients is None:  # the clients are built on the first send, inside the event loop
             self._clients = ClientPool(importlib.import_module(self.sdk), self.make_client, self._in_flight,
-                                       self.timeout)
+                                       self.timeout, self.transport)
         return self._clients
 
     async def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[Generation]:
@@ -240,13 +243,14 @@ def _key(env: str, who: str, required: bool) -> str | None:
     return key
 
 
-def make_openai(model: str, timeout: float) -> OpenAIGenerator:
+def make_openai(model: str, timeout: float, transport: str = "auto") -> OpenAIGenerator:
     name = f"openai:{model}"
     return OpenAIGenerator(model, compatible=False, name=name, api_key=_key("OPENAI_API_KEY", name, True) or "",
-                           base_url=os.environ.get("OPENAI_BASE_URL"), price_model=model, timeout=timeout)
+                           base_url=os.environ.get("OPENAI_BASE_URL"), price_model=model, timeout=timeout,
+                           transport=transport)
 
 
-def make_openai_compatible(spec: str, timeout: float) -> OpenAIGenerator:
+def make_openai_compatible(spec: str, timeout: float, transport: str = "auto") -> OpenAIGenerator:
     """``MODEL@BASE_URL``; a key is optional (local servers rarely check one)."""
     model, url = model_and_url(spec)  # the URL may carry user:password@
     if not url:
@@ -255,10 +259,11 @@ def make_openai_compatible(spec: str, timeout: float) -> OpenAIGenerator:
     # The URL is transport: not in the name or fingerprint, so another host of the model shares the cache.
     return OpenAIGenerator(model, compatible=True, name=f"openai-compatible:{model}",
                            api_key=_key("OPENAI_API_KEY", spec, False) or "unused", base_url=url,
-                           price_model=model, timeout=timeout)
+                           price_model=model, timeout=timeout, transport=transport)
 
 
-def make_anthropic(model: str, timeout: float) -> AnthropicGenerator:
+def make_anthropic(model: str, timeout: float, transport: str = "auto") -> AnthropicGenerator:
     name = f"anthropic:{model}"
     return AnthropicGenerator(model, name=name, api_key=_key("ANTHROPIC_API_KEY", name, True) or "",
-                              base_url=os.environ.get("ANTHROPIC_BASE_URL"), price_model=model, timeout=timeout)
+                              base_url=os.environ.get("ANTHROPIC_BASE_URL"), price_model=model, timeout=timeout,
+                              transport=transport)
