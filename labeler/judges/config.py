@@ -58,7 +58,7 @@ class JudgeConfig:
     http_transport: str = field(
         default="auto",
         metadata={"help": "API requests' HTTP transport under the SDK client: aiohttp (the SDKs' "
-                          "aiohttp transport, about a third less CPU per request; part of "
+                          "aiohttp transport, about a quarter less client CPU per request; in "
                           "stepwise-dpo[api]), httpx (the SDKs' default: use it to debug with httpx's "
                           "logging, or if a proxy or TLS setting misbehaves under aiohttp), auto "
                           "(aiohttp when installed). Both honour HTTPS_PROXY/HTTP_PROXY/NO_PROXY",

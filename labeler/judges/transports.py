@@ -1,7 +1,7 @@
 """Which HTTP transport carries the API requests, and the httpx client that uses it.
 
 Both SDKs ship an aiohttp transport under their httpx client (``sdk.DefaultAioHttpClient``, the
-SDKs' ``aiohttp`` extra, part of ours: ``stepwise-dpo[api]``). It costs about a third less client
+SDKs' ``aiohttp`` extra, part of ours: ``stepwise-dpo[api]``). It costs about a quarter less client
 CPU per request than httpx's own (httpcore) pool, so ``--http-transport auto`` takes it whenever
 ``aiohttp`` is importable. It stays an httpx client: the SDK still builds every request, and
 httpx still decides the proxy from ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` /
