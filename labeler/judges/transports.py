@@ -16,7 +16,10 @@ One fix for every caller: the openai SDK's copy of the aiohttp transport maps EV
 timeout. :func:`honest_error` maps such an error back from its cause (anything not a
 ``TimeoutError`` is a connection error, not a timeout), in the ``send`` of the httpx client
 :func:`http_client` builds, which every request goes through: the SDK's ``post`` (judges,
-generation) and any code that sends a prebuilt request on that client.
+generation) and any code that sends a prebuilt request on that client. Only errors before the
+response headers are affected: a body cut off or reset later is aiohttp's ``ClientPayloadError``,
+which the transport maps to ``ReadError`` already, so ``send(..., stream=True)`` followed by
+``aread()`` needs nothing more.
 
 Timeouts: the aiohttp transport takes its socket-connect, socket-read and connect (pool wait +
 connect) limits from the httpx client's timeout, which :class:`~labeler.judges.clients.ClientPool`
