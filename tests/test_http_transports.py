@@ -42,19 +42,27 @@ def base_url(sdk: str, root: str) -> str:
     return root + "/v1" if sdk == "openai" else root
 
 
-def make(sdk: str, url: str):
+def make(sdk: str, url: str, timeout: float = 5.0):
+    """``make`` as the judges' ``_make_client``: the SDK client, its timeout the judge's."""
     module = importlib.import_module(sdk)
     cls = module.AsyncOpenAI if sdk == "openai" else module.AsyncAnthropic
-    return lambda http_client: cls(api_key=KEY, base_url=url, max_retries=0, http_client=http_client)
+    return lambda http_client: cls(api_key=KEY, base_url=url, max_retries=0, timeout=timeout,
+                                   http_client=http_client)
 
 
-def post(sdk: str, url: str, transport: str, timeout: float = 5.0, limit: float = 20.0):
-    """One POST through a two-connection ClientPool: ``(response or exception, seconds)``."""
+def post(sdk: str, url: str, transport: str, timeout: float = 5.0, limit: float = 20.0, via: str = "direct"):
+    """One POST through a two-connection ClientPool: ``(response or exception, seconds)``.
+    ``via="direct"``: the pool's own ``post`` (its direct sender); ``"sdk"``: the SDK client's
+    ``post``, the path of a client the direct sender cannot serve."""
     module = importlib.import_module(sdk)
 
     async def go():
-        pool = ClientPool(module, make(sdk, url), 2, timeout, transport)
+        pool = ClientPool(module, make(sdk, url, timeout), 2, timeout, transport)
         try:
+            if via == "direct":
+                result = await asyncio.wait_for(pool.post(PATHS[sdk], BODIES[sdk]), limit)
+                assert pool.senders and all(pool.senders), "not the direct sender"
+                return result
             return await asyncio.wait_for(pool.send(
                 lambda c: c.post(PATHS[sdk], content=BODIES[sdk], cast_to=pool.httpx.Response)), limit)
         finally:
@@ -179,19 +187,15 @@ def test_auto_is_aiohttp_when_installed_and_the_pool_is_built_on_it(fake):
     assert aiohttp_ready(openai) and choose("auto", openai) == "aiohttp"
     assert choose("httpx", openai) == "httpx"
     for transport, expected in (("auto", "HonestAioHttpClient"), ("httpx", "AsyncHttpxClient")):
-        seen = []
-
-        def build(http_client, seen=seen):
-            seen.append(type(http_client).__name__)
-            return make("openai", fake.url + "/v1")(http_client)
-
-        async def go(transport=transport, build=build):
-            pool = ClientPool(openai, build, 3, 5.0, transport)
-            await pool.send(lambda c: c.post(PATHS["openai"], content=BODIES["openai"], cast_to=pool.httpx.Response))
+        async def go(transport=transport):
+            pool = ClientPool(openai, make("openai", fake.url + "/v1"), 3, 5.0, transport)
+            await pool.post(PATHS["openai"], BODIES["openai"])
+            built = [type(http).__name__ for http in pool.https]
             await pool.aclose()
+            return built
 
-        asyncio.run(go())
-        assert seen and all(expected in name for name in seen), seen
+        built = asyncio.run(go())
+        assert built and all(expected in name for name in built), built
     assert fake.total_requests == 2
 
 
@@ -218,17 +222,19 @@ def test_aiohttp_forced_without_the_package_is_one_line(monkeypatch, capsys, tmp
 
 
 # -- errors ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("via", ["direct", "sdk"])
 @pytest.mark.parametrize("sdk", SDKS)
-def test_refused_and_hung_up_are_connection_errors_not_timeouts(sdk, transport):
+def test_refused_and_hung_up_are_connection_errors_not_timeouts(sdk, via, transport):
     """The openai SDK's aiohttp transport said ConnectTimeout for both; the SDK then reported a
-    timeout and the engine's dead-server line said "× timeout" for a server that is not there."""
+    timeout and the engine's dead-server line said "× timeout" for a server that is not there.
+    Fixed under both ways a request leaves the pool."""
     module = importlib.import_module(sdk)
-    refused, seconds = post(sdk, base_url(sdk, f"http://127.0.0.1:{closed_port()}"), transport)
+    refused, seconds = post(sdk, base_url(sdk, f"http://127.0.0.1:{closed_port()}"), transport, via=via)
     assert isinstance(refused, module.APIConnectionError) and not isinstance(refused, module.APITimeoutError), refused
     assert type(refused.__cause__).__name__ == "ConnectError" and seconds < 5
     assert_carried_by(refused, transport)
     with HangUp() as server:
-        hung, _ = post(sdk, base_url(sdk, server.url), transport)
+        hung, _ = post(sdk, base_url(sdk, server.url), transport, via=via)
     assert isinstance(hung, module.APIConnectionError) and not isinstance(hung, module.APITimeoutError), hung
     assert_carried_by(hung, transport)
 

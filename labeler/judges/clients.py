@@ -14,7 +14,7 @@ each on the httpx client of the chosen transport: the SDK's aiohttp one, or its
 ``DefaultAsyncHttpxClient``; see :mod:`labeler.judges.transports`), so keys, base URLs, headers,
 proxies and error classes are exactly the SDK's; they share one TLS context (loading the CA bundle
 once, not once per client). Without a known in-flight count (a judge used outside the engine)
-there is one client with the SDK's default pool size.
+there is one SDK client on its own default httpx client and pool, whatever the transport.
 
 :meth:`ClientPool.post` is the one way requests leave: wire-ready bytes POSTed through the least
 busy client, by a :class:`labeler.judges.direct.DirectSender` (the request prebuilt once per
@@ -78,10 +78,8 @@ class ClientPool:
 
     def _build(self) -> None:
         sizes = self.sizes
-        if sizes is None and self.transport == "httpx":
+        if sizes is None:  # the SDK's own default client: what a library caller of a judge expects
             self.https = [None]
-        elif sizes is None:
-            self.https = [http_client(self.sdk, self.transport, connections=None, timeout=self._timeout)]
         else:
             tls = self.httpx.create_ssl_context()
             self.https = [http_client(self.sdk, self.transport, connections=n, timeout=self._timeout, verify=tls)

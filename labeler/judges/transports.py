@@ -114,13 +114,11 @@ def aiohttp_client_class(sdk: ModuleType) -> type:
     return HonestAioHttpClient
 
 
-def http_client(sdk: ModuleType, transport: str, *, connections: int | None, timeout: float,
+def http_client(sdk: ModuleType, transport: str, *, connections: int, timeout: float,
                 verify: Any = True) -> Any:
     """The httpx client under one SDK client: ``transport`` (from :func:`choose`), a pool of
-    ``connections`` (None: the SDK's default), every timeout of it ``timeout`` seconds."""
-    kwargs: dict[str, Any] = {"timeout": timeout, "verify": verify}
-    if connections is not None:
-        kwargs["limits"] = httpx_of(sdk).Limits(max_connections=connections,
-                                                 max_keepalive_connections=connections)
+    ``connections``, every timeout of it ``timeout`` seconds."""
+    limits = httpx_of(sdk).Limits(max_connections=connections, max_keepalive_connections=connections)
+    kwargs: dict[str, Any] = {"timeout": timeout, "verify": verify, "limits": limits}
     kind = aiohttp_client_class(sdk) if transport == "aiohttp" else sdk.DefaultAsyncHttpxClient
     return kind(**kwargs)
