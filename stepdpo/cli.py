@@ -135,7 +135,9 @@ def _main(argv: list[str]) -> int:
             startup.resume_gc()
         return int(module.run(args) or 0)
     except UserError as exc:
-        print(f"stepdpo {name}: error: {exc}", file=sys.stderr)
+        from stepdpo.rerun import redact  # a spec echoed back may hold user:password@ or ?api_key=
+
+        print(f"stepdpo {name}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         how = RESUME_HINTS.get(name, "rerun the same command to resume")

@@ -9,8 +9,8 @@ first, then every option whose value differs from its default, under its first s
 The command is also recorded in ``run.json`` (``rerun``), so a reader refusing an unfinished
 folder can print it. A URL in it may carry credentials (``openai-compatible:M@https://user:pass@
 host/v1?api_key=…``): :func:`redact` removes the userinfo and replaces the values of
-secret-looking query keys, so nothing secret reaches a file or a log line. Such a command runs
-again once the user puts their credentials back (:data:`REDACTED` marks where).
+secret-looking query keys (:data:`REDACTED` marks both), so nothing secret reaches a file or a
+log line. Such a command runs again once the user puts their credentials back where it says so.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:  # not a URL after all (an odd port): hide what follows the scheme
         return url.split("://", 1)[0] + "://" + REDACTED
-    netloc = parts.netloc.rpartition("@")[2]  # userinfo (user:password@) removed
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"{REDACTED}@{host}" if at else host  # user:password@ marked, so the line says so
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -42,7 +43,7 @@ def _redact_url(url: str) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with every URL's userinfo removed and its secret query values replaced by
+    """``text`` with every URL's userinfo replaced by :data:`REDACTED` and its secret query values replaced by
     :data:`REDACTED`; text without a URL comes back unchanged."""
     return _URL.sub(lambda m: _redact_url(m.group(0)), text)
 

@@ -13,6 +13,8 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
+
 from schemas.tables import RESPONSES, STEP_SCORES, read_table
 from stepdpo.cli import main
 from stepdpo.rerun import REDACTED, redact
@@ -112,7 +114,7 @@ def _httpx(command: str) -> list[str]:
 
 def test_credentials_in_a_url_never_reach_run_json_or_the_output(server, fake, tmp_path, capsys, monkeypatch):
     """`generate` and `label` with user:password@ and ?api_key=… in the backend's URL: run.json
-    records the rerun with the userinfo removed and the key REDACTED (api-version kept), and
+    records the rerun with the userinfo and the key REDACTED (api-version kept), and
     neither secret appears in run.json, stdout or stderr. (The runs themselves fail: the openai
     SDK appends its path after a base URL's query string, so the server answers 404.)"""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
@@ -130,14 +132,14 @@ def test_credentials_in_a_url_never_reach_run_json_or_the_output(server, fake, t
         assert rc != 0, captured.err
         manifest = (folder / "run.json").read_text()
         rerun = json.loads(manifest)["rerun"]
-        assert f"@http://127.0.0.1:{port}/v1?api_key={REDACTED}&api-version=2024-06-01" in rerun
+        assert f"@http://{REDACTED}@127.0.0.1:{port}/v1?api_key={REDACTED}&api-version=2024-06-01" in rerun
         for text in (captured.out, captured.err, manifest):
             assert SECRET_PASS not in text and SECRET_KEY not in text and "carol" not in text
 
 
 def test_redact_keeps_what_runs_and_removes_credentials():
     assert redact("openai-compatible:m@https://u:p%40ss@h.example:8443/v1?token=t&x=1&X-Api-Key=k#f") == \
-        f"openai-compatible:m@https://h.example:8443/v1?token={REDACTED}&x=1&X-Api-Key={REDACTED}#f"
+        f"openai-compatible:m@https://{REDACTED}@h.example:8443/v1?token={REDACTED}&x=1&X-Api-Key={REDACTED}#f"
     assert redact("no url here, user:pass@host") == "no url here, user:pass@host"
     assert redact("http://localhost:8000/v1") == "http://localhost:8000/v1"
 
@@ -157,3 +159,22 @@ def test_eval_grades_failed_samples_as_wrong_exits_1_and_names_itself_as_the_rer
     before = server.requests
     assert _run_line(rerun) == 0
     assert server.requests - before == 1 and len(read_table(out / "samples", RESPONSES)) == 4
+
+
+@pytest.mark.parametrize("argv", [
+    ["label", "responses.parquet", "--judge", "bogus:m@http://carol:{pw}@127.0.0.1:9/v1?api_key={key}"],
+    ["label", "responses.parquet", "--judge", "openai-compatible:http://carol:{pw}@127.0.0.1:9/v1"],
+    ["generate", "problems.jsonl", "--generator", "bogus:m@https://carol:{pw}@127.0.0.1:9/v1"],
+    ["generate", "problems.jsonl", "--generator", "openai-compatible:m@ftp://carol:{pw}@127.0.0.1:9/v1"],
+])
+def test_a_bad_spec_is_refused_in_one_line_without_echoing_its_credentials(argv, tmp_path, capsys):
+    """The one error line quotes the spec the user typed, with its secrets REDACTED."""
+    write_problems(tmp_path / "problems.jsonl", PROBLEMS[:1])
+    write_responses(gsm8k_rows([REPO / "data" / "gsm8k" / "test.jsonl"], 1), tmp_path / "responses.parquet")
+    argv = [a.format(pw=SECRET_PASS, key=SECRET_KEY) for a in argv]
+    argv[1] = str(tmp_path / argv[1])
+    rc = main([*argv, "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "error:" in err and REDACTED in err
+    assert SECRET_PASS not in err and SECRET_KEY not in err and "carol" not in err
