@@ -129,6 +129,28 @@ def test_dead_server_stops_early_with_one_line(env, fake, capsys, monkeypatch, h
     assert manifest["totals"]["ok"] == 0
 
 
+def test_a_dead_proxy_is_named_in_the_one_line_and_no_proxy_goes_direct(env, fake, capsys, monkeypatch):
+    """HTTP_PROXY pointing at nothing: every request fails like a down server although the server
+    is up, so the line names the proxy variable (never its value: it may carry a password);
+    NO_PROXY for the server's host goes direct and labels every row."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://qa:proxy-pw-123@127.0.0.1:{_closed_port()}")
+    inp = write_responses(gsm8k_rows(GSM8K, 12), env / "in.parquet")
+    rc, log = label(capsys, inp, env / "run", "--concurrency", "4", "--max-attempts", "2")
+    lines = [line for line in log.strip().splitlines() if line.startswith("stepdpo label: error:")]
+    assert rc == 2 and len(lines) == 1 and "server looks down" in lines[0], log
+    assert "the proxy in HTTP_PROXY" in lines[0] and "proxy-pw-123" not in log and fake.total_requests == 0
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    rc, log = label(capsys, inp, env / "run")
+    assert rc == 0 and fake.total_requests == 12, log
+    monkeypatch.delenv("HTTP_PROXY")  # and without a proxy the line names none
+    from labeler.engine.stopping import proxy_hint
+
+    assert proxy_hint() == "" and "HTTPS_PROXY" in proxy_hint({"https_proxy": "http://p:1"})
+
+
 def test_check_off_and_a_run_with_no_ok_row_exits_non_zero(env, fake, capsys):
     rows = gsm8k_rows(GSM8K, 6)
     inp = write_responses(rows, env / "in.parquet")

@@ -16,6 +16,7 @@ Three things end a run before its last row, and all three go through one :class:
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -148,5 +149,21 @@ class DownProbe:
         seen = sum(self.kinds.values())
         how = ", ".join(f"{c} × {k}" for k, c in self.kinds.most_common())
         return (f"the server looks down: the first {seen} requests all failed ({how}; e.g. {self.example}); "
-                "check that it is up and reachable (the base URL, the network), then rerun the same command "
-                "(--stop-after-failures 0 turns this check off)")
+                f"check that it is up and reachable (the base URL, the network{proxy_hint()}), then rerun the same "
+                "command (--stop-after-failures 0 turns this check off)")
+
+
+#: The variables httpx (both transports) reads a proxy from; NO_PROXY exempts hosts from them.
+PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def proxy_hint(environ: Any = None) -> str:
+    """``", the proxy in HTTP_PROXY; NO_PROXY=HOST bypasses it"`` when a proxy variable is set:
+    the requests may have gone to the proxy, not the server, a dead proxy fails like a dead server,
+    and on the httpx transport its error does not say "proxy". Names the variables, never their
+    values (a proxy URL may carry a password); ``""`` when none is set."""
+    environ = os.environ if environ is None else environ
+    names = [name for name in PROXY_VARS if environ.get(name) or environ.get(name.lower())]
+    if not names:
+        return ""
+    return f", the proxy in {' / '.join(names)}; NO_PROXY=HOST bypasses it"
