@@ -275,3 +275,43 @@ def test_proxy_variables_are_honoured_alike(fake, no_proxy_env, sdk, transport):
         assert getattr(answer, "status_code", None) == 200, answer
         post(sdk, base_url(sdk, f"https://127.0.0.1:{closed_port()}"), transport)  # direct: refused
         assert len(proxy.lines) == 2 and fake.total_requests == 2
+
+
+# -- credentials in the base URL ---------------------------------------------------------------
+class _Recorder(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+@pytest.mark.parametrize("via", ["direct", "sdk"])
+@pytest.mark.parametrize("sdk", SDKS)
+def test_credentials_in_the_base_url_are_basic_auth_on_both_transports(sdk, via, no_proxy_env):
+    """``openai-compatible:M@http://user:pass@host/v1`` (a server behind basic auth): httpx sends
+    the userinfo as Basic auth; aiohttp refused the URL outright (ValueError). Oracle: the
+    Authorization header and request line a recording server sees are the same on both."""
+    seen: list[tuple[str, str]] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            line = self.rfile.readline().decode().strip()
+            headers, length = {}, 0
+            while (h := self.rfile.readline().decode().strip()):
+                k, _, v = h.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            length = int(headers.get("content-length", "0"))
+            self.rfile.read(length)
+            seen.append((line, headers.get("authorization", "")))
+            body = b"{}"
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    with _Recorder(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        root = f"http://carol:p%40ss@127.0.0.1:{server.server_address[1]}"
+        try:
+            results = [post(sdk, base_url(sdk, root), transport, via=via)[0] for transport in ("httpx", "aiohttp")]
+        finally:
+            server.shutdown()
+    assert all(getattr(r, "status_code", None) == 200 for r in results), results
+    assert len(seen) == 2 and seen[0] == seen[1], seen
+    assert seen[0][1] == "Basic Y2Fyb2w6cEBzcw==" and "carol" not in seen[0][0], seen  # base64("carol:p@ss")

@@ -19,7 +19,8 @@ timeout. :func:`honest_error` maps such an error back from its cause (anything n
 generation) and any code that sends a prebuilt request on that client. Only errors before the
 response headers are affected: a body cut off or reset later is aiohttp's ``ClientPayloadError``,
 which the transport maps to ``ReadError`` already, so ``send(..., stream=True)`` followed by
-``aread()`` needs nothing more.
+``aread()`` needs nothing more. The same ``send`` turns a base URL's ``user:password@`` into Basic
+auth as httpx does (aiohttp refuses credentials in a URL next to the SDK's key header).
 
 Timeouts: the aiohttp transport takes its socket-connect, socket-read and connect (pool wait +
 connect) limits from the httpx client's timeout, which :class:`~labeler.judges.clients.ClientPool`
@@ -102,6 +103,13 @@ def aiohttp_client_class(sdk: ModuleType) -> type:
 
     class HonestAioHttpClient(sdk.DefaultAioHttpClient):  # type: ignore[misc,name-defined]
         async def send(self, request: Any, **kwargs: Any) -> Any:
+            url = request.url
+            if url.userinfo:
+                # httpx sends a base URL's user:password@ as Basic auth (in place of the SDK's key
+                # header); aiohttp refuses a URL with credentials next to an Authorization
+                # header. Do what httpx does, through its own BasicAuth, and send the bare URL.
+                next(httpx.BasicAuth(url.username, url.password).auth_flow(request))
+                request.url = url.copy_with(username=None, password=None)
             try:
                 return await super().send(request, **kwargs)
             except httpx.ConnectTimeout as exc:
