@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,3 +72,16 @@ def transport(request) -> str:
     aiohttp transport, the default when installed, and httpx's own). Named, never ``auto``: a
     missing aiohttp fails the aiohttp half instead of running httpx twice."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_server_loop_left_on_a_closed_socket():
+    """Fails the test that closed a loopback server without ``shutdown()``: its ``serve_forever``
+    thread then spins on the closed socket for the rest of the session, and every later test (the
+    torch ones most) runs several times slower. It once tripled the suite's time unseen."""
+    yield
+    spinning = [t.name for t in threading.enumerate()
+                if getattr(getattr(t, "_target", None), "__name__", "") == "serve_forever"
+                and getattr(getattr(t._target, "__self__", None), "socket", None) is not None
+                and t._target.__self__.socket.fileno() == -1]
+    assert not spinning, f"a server was closed with its serve_forever loop still running: {spinning}"
