@@ -13,8 +13,11 @@ httpx2 transport of openai ≥ 3), so tests exercise the exact code paths a paid
   ``schema`` (valid JSON that violates the schema). The transport faults of a broken server:
   ``hang`` (reads the request, never answers), ``drip`` (headers, then the body one byte per
   ``drip_s``), ``close`` (headers and half the body, then the connection is dropped), ``null``
-  and ``list`` (a 200 whose JSON body is ``null`` / ``[]``). ``rules`` pin a fault to every
-  request whose text contains a marker, so a test knows which rows are hit.
+  and ``list`` (a 200 whose JSON body is ``null`` / ``[]``). The answers of a gateway or proxy in
+  front of the API, not the provider's JSON (:data:`PROXY_FAULTS`): ``html403`` (an nginx-style
+  HTML page that echoes the key it refused), ``html400``, ``text502`` (Envoy's plain-text
+  ``upstream connect error``). ``rules`` pin a fault to every request whose text contains a
+  marker, so a test knows which rows are hit.
 * Counts requests per route and records request bodies and headers, the most requests it
   answered at once (``max_in_flight``) and the client ports it saw (``peers``: one a connection).
 
@@ -40,10 +43,22 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "529", "slow", "malformed", "schema", "401", "400", "hang", "drip", "close", "null", "list")
+FAULTS = ("429", "500", "529", "slow", "malformed", "schema", "401", "400", "hang", "drip", "close", "null", "list",
+          "html403", "html400", "text502")
 #: Faults that answer 200 and break the body or the connection (sent by :meth:`FakeLLMServer._answer`).
 BODY_FAULTS = ("drip", "close", "null", "list")
 STEP_RE = re.compile(r"^Step (\d+): ", re.M)
+#: fault -> (status, content type, body; ``{key}`` is the credential the request carried).
+PROXY_FAULTS = {
+    "html403": (403, "text/html", "<html>\r\n<head><title>403 Forbidden</title>\n<style>body{color:red}</style></head>\r\n"
+                "<body>\r\n<center><h1>403 Forbidden</h1></center>\r\n<p>Key {key} is not allowed from this "
+                "network &amp; region.</p>\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"),
+    "html400": (400, "text/html; charset=utf-8", "<!DOCTYPE html><html><head><title>Bad Request</title>"
+                "<script>var k = '{key}';</script></head><body><h1>Request header or cookie too large</h1>"
+                "<p>" + "padding " * 80 + "</p></body></html>"),
+    "text502": (502, "text/plain", "upstream connect error or disconnect/reset before headers.\n"
+                "reset reason: connection failure, transport failure reason: delayed connect error: 111\n"),
+}
 
 
 def score_of(step: str) -> float:
@@ -232,7 +247,7 @@ class FakeLLMServer:
         with self.lock:
             if f.script:
                 fault = f.script.pop(0)
-                if fault in BODY_FAULTS or fault == "hang":
+                if fault in BODY_FAULTS or fault in PROXY_FAULTS or fault == "hang":
                     self.fault_counts[fault] += 1
                 return fault
             r = self.rng.random()
@@ -314,6 +329,11 @@ class FakeLLMServer:
                 else "Invalid request (fake)"
             etype = "authentication_error" if fault == "401" else "invalid_request_error"
             self._send_error(h, int(fault), etype, message, anthropic, {})
+            return True
+        if fault in PROXY_FAULTS:
+            code, content_type, text = PROXY_FAULTS[fault]
+            auth = h.headers.get("authorization", "") or h.headers.get("x-api-key", "")
+            h.send_text(code, content_type, text.replace("{key}", auth.removeprefix("Bearer ")))
             return True
         if fault == "500":
             self._send_error(h, 500, "api_error", "Internal server error (fake)", anthropic, {})
@@ -501,6 +521,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.send_header("content-length", str(len(data)))
             for k, v in headers.items():
                 self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            pass
+
+    def send_text(self, code: int, content_type: str, text: str) -> None:
+        data = text.encode()
+        try:
+            self.send_response(code)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
