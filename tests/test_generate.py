@@ -307,10 +307,19 @@ def test_a_dead_backend_stops_the_run_with_one_line(problems, tmp_path, capsys, 
                "-o", str(out), "-n", "10", "--max-attempts", "2", "--backoff", "0.01", "--progress", "none",
                "--no-cache", "--concurrency", "4", "--http-transport", transport])
     err = capsys.readouterr().err
-    assert rc == 2 and "samples all failed" in err and "connection error" in err
+    lines = [line for line in err.splitlines() if line.startswith("stepdpo generate: error:")]
+    assert rc == 2 and len(lines) == 1 and "stopped: the server looks down: the first" in lines[0], err
+    assert "× connection error" in lines[0]
     assert time.monotonic() - start < 60
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["state"] == "aborted" and manifest["totals"]["samples"] == 0
+    # With the dead-server check off, the older backstop still ends it: the first 16 samples
+    # failed after their retries and none worked.
+    rc = main(["generate", str(problems), "--generator", f"openai-compatible:policy@http://127.0.0.1:{port}/v1",
+               "-o", str(out), "-n", "10", "--max-attempts", "2", "--backoff", "0.01", "--progress", "none",
+               "--no-cache", "--concurrency", "4", "--http-transport", transport, "--stop-after-failures", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "samples all failed" in err and "connection error" in err and "looks down" not in err
 
 
 def test_backend_and_input_mismatches_are_refused_up_front(server, problems, tmp_path, capsys, monkeypatch):

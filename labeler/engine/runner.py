@@ -56,7 +56,7 @@ from labeler.engine.rows import (
     verdict_cost,
 )
 from labeler.engine.rundir import RUN_SCHEMA, RunDir
-from labeler.engine.stopping import DownProbe, Interrupted, SignalDrain, Stop, Stopped
+from labeler.engine.stopping import DownProbe, Interrupted, SignalDrain, Stop, Stopped, ride_out_s
 from labeler.errors import FatalError, RetryableError
 from labeler.judges.base import Item, Judge, Verdict
 from schemas.errors import UserError
@@ -75,7 +75,8 @@ class EngineConfig:
     shard_size: int = 1000
     progress: str = "auto"
     log_interval: float = 10.0
-    #: Stop when the first N requests all fail like a down server (0: never).
+    #: Stop when the first N requests all fail like a down server, or, mid-run, N requests fail
+    #: that way with no answer in between for longer than a request's retries wait (0: never).
     stop_after_failures: int = 8
     #: Seconds between run.json checkpoints of this run's requests and spend.
     checkpoint_s: float = 5.0
@@ -114,7 +115,7 @@ class Engine:
         self.stats = Stats()
         self.limiter = RateLimiter(config.rpm, config.tpm)
         self.stop = Stop()
-        self.probe = DownProbe(config.stop_after_failures)
+        self.probe = self._down_probe()
         self._buffer: list[dict[str, Any]] = []
         self._unstored: list[tuple[str, Verdict]] = []  # answers not yet in the judge cache
         self._unstored_since = 0.0
@@ -127,6 +128,11 @@ class Engine:
         self.budget: Budget | None = None
         self.shards_written: list[str] = []
         judge.use_concurrency(config.concurrency)
+
+    def _down_probe(self) -> DownProbe:
+        retry = self.config.retry
+        return DownProbe(self.config.stop_after_failures, ride_out_s(retry.initial, retry.max_wait, retry.max_attempts),
+                         kept=f"the rows labeled before it are kept in {self.run_dir.path}")
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
@@ -396,6 +402,7 @@ class Engine:
         state = "interrupted"
         self.stats = Stats(cost_known=self.price is not None)
         self.stop = Stop()
+        self.probe = self._down_probe()
         self._run_task = asyncio.current_task()
         try:
             todo = self.plan(rows)

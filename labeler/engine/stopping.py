@@ -9,8 +9,12 @@ Three things end a run before its last row, and all three go through one :class:
   in flight at once (those answers were not received, so nothing paid is dropped);
 * the dead-server probe (:class:`DownProbe`): when the first N requests of a run ALL fail the
   way a down or unreachable server fails (connection refused or reset, no answer within the
-  deadline, HTTP 5xx), the run stops with one line instead of waiting out
+  deadline, HTTP 5xx), or when, after answers, a server stops answering for longer than a
+  request's retries ride out, the run stops with one line instead of waiting out
   ``timeout × attempts`` for every row (hours at the defaults).
+
+The labeling engine (:mod:`labeler.engine.runner`) and the generation engine
+(:mod:`labeler.sources.generation.runner`) share these pieces.
 """
 
 from __future__ import annotations
@@ -113,20 +117,37 @@ class SignalDrain:
 
 
 class DownProbe:
-    """Watches the request outcomes at the start of a run.
+    """Watches request outcomes for a server that is down: at the start of a run, or mid-run.
 
     ``record(kind, started)`` with the failure kind of a down-looking error (``"timeout"``,
     ``"connection error"``, ``"HTTP 503"``…) or None for anything else (an answer, a 429, a
     malformed answer, a 400: the server is up), and the monotonic time the request started.
-    Returns the stop message once ``n`` requests that STARTED AFTER the first failure was seen
-    have failed too, with no other outcome before: the first wave of a run can time out on a
-    starved client (cold SDK, busy CPU) while the server is fine, so only failures after a
-    failure count. After any other outcome it never fires. ``n = 0`` turns it off."""
+    Returns the stop message once the check fires (then never again); ``n = 0`` turns it off.
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.kinds: Counter[str] = Counter()
+    Both checks count a *streak*: down failures with no other outcome in between, and within it
+    only the failures of requests that STARTED AFTER the streak's first failure was seen (a wave
+    already in flight when the server went away fails at once, and the first wave of a run can
+    time out on a starved client while the server is fine):
+
+    * at the start (no answer yet): ``n`` such failures stop the run (a wrong URL, a server
+      that is not up: nothing was going to work);
+    * mid-run (after an answer): ``n`` such failures AND the streak lasting at least
+      ``window_s`` seconds (:func:`ride_out_s`: as long as the retry waits of one request, so
+      a 503 burst that the retries ride out never stops a long run; a server that stays away
+      longer would have failed those rows anyway). The run stops instead of spending every
+      remaining row's attempts on a dead server.
+    """
+
+    def __init__(self, n: int, window_s: float = 0.0, kept: str = "the rows answered before it are kept",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.n, self.window_s, self.kept, self.clock = n, window_s, kept, clock
         self.armed = n > 0
+        self.answered = 0  # outcomes that showed the server up
+        self.last_answer: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.kinds: Counter[str] = Counter()
         self.first_failure: float | None = None
         self.late = 0
         self.example = ""
@@ -134,23 +155,44 @@ class DownProbe:
     def record(self, kind: str | None, started: float, text: str = "") -> str | None:
         if not self.armed:
             return None
+        now = self.clock()
         if kind is None:
-            self.armed = False
+            self.answered += 1
+            self.last_answer = now
+            self._reset()
             return None
         self.kinds[kind] += 1
         self.example = self.example or text
         if self.first_failure is None:
-            self.first_failure = time.monotonic()
+            self.first_failure = now
         elif started >= self.first_failure:
             self.late += 1
         if self.late < self.n:
             return None
+        if self.answered and now - self.first_failure < self.window_s:
+            return None  # a blip the retries may still ride out
         self.armed = False
+        return self.message(now)
+
+    def message(self, now: float) -> str:
         seen = sum(self.kinds.values())
         how = ", ".join(f"{c} × {k}" for k, c in self.kinds.most_common())
-        return (f"the server looks down: the first {seen} requests all failed ({how}; e.g. {self.example}); "
-                f"check that it is up and reachable (the base URL, the network{proxy_hint()}), then rerun the same "
-                "command (--stop-after-failures 0 turns this check off)")
+        check = (f"check that it is up and reachable (the base URL, the network{proxy_hint()}), then rerun the "
+                 "same command")
+        if not self.answered:
+            return (f"the server looks down: the first {seen} requests all failed ({how}; e.g. {self.example}); "
+                    f"{check} (--stop-after-failures 0 turns this check off)")
+        since = now - (self.last_answer if self.last_answer is not None else now)
+        return (f"the server stopped answering mid-run: {seen} requests failed in the {since:.0f} s since its last "
+                f"answer, none answered ({how}; e.g. {self.example}); {self.kept}; {check} to do the rest "
+                "(--stop-after-failures 0 turns this check off)")
+
+
+def ride_out_s(initial: float, max_wait: float, max_attempts: int) -> float:
+    """Seconds of retry waits one request rides out before it gives up: the backoff of each retry
+    without its jitter (``initial`` doubling, each held to ``max_wait``), summed over
+    ``max_attempts``. 31 s at the defaults (1 s, 60 s, 6 attempts); 0 with one attempt."""
+    return sum(min(max_wait, initial * 2 ** a) for a in range(max(0, max_attempts - 1)))
 
 
 #: The variables httpx (both transports) reads a proxy from; NO_PROXY exempts hosts from them.

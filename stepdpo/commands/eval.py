@@ -49,7 +49,7 @@ from stepdpo.options import (
 
 # The flags handed through to `stepdpo generate` unchanged (its help documents them).
 PASSTHROUGH = ("template", "split", "prompt_field", "answer_field", "id_field", "concurrency", "rpm", "tpm",
-               "max_attempts", "cache_dir", "prices", "progress", "seed", "top_p")
+               "max_attempts", "cache_dir", "prices", "progress", "seed", "top_p", "stop_after_failures")
 
 
 @dataclass
@@ -72,6 +72,10 @@ class EvalConfig:
     rpm: float | None = field(default=None, metadata={"help": "client-side requests/min limit"})
     tpm: float | None = field(default=None, metadata={"help": "client-side tokens/min limit"})
     max_attempts: int = field(default=6, metadata={"help": "tries per request"})
+    stop_after_failures: int = field(default=8, metadata={"help": "stop drawing when the server looks down, at "
+                                                                  "the start or mid-run (as `generate "
+                                                                  "--stop-after-failures`); 0: never",
+                                                          "metavar": "N"})
     cache: bool = field(default=True, metadata={"help": "reuse and store samples in the generation cache"})
     cache_dir: str | None = field(default=None, metadata={"help": "generation cache folder", "metavar": "DIR"})
     prices: str | None = field(default=None, metadata={"help": "price table override", "metavar": "FILE"})

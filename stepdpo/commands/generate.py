@@ -115,6 +115,15 @@ class GenerateConfig:
     backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds (doubles, plus jitter; "
                                                           "a server's retry-after wins)"})
     max_backoff: float = field(default=60.0, metadata={"help": "longest single retry wait in seconds"})
+    stop_after_failures: int = field(
+        default=8, metadata={"help": "dead-server check: stop the run, keeping the samples drawn, when its first N "
+                                     "requests all fail the way a down server fails (connection refused or reset, "
+                                     "--timeout passed, HTTP 5xx), or when, after answers, N requests sent after "
+                                     "the server's first such failure fail that way with no answer in between for "
+                                     "longer than one request's retry waits (--backoff doubled per try up to "
+                                     "--max-backoff, over --max-attempts: 31 s at the defaults; a 429 is an "
+                                     "answer); exit 2, rerun the same command to do the rest; 0: never",
+                                     "metavar": "N"})
     shard_size: int = field(default=200, metadata={"help": "samples per output shard"})
     cache: bool = field(default=True, metadata={"help": "reuse and store samples in the on-disk cache"})
     cache_dir: str | None = field(default=None, metadata={"help": "generation cache folder (default: "
@@ -172,6 +181,8 @@ def _check(cfg: GenerateConfig, args: argparse.Namespace) -> None:
                         "(Step-DPO samples at 0.8)")
     if cfg.concurrency < 1 or cfg.max_attempts < 1 or cfg.shard_size < 1:
         raise UserError("--concurrency, --max-attempts and --shard-size must be at least 1")
+    if cfg.stop_after_failures < 0:
+        raise UserError("--stop-after-failures must be 0 (off) or more")
     if cfg.limit is not None and cfg.limit < 1:
         raise UserError("--limit must be at least 1")
     if not 0 <= cfg.threshold <= 1:
@@ -303,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
     engine_cfg = GenConfig(concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
                            retry=RetryPolicy(max_attempts=cfg.max_attempts, initial=cfg.backoff,
                                              max_wait=cfg.max_backoff),
-                           shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval)
+                           shard_size=cfg.shard_size, progress=cfg.progress, log_interval=cfg.log_interval,
+                           stop_after_failures=cfg.stop_after_failures)
     cache = GenerationCache(cfg.cache_dir) if cfg.cache else None
     # Names every part of the identity, so a refused folder's message shows what differs.
     from stepdpo.rerun import rerun_command

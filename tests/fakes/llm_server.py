@@ -117,6 +117,9 @@ class FaultConfig:
     retry_after: float = 0.05
     slow_s: float = 2.0
     latency_s: float = 0.0
+    #: Answer the first N requests, then drop every later one's connection unanswered (a server
+    #: killed mid-run: the client sees a connection error); None = never.
+    die_after: int | None = None
     #: Server-side limit (requests per minute); None = unlimited.
     rpm_limit: float | None = None
     #: Bucket size of the server-side limit in seconds of traffic.
@@ -579,12 +582,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.fake.counts[path] += 1
             if self.fake.first_request_at is None and not path.startswith("/_"):
                 self.fake.first_request_at = time.time()
+            dead = self.fake.faults.die_after
+            dropped = dead is not None and not path.startswith("/_") and self.fake.total_requests > dead
+            if dropped:
+                self.fake.fault_counts["dead"] += 1
             body = json.loads(raw) if raw else {}
             if self.fake.record:
                 self.fake.requests.append({"path": path, "body": body,
                                            "headers": {k.lower(): v for k, v in self.headers.items()}})
         if handler is None:
             self.send_json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, {})
+            return
+        if dropped:
+            self.close_connection = True  # no answer: the connection just goes away
+            self.connection.shutdown(socket.SHUT_RDWR)
             return
         with self.fake.lock:
             self.fake.in_flight += 1

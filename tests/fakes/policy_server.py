@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -111,6 +112,11 @@ class FakePolicyServer:
     def __init__(self, latency: float = 0.0, port: int = 0) -> None:
         self.latency = latency
         self.faults: list[str | None] = []
+        #: Answer the first N requests, then drop every later one's connection unanswered (a server
+        #: killed mid-run); None = never.
+        self.die_after: int | None = None
+        self.dropped = 0  # requests dropped unanswered (not in ``counts``)
+        self.admitted = 0  # online POSTs seen, dropped ones included
         self.counts: Counter[str] = Counter()
         self.bodies: list[dict[str, Any]] = []
         self.batch_api: Any = None  # tests/fakes/batch_api.BatchAPI, see attach_batches
@@ -137,6 +143,14 @@ class FakePolicyServer:
                     body = json.loads(raw or b"{}")
                 except ValueError:  # e.g. a batch file upload to a server without batch endpoints
                     body = {}
+                with server._lock:  # decided under the lock: exactly die_after are answered
+                    dropped = server.die_after is not None and server.admitted >= server.die_after
+                    server.admitted += 1
+                    server.dropped += dropped
+                if dropped:
+                    self.close_connection = True  # no answer: the connection just goes away
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 with server._lock:
                     server.peers.add(self.client_address)
                     server.headers.append({k.lower(): v for k, v in self.headers.items()})

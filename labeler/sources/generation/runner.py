@@ -9,7 +9,9 @@ the provider's rate-limit headers), call the backend under the retry policy
 and the live progress line (:mod:`labeler.engine.progress`) are the labeler's. A sample that
 fails after its retries is not written; the manifest counts it with its reason, and a rerun
 tries it again. A fatal answer (401/403/404) stops the run with one line, after writing what
-arrived.
+arrived; so does a server that looks down, at the start or mid-run (the labeler's dead-server
+check, :class:`labeler.engine.stopping.DownProbe`): no new request and no retry, the requests in
+flight finish and their samples are kept, and a rerun draws the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import datetime as dt
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from labeler.engine.pricing import Price, price_for
 from labeler.engine.progress import Progress, Stats
 from labeler.engine.ratelimit import RateLimiter
 from labeler.engine.retry import RetryPolicy, call_with_retries
+from labeler.engine.stopping import DownProbe, Stop, Stopped, ride_out_s
 from labeler.sources.generation.base import (
     FatalError,
     Generation,
@@ -56,6 +60,9 @@ class GenConfig:
     shard_size: int = 200
     #: Stop when this many samples have failed (after retries) before any succeeded.
     dead_after: int = 16
+    #: Stop when the first N requests all fail like a down server, or, mid-run, N requests fail
+    #: that way with no answer in between for longer than a request's retries wait (0: never).
+    stop_after_failures: int = 8
     progress: str = "auto"
     log_interval: float = 10.0
 
@@ -120,8 +127,21 @@ class GenerationEngine:
         self.failures: Counter[str] = Counter()
         self.empty = 0
         self._buffer: list[dict[str, Any]] = []
-        self._abort: BaseException | None = None
+        self.stop = Stop()
+        self.probe = self._down_probe()
         self.shards_written: list[str] = []
+
+    def _down_probe(self) -> DownProbe:
+        retry = self.config.retry
+        return DownProbe(self.config.stop_after_failures, ride_out_s(retry.initial, retry.max_wait, retry.max_attempts),
+                         kept=f"the samples drawn before it are kept in {self.out.path}")
+
+    def _observe(self, exc: BaseException | None, started: float) -> None:
+        """Feed one request outcome to the dead-server check."""
+        kind = getattr(exc, "down", None) if isinstance(exc, RetryableError) else None
+        stop = self.probe.record(kind, started, "" if exc is None else str(exc)[:120])
+        if stop:
+            self.stop.stop(stop)
 
     # rows ------------------------------------------------------------------------------------
     def row_of(self, task: Task, gen: Generation, extra_meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -199,32 +219,45 @@ class GenerationEngine:
     async def _draw(self, batch: list[Task]) -> None:
         requests = [t.request for t in batch]
         estimate = sum(sum(self.generator.estimate_tokens(r, self.sampling)) for r in requests)
-        stats, limiter = self.stats, self.limiter
+        stats, limiter, stop = self.stats, self.limiter, self.stop
 
         def count() -> None:
+            stop.check()  # no request once the run is stopping, even after waiting for the limiter
             stats.requests += 1
 
+        async def call() -> list[Generation]:
+            sent = time.monotonic()
+            try:
+                gens = await self.generator.generate(requests, self.sampling)
+            except (RetryableError, FatalError) as exc:
+                self._observe(exc, sent)
+                raise
+            self._observe(None, sent)
+            return gens
+
         async def attempt() -> list[Generation]:
-            return list(await limiter.send(estimate, lambda: self.generator.generate(requests, self.sampling),
-                                           max_pause=self.config.retry.max_wait, before=count))
+            stop.check()  # no request, and no retry, once the run is stopping
+            return list(await limiter.send(estimate, call, max_pause=self.config.retry.max_wait, before=count))
 
         def on_retry(exc: BaseException, sleep: float) -> None:
             stats.retries += 1
 
         try:
-            gens, _ = await call_with_retries(attempt, self.config.retry, on_retry)
+            gens, _ = await call_with_retries(attempt, self.config.retry, on_retry, sleep=stop.sleep)
+        except Stopped:
+            return  # not drawn: the next run draws these samples
         except (RetryableError, FatalError) as exc:
             kind = "gave up after retries" if isinstance(exc, RetryableError) else "not retryable"
             self.failures[f"{kind}: {type(exc).__name__}: {exc}"[:300]] += len(batch)
             stats.done += len(batch)
             stats.error += len(batch)
-            if getattr(exc, "abort", False) and self._abort is None:
-                self._abort = exc
-            elif stats.ok == 0 and sum(self.failures.values()) >= self.config.dead_after and self._abort is None:
+            if getattr(exc, "abort", False):
+                stop.stop(f"{type(exc).__name__}: {exc}")
+            elif stats.ok == 0 and sum(self.failures.values()) >= self.config.dead_after:
                 # Nothing has worked yet and every sample so far failed after its retries: the
-                # backend is down or misconfigured; stop instead of retrying every sample.
-                self._abort = RuntimeError(f"the first {sum(self.failures.values())} samples all failed; last: "
-                                           f"{type(exc).__name__}: {exc}"[:400])
+                # backend is misconfigured; stop instead of retrying every sample.
+                stop.stop(f"RuntimeError: the first {sum(self.failures.values())} samples all failed; last: "
+                          f"{type(exc).__name__}: {exc}"[:400])
             return
         if len(gens) != len(batch):
             raise RuntimeError(f"{self.generator.name} returned {len(gens)} answers for {len(batch)} requests")
@@ -247,7 +280,7 @@ class GenerationEngine:
 
     async def _worker(self, batches: Iterator[list[Task]]) -> None:
         for batch in batches:
-            if self._abort is not None:
+            if self.stop.stopping:
                 return
             await self._draw(batch)
 
@@ -293,11 +326,13 @@ class GenerationEngine:
         # configuration the rerun can check (this run's entry is replaced at the end).
         self.out.record_run(header, {"started_at": started_at, "state": "running", "tasks": len(tasks)})
         state = "interrupted"
+        self.stop = Stop()
+        self.probe = self._down_probe()
         try:
             todo = self.plan(tasks)
             async with Progress(self.stats, self.config.progress, self.config.log_interval, label="generate"):
                 await self.draw_tasks(todo)
-            state = "aborted" if self._abort is not None else "finished"
+            state = "aborted" if self.stop.stopping else "finished"
         finally:
             self.flush()
             done = self.out.done_ids()
@@ -307,10 +342,11 @@ class GenerationEngine:
                         "shards_written": self.shards_written, **self.stats.as_dict(),
                         "failed": sum(self.failures.values()), "empty": self.empty,
                         "failures": dict(self.failures.most_common(10)),
-                        "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm}}
+                        "limits": {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm},
+                        **({"stopped": self.stop.reason} if self.stop.reason else {})}
             manifest = self.out.record_run(header, this_run)
-        if self._abort is not None:
-            raise UserError(f"stopped: {type(self._abort).__name__}: {self._abort}")
+        if self.stop.reason is not None:
+            raise UserError(f"stopped: {self.stop.reason}")
         return manifest
 
 
