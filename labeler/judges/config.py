@@ -106,7 +106,7 @@ class JudgeConfig:
                                                         "gold answer (default: the fraction that does)"})
     rollout_template: str = field(default="step-dpo", metadata={
         "help": "mc only: prompt template of the rollouts (step-dpo, chat, plain or a JSON file, as in "
-                "`stepdpo generate --template`)"})
+                "`stepdpo generate --template`)", "metavar": "NAME|FILE"})
     rollout_temperature: float = field(default=0.8, metadata={"help": "mc only: sampling temperature of the rollouts"})
     rollout_top_p: float = field(default=0.95, metadata={"help": "mc only: top-p of the rollouts"})
     rollout_max_tokens: int = field(default=1024, metadata={"help": "mc only: new tokens per rollout"})
