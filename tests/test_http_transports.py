@@ -24,7 +24,7 @@ import pytest
 from labeler.judges.clients import ClientPool
 from labeler.judges.config import JudgeConfig
 from labeler.judges.registry import create_judge
-from labeler.judges.transports import aiohttp_ready, choose
+from labeler.judges.transports import aiohttp_ready, choose, http_client, httpx_of
 from schemas.errors import UserError
 from stepdpo.cli import main
 from tests.fakes.llm_server import FakeLLMServer, FaultConfig
@@ -51,20 +51,27 @@ def make(sdk: str, url: str, timeout: float = 5.0):
 
 
 def post(sdk: str, url: str, transport: str, timeout: float = 5.0, limit: float = 20.0, via: str = "direct"):
-    """One POST through a two-connection ClientPool: ``(response or exception, seconds)``.
-    ``via="direct"``: the pool's own ``post`` (its direct sender); ``"sdk"``: the SDK client's
-    ``post``, the path of a client the direct sender cannot serve."""
+    """One POST: ``(response or exception, seconds)``. ``via="direct"``: through a two-connection
+    ClientPool's own ``post`` (its direct sender); ``"sdk"``: the SDK client's own ``post`` on the
+    httpx client such a pool builds for it (``http_client``), the path of a client the direct
+    sender cannot serve."""
     module = importlib.import_module(sdk)
 
     async def go():
+        if via == "sdk":  # one SDK client on the httpx client a pool of two connections builds
+            http = http_client(module, choose(transport, module), connections=2, timeout=timeout,
+                               verify=httpx_of(module).create_ssl_context())
+            client = make(sdk, url, timeout)(http)
+            try:
+                return await asyncio.wait_for(
+                    client.post(PATHS[sdk], content=BODIES[sdk], cast_to=httpx_of(module).Response), limit)
+            finally:
+                await client.close()
         pool = ClientPool(module, make(sdk, url, timeout), 2, timeout, transport)
         try:
-            if via == "direct":
-                result = await asyncio.wait_for(pool.post(PATHS[sdk], BODIES[sdk]), limit)
-                assert pool.senders and all(pool.senders), "not the direct sender"
-                return result
-            return await asyncio.wait_for(pool.send(
-                lambda c: c.post(PATHS[sdk], content=BODIES[sdk], cast_to=pool.httpx.Response)), limit)
+            result = await asyncio.wait_for(pool.post(PATHS[sdk], BODIES[sdk]), limit)
+            assert pool.senders and all(pool.senders), "not the direct sender"
+            return result
         finally:
             await pool.aclose()
 

@@ -25,16 +25,15 @@ whole HTTP response and the errors are the SDK's.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 from labeler.judges.direct import DirectSender, direct_senders
 from labeler.judges.transports import choose, http_client, httpx_of
 
 __all__ = ["CONNECTIONS_PER_CLIENT", "ClientPool", "httpx_of", "split"]
 
-T = TypeVar("T")
 
 #: Connections in one client's pool: the pool scan per request is O(this), not O(in flight).
 CONNECTIONS_PER_CLIENT = 8
@@ -105,17 +104,6 @@ class ClientPool:
             if sender is not None:
                 return await sender.post(path, data)
             return await self.clients[i].post(path, content=data, cast_to=self.httpx.Response)
-        finally:
-            busy[i] -= 1
-
-    async def send(self, call: Callable[[Any], Awaitable[T]]) -> T:
-        """``await call(client)`` through the least busy SDK client (for a request that is not a
-        plain POST of bytes)."""
-        i = self._least_busy()
-        busy = self.busy
-        busy[i] += 1
-        try:
-            return await call(self.clients[i])
         finally:
             busy[i] -= 1
 
