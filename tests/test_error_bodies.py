@@ -6,6 +6,7 @@ anthropic SDK kept all of it, markup and newlines included. The oracle: the loop
 (tests/fakes/llm_server.py, ``PROXY_FAULTS``) answers known bodies over real HTTP to the real
 SDKs, on both transports; the row's error in the shard and the one-line stop of a 403 carry the
 body's excerpt, on one line, with no key; a provider JSON error reads exactly as the SDK says it.
+A batch submission refused by such a proxy (`label --batch`) says why the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from labeler.judges import provider
 from labeler.judges.clients import ClientPool
 from schemas.tables import STEP_SCORES, read_table
 from stepdpo.cli import main
-from tests.fakes.llm_server import FaultConfig
+from tests.fakes.llm_server import PROXY_FAULTS, FaultConfig
 from tests.fakes.responses import gsm8k_rows, write_responses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,3 +190,59 @@ def test_generate_stops_on_a_403_page_with_its_excerpt(env, fake, capsys, backen
     lines = [line for line in log.err.splitlines() if "HTTP 403" in line]
     assert rc == 2 and len(lines) == 1, log
     assert SAYS["html403"] in lines[0] and KEY not in log.err + log.out, log
+
+
+class Gateway(ThreadingHTTPServer):
+    """A proxy that refuses every request with its HTML 403 page (the fake's ``html403``),
+    echoing the key it was sent — whatever the route: the batch API's uploads included."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Refuse)
+
+    def __enter__(self) -> Gateway:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Refuse(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence stderr
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        _, content_type, page = PROXY_FAULTS["html403"]
+        key = (self.headers.get("authorization") or self.headers.get("x-api-key") or "").removeprefix("Bearer ")
+        data = page.replace("{key}", key).encode()
+        self.send_response(403)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST  # noqa: N815
+
+
+@pytest.mark.parametrize("judge", JUDGES)
+def test_a_batch_submission_refused_by_a_proxy_says_why_on_one_line(tmp_path, capsys, monkeypatch, judge):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    with Gateway() as gateway:
+        url = f"http://127.0.0.1:{gateway.server_address[1]}"
+        monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        inp = write_responses(gsm8k_rows(GSM8K, 2), tmp_path / "in.parquet")
+        rc = main(["label", str(inp), "--judge", judge, "-o", str(tmp_path / "run"), "--batch", "--poll-interval",
+                   "0.01", *FAST])
+    log = capsys.readouterr()
+    lines = log.err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in log.err, log
+    assert "refused: HTTP 403: " + SAYS["html403"].removeprefix("HTTP 403: ") in lines[-1], log
+    assert KEY not in log.err + log.out

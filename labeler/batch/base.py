@@ -140,21 +140,27 @@ class Transport(abc.ABC):
     def submit_error(self, exc: Exception, step: str) -> SubmitError:
         """A :class:`SubmitError` for an SDK failure of ``step`` (``upload`` or ``create``): an
         HTTP status means the provider refused (nothing created; 404/405: no batch API there);
-        a lost connection during ``create`` may hide a created batch. Keys are scrubbed."""
-        from labeler.judges.provider import scrub
+        a lost connection during ``create`` may hide a created batch. Keys are scrubbed, and a body
+        that is not the provider's JSON error (a proxy's HTML page) is excerpted on one line, as
+        online (:func:`labeler.judges.provider.status_message`)."""
+        from labeler.judges.provider import scrub, status_message
 
         code = getattr(exc, "status_code", None)
         where = self.base_url or "the provider"
         if code is not None:
-            text = scrub(f"{step} refused: HTTP {code}: {getattr(exc, 'message', exc)}", self.client.api_key)
+            text = scrub(f"{step} refused: HTTP {code}: {status_message(exc, self.client.api_key)}",
+                         self.client.api_key)
             return SubmitError(f"{self.provider} batch API at {where}: {text}", no_batch_api=code in (404, 405))
         text = scrub(f"{step} failed: {type(exc).__name__}: {exc}", self.client.api_key)
         return SubmitError(f"{self.provider} batch API at {where}: {text}", maybe_created=step == "create")
 
     def _refusal(self, exc: Exception, batch_id: str) -> Poll:
         """The current state of a batch the provider would not cancel (HTTP 4xx)."""
+        from labeler.judges.provider import scrub, status_message
+
         poll = self.poll(batch_id)
-        poll.refused = f"HTTP {getattr(exc, 'status_code', '?')}: {getattr(exc, 'message', exc)}"
+        key = self.client.api_key
+        poll.refused = scrub(f"HTTP {getattr(exc, 'status_code', '?')}: {status_message(exc, key)}", key)
         return poll
 
 
