@@ -55,6 +55,8 @@ def test_excerpt_of_html_text_and_long_bodies():
     long = provider.body_excerpt("word " * 100)
     assert len(long) == provider.EXCERPT_CHARS and long.endswith("…") and "\n" not in long
     assert provider.body_excerpt("<html><title>T</title></html>", "text/html") == "T"
+    huge = "<html><title>Too big</title><body>" + "<p>x</p>" * 2_000_000 + "</body></html>"
+    assert provider.body_excerpt(huge).startswith("Too big x x x")  # read from its top only
 
 
 # -- the classification, on the wire -------------------------------------------------------------

@@ -42,6 +42,9 @@ ABORT_STATUS = {401, 403, 404}
 _KEYLIKE = re.compile(r"\b(sk|key|sess)-[A-Za-z0-9_\-*]{4,}")
 #: The longest excerpt of a non-JSON error body kept in a message (a row's error, a stop line).
 EXCERPT_CHARS = 200
+#: How much of an error body is read for its excerpt: a title and the first words are near its top,
+#: and a multi-megabyte error page must not cost a row's worker a second of CPU per try.
+EXCERPT_SCAN_CHARS = 100_000
 _HIDDEN = re.compile(r"<(script|style|head|noscript|template)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
 _TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
@@ -80,8 +83,10 @@ def body_excerpt(text: str, content_type: str = "", limit: int = EXCERPT_CHARS) 
     its ``<title>``, then the visible text of the page (scripts, styles, the head and comments
     dropped, tags stripped, entities decoded), without repeating the title where the page's first
     words are the title again (nginx: ``<title>403 Forbidden</title>`` … ``<h1>403 Forbidden</h1>``).
-    Anything else is the text itself. Either way :func:`one_line` of at most ``limit`` characters.
+    Anything else is the text itself. Either way :func:`one_line` of at most ``limit`` characters,
+    from the first :data:`EXCERPT_SCAN_CHARS` characters of the body.
     """
+    text = text[:EXCERPT_SCAN_CHARS]
     if "html" in content_type.lower() or text.lstrip().startswith("<"):
         title_match = _TITLE.search(text)
         title = one_line(html.unescape(_TAG.sub(" ", title_match.group(1))), 10**6) if title_match else ""
@@ -107,7 +112,7 @@ def status_message(exc: Any, secret: str | None = None) -> str:
         return message
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     else:
         if message != f"Error code: {exc.status_code}":
