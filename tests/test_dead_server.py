@@ -149,6 +149,20 @@ def test_label_stops_when_the_server_dies_mid_run_and_a_rerun_finishes(env, fake
     assert sorted(ids) == sorted(r["response_id"] for r in rows) and all(r["status"] == "ok" for r in out)
 
 
+def test_label_stops_when_the_server_stops_answering_and_only_times_out(env, fake, capsys):
+    """The other way a server dies: it takes requests and never answers (a hung host), so each
+    request costs --timeout before it fails."""
+    rows = gsm8k_rows(GSM8K, 40)
+    inp = write_responses(rows, env / "in.parquet")
+    k = 8
+    fake.faults = FaultConfig(script=[None] * k, p_hang=1.0, hang_s=30)  # K answers, then every request hangs
+    rc, log = label(capsys, inp, env / "run", *SLOW_RETRIES, "--timeout", "0.3")
+    lines = error_lines(log, "label")
+    assert rc == 2 and len(lines) == 1 and "stopped answering mid-run" in lines[0] and "× timeout" in lines[0], log
+    assert fake.fault_counts["hang"] < 50  # not 32 rows × 6 attempts
+    assert len([r for r in read_table(env / "run", STEP_SCORES).to_pylist() if r["status"] == "ok"]) == k
+
+
 def test_label_rides_out_a_503_burst_and_the_check_can_be_turned_off(env, fake, capsys):
     rows = gsm8k_rows(GSM8K, 24)
     inp = write_responses(rows, env / "in.parquet")
