@@ -102,6 +102,17 @@ def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
                 taken.add(other)
 
 
+def stop_after_failures_help(kept: str) -> str:
+    """The ``--stop-after-failures`` help of label and generate (one dead-server check,
+    labeler.engine.stopping.DownProbe, in both), naming what a stopped run keeps."""
+    return (f"dead-server check: stop the run, keeping {kept}, when its first N requests all fail the way a "
+            "down server fails (connection refused or reset, --timeout passed, HTTP 5xx), or when, after "
+            "answers, N requests sent after the server's first such failure fail that way with no answer in "
+            "between for longer than one request's retry waits (--backoff doubled per try up to --max-backoff, "
+            "over --max-attempts: 31 s at the defaults; a 429 is an answer); exit 2, rerun the same command to "
+            "do the rest; 0: never")
+
+
 def add_allow_incomplete(parser: argparse.ArgumentParser) -> None:
     """The one flag with which a reader accepts a run folder whose last run did not finish."""
     from schemas.folders import ALLOW_INCOMPLETE

@@ -69,6 +69,7 @@ from stepdpo.options import (
     add_dataclass_arguments,
     dataclass_from_args,
     require_finished_inputs,
+    stop_after_failures_help,
 )
 from stepdpo.startup import resume_gc
 
@@ -116,14 +117,7 @@ class GenerateConfig:
                                                           "a server's retry-after wins)"})
     max_backoff: float = field(default=60.0, metadata={"help": "longest single retry wait in seconds"})
     stop_after_failures: int = field(
-        default=8, metadata={"help": "dead-server check: stop the run, keeping the samples drawn, when its first N "
-                                     "requests all fail the way a down server fails (connection refused or reset, "
-                                     "--timeout passed, HTTP 5xx), or when, after answers, N requests sent after "
-                                     "the server's first such failure fail that way with no answer in between for "
-                                     "longer than one request's retry waits (--backoff doubled per try up to "
-                                     "--max-backoff, over --max-attempts: 31 s at the defaults; a 429 is an "
-                                     "answer); exit 2, rerun the same command to do the rest; 0: never",
-                                     "metavar": "N"})
+        default=8, metadata={"help": stop_after_failures_help("the samples drawn"), "metavar": "N"})
     shard_size: int = field(default=200, metadata={"help": "samples per output shard"})
     cache: bool = field(default=True, metadata={"help": "reuse and store samples in the on-disk cache"})
     cache_dir: str | None = field(default=None, metadata={"help": "generation cache folder (default: "

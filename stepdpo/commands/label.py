@@ -41,6 +41,7 @@ from stepdpo.options import (
     add_dataclass_arguments,
     dataclass_from_args,
     require_finished_inputs,
+    stop_after_failures_help,
 )
 from stepdpo.startup import resume_gc
 
@@ -87,14 +88,7 @@ class LabelConfig:
         default=None, metadata={"help": "JSON/YAML file of model → {input, cached_input, output} USD per 1M "
                                         "tokens, overriding the built-in price table", "metavar": "FILE"})
     stop_after_failures: int = field(
-        default=8, metadata={"help": "dead-server check: stop the run, keeping what was answered, when its first N "
-                                     "requests all fail the way a down server fails (connection refused or reset, "
-                                     "--timeout passed, HTTP 5xx), or when, after answers, N requests sent after "
-                                     "the server's first such failure fail that way with no answer in between for "
-                                     "longer than one request's retry waits (--backoff doubled per try up to "
-                                     "--max-backoff, over --max-attempts: 31 s at the defaults; a 429 is an "
-                                     "answer); exit 2, rerun the same command to do the rest; 0: never",
-                                     "metavar": "N"})
+        default=8, metadata={"help": stop_after_failures_help("what was answered"), "metavar": "N"})
     progress: str = field(default="auto", metadata={"help": "progress display: auto (live on a terminal, log "
                                                             "lines otherwise), rich, log, none",
                                                     "choices": ["auto", "rich", "log", "none"]})
